@@ -1,0 +1,1 @@
+"""scetm_mnn.tl."""

@@ -1,0 +1,36 @@
+"""Session-wide fixtures shared by the whole suite.
+
+Expensive objects (simulated data, real data, trained models) are built once per session
+so numba compilation and training are paid once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import scvi
+
+from scetm_mnn.datasets import simulate
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    scvi.settings.seed = 0
+    yield
+
+
+@pytest.fixture(scope="session")
+def sim_adata():
+    """Simulated counts, 600 cells × 300 genes, 2 batches, 4 types (do not modify)."""
+    return simulate(n_cells=600, n_genes=300, n_batches=2, n_cell_types=4, random_state=0)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real-data directory from ``$SCETM_MNN_DATA``; skips when it is not set."""
+    path = os.environ.get("SCETM_MNN_DATA")
+    if not path:
+        pytest.skip("SCETM_MNN_DATA is not set; real-data tests need the Baron pancreas files.")
+    return Path(path)
