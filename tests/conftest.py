@@ -34,3 +34,19 @@ def data_dir() -> Path:
     if not path:
         pytest.skip("SCETM_MNN_DATA is not set; real-data tests need the Baron pancreas files.")
     return Path(path)
+
+
+@pytest.fixture(scope="session")
+def baron_mouse(data_dir):
+    """Baron mouse pancreas, raw counts, ``obs['batch']``/``obs['cell_type']`` (do not modify)."""
+    from scetm_mnn.datasets import baron_pancreas
+
+    return baron_pancreas("mouse", data_dir=data_dir)
+
+
+@pytest.fixture(scope="session")
+def baron_human(data_dir):
+    """Baron human pancreas subset, raw counts (do not modify)."""
+    from scetm_mnn.datasets import baron_pancreas
+
+    return baron_pancreas("human", data_dir=data_dir)
