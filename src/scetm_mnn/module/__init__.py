@@ -1,1 +1,5 @@
-"""scetm_mnn.module."""
+"""Torch modules: the embedded topic model (scETM)."""
+
+from ._etm import MNN_PAIRS_KEY, ETMModule
+
+__all__ = ["MNN_PAIRS_KEY", "ETMModule"]

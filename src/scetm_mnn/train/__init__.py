@@ -1,1 +1,12 @@
-"""scetm_mnn.train."""
+"""Training: scETM's training plan and a preloaded minibatch data path."""
+
+from ._data import MinibatchSource, PreloadedDataSplitter, source_from_manager
+from ._plan import ETMTrainingPlan, linear_warmup
+
+__all__ = [
+    "ETMTrainingPlan",
+    "MinibatchSource",
+    "PreloadedDataSplitter",
+    "linear_warmup",
+    "source_from_manager",
+]

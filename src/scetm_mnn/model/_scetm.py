@@ -1,0 +1,411 @@
+"""``BatchCorrectedSCETM``: the embedded topic model as a scvi-tools model."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scipy import sparse
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, LayerField
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+from scvi.model.base._save_load import _load_saved_files
+from scvi.utils import setup_anndata_dsp
+
+from .._validation import check_counts, check_finite, check_obs_key, get_matrix
+from ..module import ETMModule
+from ..train import ETMTrainingPlan, PreloadedDataSplitter, source_from_manager
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_N_STEPS = 4000
+"""Optimizer steps that :meth:`BatchCorrectedSCETM.train` aims for when ``max_epochs=None``."""
+
+
+def default_max_epochs(n_obs: int, batch_size: int, n_steps: int = DEFAULT_N_STEPS) -> int:
+    """Epochs giving about ``n_steps`` optimizer steps (scETM trains for thousands of steps)."""
+    steps_per_epoch = max(1, math.ceil(n_obs / batch_size))
+    return max(1, math.ceil(n_steps / steps_per_epoch))
+
+
+class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
+    """Single-cell embedded topic model (scETM) with batch correction.
+
+    A VAE encoder gives topic mixtures ``θ = softmax(δ)``; a linear decoder gives
+    ``softmax(θ · α · ρ [+ λ_batch])`` from topic embeddings ``α`` (K × L) and gene
+    embeddings ``ρ`` (L × G), so topics stay interpretable as gene programmes.
+
+    Two modes follow from :meth:`setup_anndata`:
+
+    - **original scETM** (no ``corrected_layer``): the model reads raw counts and removes
+      batch effects with the per-batch gene bias ``λ`` (on when there are several batches);
+    - **corrected** (``corrected_layer`` written by :func:`scetm_mnn.pp.mnn_correct`):
+      encoder input and reconstruction target come from the corrected expression and ``λ``
+      is off by default.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    n_topics
+        Number of topics K.
+    n_emb
+        Dimension L of the gene and topic embeddings.
+    hidden_sizes
+        Encoder hidden-layer widths.
+    dropout_rate
+        Encoder dropout.
+    batch_bias
+        Use the per-batch gene bias ``λ``. ``None`` chooses: on for counts with more than one
+        batch, off with a corrected layer.
+    fixed_gene_embeddings
+        Optional fixed gene-embedding rows (P × G array, or a DataFrame whose columns are
+        ``adata.var_names``), e.g. a pathway × gene membership matrix, stacked under ``ρ``.
+    **module_kwargs
+        Passed to :class:`~scetm_mnn.module.ETMModule`.
+
+    Examples
+    --------
+    >>> import scetm_mnn
+    >>> adata = scetm_mnn.datasets.simulate()
+    >>> scetm_mnn.model.BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
+    >>> model = scetm_mnn.model.BatchCorrectedSCETM(adata)
+    >>> model.train()
+    >>> adata.obsm["X_scETM"] = model.get_latent_representation()
+    """
+
+    _module_cls = ETMModule
+    _data_splitter_cls = PreloadedDataSplitter
+    _training_plan_cls = ETMTrainingPlan
+
+    def __init__(
+        self,
+        adata: AnnData,
+        n_topics: int = 50,
+        n_emb: int = 400,
+        hidden_sizes: Sequence[int] = (128,),
+        dropout_rate: float = 0.1,
+        batch_bias: bool | None = None,
+        fixed_gene_embeddings: np.ndarray | pd.DataFrame | None = None,
+        **module_kwargs,
+    ):
+        super().__init__(adata)
+        setup_args = self.adata_manager.registry["setup_args"]
+        corrected = setup_args.get("corrected_layer") is not None
+        n_batch = self.summary_stats.n_batch
+        if batch_bias is None:
+            batch_bias = (not corrected) and n_batch > 1
+        fixed = self._align_fixed_embeddings(fixed_gene_embeddings)
+        self.module = self._module_cls(
+            n_input=self.summary_stats.n_vars,
+            n_batch=n_batch,
+            n_topics=n_topics,
+            n_emb=n_emb,
+            hidden_sizes=tuple(hidden_sizes),
+            dropout_rate=dropout_rate,
+            batch_bias=batch_bias,
+            fixed_gene_embeddings=fixed,
+            input_is_log=corrected,
+            **module_kwargs,
+        )
+        mode = f"corrected layer {setup_args['corrected_layer']!r}" if corrected else "counts"
+        self._model_summary_string = (
+            f"BatchCorrectedSCETM: {n_topics} topics, embedding {n_emb}, input {mode}, "
+            f"batch bias {'on' if batch_bias else 'off'} ({n_batch} batches), "
+            f"{0 if fixed is None else fixed.shape[0]} fixed gene-embedding rows."
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    def _align_fixed_embeddings(self, fixed) -> np.ndarray | None:
+        if fixed is None:
+            return None
+        if isinstance(fixed, pd.DataFrame):
+            missing = self.adata.var_names.difference(fixed.columns)
+            if len(missing):
+                raise ValueError(
+                    f"fixed_gene_embeddings lacks {len(missing)} of the model's genes "
+                    f"(e.g. {list(missing[:3])}); its columns must cover adata.var_names."
+                )
+            fixed = fixed.loc[:, self.adata.var_names].to_numpy()
+        fixed = np.asarray(fixed, dtype=np.float32)
+        check_finite(fixed, "fixed_gene_embeddings")
+        return fixed
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    @setup_anndata_dsp.dedent
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        corrected_layer: str | None = None,
+        mnn_pairs_key: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Register an AnnData with the model.
+
+        Parameters
+        ----------
+        adata
+            AnnData with raw counts in ``X`` or ``layers[layer]``.
+        layer
+            Layer holding raw counts (``None``: ``X``). Always validated as count data.
+        batch_key
+            Column of ``obs`` with the batch of each cell.
+        corrected_layer
+            Layer written by :func:`scetm_mnn.pp.mnn_correct` (log-scale corrected
+            expression over the same genes). When given, the model reads it instead of the
+            counts, and the batch bias is off by default.
+        mnn_pairs_key
+            Key of ``obsp`` holding an MNN pair matrix (e.g. ``"mnn_corrected_pairs"``
+            written by :func:`scetm_mnn.pp.mnn_correct`), used by ``train(mnn_weight=...)``.
+        **kwargs
+            Passed to :meth:`scvi.data.AnnDataManager.register_fields` (used when loading).
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        check_counts(adata, layer)
+        if batch_key is not None:
+            check_obs_key(adata, batch_key, "batch_key")
+        if corrected_layer is not None:
+            if corrected_layer not in adata.layers:
+                available = ", ".join(map(repr, adata.layers.keys())) or "none"
+                raise KeyError(
+                    f"corrected_layer={corrected_layer!r} not found in adata.layers "
+                    f"(available: {available}). Run scetm_mnn.pp.mnn_correct(adata, "
+                    f"batch_key, key_added={corrected_layer!r}) first."
+                )
+            check_finite(get_matrix(adata, corrected_layer), f"adata.layers[{corrected_layer!r}]")
+        if mnn_pairs_key is not None:
+            cls._check_pairs(adata, mnn_pairs_key)
+        fields = [
+            LayerField(
+                REGISTRY_KEYS.X_KEY,
+                corrected_layer if corrected_layer is not None else layer,
+                is_count_data=corrected_layer is None,
+            ),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+        ]
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    @staticmethod
+    def _check_pairs(adata: AnnData, key: str) -> None:
+        if key not in adata.obsp:
+            available = ", ".join(map(repr, adata.obsp.keys())) or "none"
+            raise KeyError(
+                f"mnn_pairs_key={key!r} not found in adata.obsp (available: {available}). "
+                "Run scetm_mnn.pp.mnn_correct first; it writes '<key_added>_pairs'."
+            )
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        batch_size: int = 2000,
+        lr: float | None = None,
+        mnn_weight: float = 0.0,
+        train_size: float | None = None,
+        validation_size: float | None = None,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Train the model with scETM's recipe.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the data. ``None`` gives about 4,000 optimizer steps
+            (:func:`default_max_epochs`), which scETM needs on small data sets.
+        batch_size
+            Cells per minibatch (scETM: 2,000).
+        lr
+            Adam learning rate (default 5e-3, see :class:`~scetm_mnn.train.ETMTrainingPlan`).
+        mnn_weight
+            Weight of the MNN term: the mean distance between the ``δ`` means of MNN-paired
+            cells, which are drawn into each minibatch. Needs ``mnn_pairs_key`` in
+            :meth:`setup_anndata`. ``0`` turns it off.
+        train_size
+            Fraction of cells to train on (default all, no validation pass).
+        validation_size
+            Fraction of cells for validation (default: the rest).
+        accelerator
+            Lightning accelerator.
+        devices
+            Lightning devices.
+        plan_kwargs
+            Passed to :class:`~scetm_mnn.train.ETMTrainingPlan` (``max_kl_weight``,
+            ``kl_warmup_fraction``, ``lr_decay``, ``gradient_clip_norm``, ...).
+        datasplitter_kwargs
+            Passed to :class:`~scetm_mnn.train.PreloadedDataSplitter`.
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar``).
+        """
+        plan_kwargs = dict(plan_kwargs or {})
+        datasplitter_kwargs = dict(datasplitter_kwargs or {})
+        if lr is not None:
+            plan_kwargs["lr"] = lr
+        if mnn_weight:
+            plan_kwargs["mnn_weight"] = mnn_weight
+            datasplitter_kwargs["mnn_pairs"] = self._mnn_pairs()
+        if max_epochs is None:
+            n_train = self.adata.n_obs if train_size is None else train_size * self.adata.n_obs
+            max_epochs = default_max_epochs(int(n_train), batch_size)
+        steps_per_epoch = max(1, math.ceil(self.adata.n_obs / batch_size))
+        trainer_kwargs.setdefault("log_every_n_steps", min(50, steps_per_epoch))
+        if validation_size is None and (train_size is None or train_size >= 1.0):
+            trainer_kwargs.setdefault("limit_val_batches", 0)  # no validation pass
+        else:
+            trainer_kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
+        return super().train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_size=train_size,
+            validation_size=validation_size,
+            accelerator=accelerator,
+            devices=devices,
+            plan_kwargs=plan_kwargs,
+            datasplitter_kwargs=datasplitter_kwargs,
+            **trainer_kwargs,
+        )
+
+    def _mnn_pairs(self) -> sparse.csr_matrix:
+        key = self.adata_manager.registry["setup_args"].get("mnn_pairs_key")
+        if key is None:
+            raise ValueError(
+                "mnn_weight > 0 needs MNN pairs: call setup_anndata(..., "
+                "mnn_pairs_key='mnn_corrected_pairs') after scetm_mnn.pp.mnn_correct."
+            )
+        self._check_pairs(self.adata, key)
+        pairs = sparse.csr_matrix(self.adata.obsp[key])
+        if pairs.nnz == 0:
+            raise ValueError(f"adata.obsp[{key!r}] holds no MNN pairs; mnn_weight needs some.")
+        return pairs
+
+    # ------------------------------------------------------------------ outputs
+    @torch.inference_mode()
+    def _encode(
+        self,
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        batch_size: int | None,
+    ) -> np.ndarray:
+        """Posterior means μ of δ for the chosen cells."""
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        source = source_from_manager(self.get_anndata_manager(adata, required=True))
+        indices = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        self.module.eval()
+        device = self.module.device
+        mus = [
+            self.module.inference(tensors[REGISTRY_KEYS.X_KEY].to(device))["qz"].loc.cpu()
+            for tensors in source.iterate(indices, batch_size or 2000)
+        ]
+        return torch.cat(mus).numpy()
+
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """The cell embedding to cluster on: posterior means μ of δ (n_obs × K).
+
+        Parameters
+        ----------
+        adata
+            AnnData registered like the training data (default: the model's).
+        indices
+            Cells to embed (default: all).
+        batch_size
+            Cells per forward pass.
+        """
+        return self._encode(adata, indices, batch_size)
+
+    def get_topic_proportions(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Topic mixtures ``θ = softmax(μ)`` (n_obs × K); rows sum to 1."""
+        mu = torch.from_numpy(self._encode(adata, indices, batch_size))
+        return torch.softmax(mu, dim=-1).numpy()
+
+    @property
+    def topic_names(self) -> list[str]:
+        """Names of the topics: ``topic_0`` … ``topic_{K-1}``."""
+        return [f"topic_{k}" for k in range(self.module.n_topics)]
+
+    @torch.inference_mode()
+    def get_topic_gene_matrix(self) -> pd.DataFrame:
+        """``β = α · ρ``: topic × gene logits (K × G), columns are ``var_names``."""
+        beta = self.module.topic_gene_logits().cpu().numpy()
+        return pd.DataFrame(beta, index=self.topic_names, columns=self.adata.var_names)
+
+    def get_top_genes(self, n: int = 10) -> pd.DataFrame:
+        """The ``n`` genes with the largest ``β`` per topic (rows: rank, columns: topics)."""
+        beta = self.get_topic_gene_matrix()
+        n = min(int(n), beta.shape[1])
+        order = np.argsort(-beta.to_numpy(), axis=1)[:, :n]
+        genes = np.asarray(beta.columns)[order].T
+        return pd.DataFrame(genes, columns=beta.index, index=pd.RangeIndex(n, name="rank"))
+
+    @torch.inference_mode()
+    def get_gene_embeddings(self) -> pd.DataFrame:
+        """Gene embeddings ``ρᵀ`` (G × (L + P)), fixed rows included as ``fixed_*`` columns."""
+        rho = self.module.gene_embeddings.cpu().numpy().T
+        n_fixed = self.module.rho_fixed.shape[0]
+        cols = [f"emb_{i}" for i in range(self.module.n_emb)]
+        cols += [f"fixed_{i}" for i in range(n_fixed)]
+        return pd.DataFrame(rho, index=self.adata.var_names, columns=cols)
+
+    @torch.inference_mode()
+    def get_topic_embeddings(self) -> pd.DataFrame:
+        """Topic embeddings ``α`` (K × (L + P)), same columns as the gene embeddings."""
+        alpha = self.module.alpha.cpu().numpy()
+        return pd.DataFrame(
+            alpha, index=self.topic_names, columns=self.get_gene_embeddings().columns
+        )
+
+    # ------------------------------------------------------------------ save / load
+    @classmethod
+    def load(
+        cls, dir_path: str, adata: AnnData | None = None, prefix: str | None = None, **kwargs
+    ) -> BatchCorrectedSCETM:
+        """Load a saved model, checking that ``adata`` has the genes it was trained on.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata
+            AnnData to attach (default: the one saved with the model, if any).
+        prefix
+            File-name prefix used when saving.
+        **kwargs
+            Passed to :meth:`scvi.model.base.BaseModelClass.load`.
+        """
+        if adata is not None:
+            _, var_names, _, _ = _load_saved_files(
+                dir_path, load_adata=False, prefix=prefix, map_location="cpu"
+            )
+            if not np.array_equal(np.asarray(var_names), np.asarray(adata.var_names)):
+                missing = pd.Index(var_names).difference(adata.var_names)
+                raise ValueError(
+                    f"adata's genes differ from the {len(var_names)} genes the model was "
+                    f"trained on ({len(missing)} missing, {adata.n_vars} given). Subset and "
+                    "order them first: adata = adata[:, model_genes].copy(), with model_genes "
+                    "read from the training data."
+                )
+        return super().load(dir_path, adata=adata, prefix=prefix, **kwargs)

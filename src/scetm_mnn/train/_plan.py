@@ -1,0 +1,136 @@
+"""Training plan with scETM's optimisation recipe on top of scvi-tools' ``TrainingPlan``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from scvi.module.base import BaseModuleClass
+from scvi.train import TrainingPlan
+
+
+def linear_warmup(step: int, warmup_steps: int, min_weight: float, max_weight: float) -> float:
+    """Weight rising linearly from ``min_weight`` at step 0 to ``max_weight`` at ``warmup_steps``.
+
+    Constant at ``max_weight`` afterwards (and immediately when ``warmup_steps <= 0``).
+    """
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return max_weight
+    return min_weight + (max_weight - min_weight) * step / warmup_steps
+
+
+class ETMTrainingPlan(TrainingPlan):
+    """scETM's optimisation: KL annealing over a fraction of training, lr decay, clipping.
+
+    Parameters
+    ----------
+    module
+        An :class:`~scetm_mnn.module.ETMModule` (any scvi-tools module works).
+    lr
+        Adam learning rate.
+    eps
+        Adam epsilon.
+    weight_decay
+        Adam weight decay.
+    max_kl_weight
+        KL weight reached at the end of the warm-up.
+    min_kl_weight
+        KL weight at the first step.
+    kl_warmup_fraction
+        Fraction of all optimizer steps (``max_epochs`` × steps per epoch) over which the KL
+        weight rises linearly; constant afterwards.
+    lr_decay
+        Per-step exponential decay: the learning rate at step ``t`` is
+        ``lr · exp(-lr_decay · t)``. ``0`` disables it.
+    gradient_clip_norm
+        Clip the global gradient norm at this value; ``None`` disables it. A
+        ``gradient_clip_val`` given to the trainer takes precedence.
+    mnn_weight
+        Weight of the MNN term in the module's loss (needs MNN pairs in the minibatches).
+    **kwargs
+        Passed to :class:`scvi.train.TrainingPlan`.
+    """
+
+    def __init__(
+        self,
+        module: BaseModuleClass,
+        *,
+        lr: float = 5e-3,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        max_kl_weight: float = 1e-7,
+        min_kl_weight: float = 0.0,
+        kl_warmup_fraction: float = 1 / 3,
+        lr_decay: float = 6e-5,
+        gradient_clip_norm: float | None = 50.0,
+        mnn_weight: float = 0.0,
+        **kwargs,
+    ):
+        if not 0.0 <= kl_warmup_fraction <= 1.0:
+            raise ValueError(f"kl_warmup_fraction must be in [0, 1], got {kl_warmup_fraction}.")
+        if lr_decay < 0:
+            raise ValueError(f"lr_decay must be >= 0, got {lr_decay}.")
+        if mnn_weight < 0:
+            raise ValueError(f"mnn_weight must be >= 0, got {mnn_weight}.")
+        self.kl_warmup_fraction = kl_warmup_fraction
+        self.lr_decay = lr_decay
+        self.gradient_clip_norm = gradient_clip_norm
+        kwargs.setdefault("n_epochs_kl_warmup", None)
+        kwargs.setdefault("n_steps_kl_warmup", None)
+        if mnn_weight > 0:
+            kwargs["mnn_weight"] = mnn_weight
+        super().__init__(
+            module,
+            lr=lr,
+            eps=eps,
+            weight_decay=weight_decay,
+            max_kl_weight=max_kl_weight,
+            min_kl_weight=min_kl_weight,
+            **kwargs,
+        )
+
+    @property
+    def warmup_steps(self) -> int:
+        """Number of optimizer steps of the KL warm-up (0 before a trainer is attached)."""
+        if self.n_steps_kl_warmup is not None:
+            return int(self.n_steps_kl_warmup)
+        if self._trainer is None:
+            return 0
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            return 0
+        return round(self.kl_warmup_fraction * total)
+
+    @property
+    def kl_weight(self) -> torch.Tensor:
+        """KL weight at the current optimizer step."""
+        if self._trainer is None:
+            weight = self.min_kl_weight if self.kl_warmup_fraction > 0 else self.max_kl_weight
+        else:
+            weight = linear_warmup(
+                self.global_step, self.warmup_steps, self.min_kl_weight, self.max_kl_weight
+            )
+        return torch.tensor(weight, device=self.device)
+
+    def configure_optimizers(self) -> dict:
+        """Adam, with the per-step exponential learning-rate decay."""
+        config = super().configure_optimizers()
+        if self.lr_decay > 0 and "lr_scheduler" not in config:
+            decay = self.lr_decay
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                config["optimizer"], lambda step: math.exp(-decay * step)
+            )
+            config["lr_scheduler"] = {"scheduler": scheduler, "interval": "step"}
+        return config
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip gradients by global norm (``gradient_clip_norm``) unless the trainer says so."""
+        if gradient_clip_val is None and self.gradient_clip_norm is not None:
+            gradient_clip_val, gradient_clip_algorithm = self.gradient_clip_norm, "norm"
+        self.clip_gradients(
+            optimizer,
+            gradient_clip_val=gradient_clip_val,
+            gradient_clip_algorithm=gradient_clip_algorithm,
+        )

@@ -1,0 +1,236 @@
+import numpy as np
+import pandas as pd
+import pytest
+import scvi
+from lightning.pytorch.callbacks import Callback
+from scipy import sparse
+
+from scetm_mnn.model import BatchCorrectedSCETM, default_max_epochs
+
+FAST = {"enable_progress_bar": False}
+
+
+class KLRecorder(Callback):
+    """Records the KL weight the plan uses at every optimizer step."""
+
+    def __init__(self):
+        self.weights = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.weights.append(float(pl_module.kl_weight))
+
+
+def _setup(adata, **kwargs):
+    BatchCorrectedSCETM.setup_anndata(adata, **kwargs)
+    return adata
+
+
+def _with_log_layer(adata, key="mnn_corrected"):
+    x = adata.X.toarray()
+    adata.layers[key] = np.log1p(x / x.sum(1, keepdims=True) * 1e4).astype(np.float32)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def trained(sim_adata):
+    scvi.settings.seed = 0
+    adata = _setup(sim_adata.copy(), batch_key="batch")
+    model = BatchCorrectedSCETM(adata, n_topics=8, n_emb=16)
+    model.kl_recorder = KLRecorder()
+    model.train(max_epochs=40, batch_size=256, callbacks=[model.kl_recorder], **FAST)
+    return model
+
+
+def test_outputs_have_documented_shapes(trained):
+    n, g = trained.adata.shape
+    z = trained.get_latent_representation()
+    assert z.shape == (n, 8) and np.isfinite(z).all()
+    theta = trained.get_topic_proportions()
+    np.testing.assert_allclose(theta.sum(1), 1.0, rtol=1e-5)
+    assert trained.get_latent_representation(indices=[3, 1]).shape == (2, 8)
+    np.testing.assert_allclose(trained.get_latent_representation(indices=[3])[0], z[3], rtol=1e-5)
+    beta = trained.get_topic_gene_matrix()
+    assert beta.shape == (8, g) and list(beta.columns) == list(trained.adata.var_names)
+    top = trained.get_top_genes(5)
+    assert top.shape == (5, 8)
+    assert top.loc[0, "topic_2"] == beta.loc["topic_2"].idxmax()
+    assert trained.get_gene_embeddings().shape == (g, 16)
+    assert trained.get_topic_embeddings().shape == (8, 16)
+
+
+def test_latent_is_deterministic_in_eval(trained):
+    np.testing.assert_array_equal(
+        trained.get_latent_representation(), trained.get_latent_representation()
+    )
+
+
+def test_loss_falls(trained):
+    loss = trained.history["train_loss"]["train_loss"].to_numpy()
+    assert loss[-5:].mean() < loss[:5].mean() - 0.05
+
+
+def test_kl_weight_follows_schedule(trained):
+    kl = np.array(trained.kl_recorder.weights)
+    steps = len(kl)
+    assert steps == 40 * 3 == trained.trainer.global_step
+    warmup = round(steps / 3)
+    expected = np.minimum(np.arange(steps) / warmup, 1.0) * 1e-7
+    np.testing.assert_allclose(kl, expected, rtol=1e-4, atol=1e-14)
+
+
+def test_lr_decays_per_step(trained):
+    optimizer = trained.trainer.optimizers[0]
+    steps = trained.trainer.global_step
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(5e-3 * np.exp(-6e-5 * steps))
+
+
+def test_clusters_follow_cell_types(trained):
+    import scanpy as sc
+    from sklearn.metrics import adjusted_rand_score
+
+    adata = trained.adata.copy()
+    adata.obsm["X_etm"] = trained.get_latent_representation()
+    sc.pp.neighbors(adata, use_rep="X_etm", random_state=0)
+    best = max(
+        adjusted_rand_score(
+            adata.obs["cell_type"],
+            sc.tl.leiden(
+                adata, resolution=r, flavor="igraph", n_iterations=2, random_state=0, copy=True
+            ).obs["leiden"],
+        )
+        for r in (0.1, 0.2, 0.4)
+    )
+    assert best > 0.8
+
+
+def test_batch_bias_defaults(sim_adata):
+    counts = _setup(sim_adata.copy(), batch_key="batch")
+    assert BatchCorrectedSCETM(counts).module.batch_bias is not None
+    single = _setup(sim_adata.copy())
+    assert BatchCorrectedSCETM(single).module.batch_bias is None
+    corrected = _setup(
+        _with_log_layer(sim_adata.copy()), batch_key="batch", corrected_layer="mnn_corrected"
+    )
+    model = BatchCorrectedSCETM(corrected)
+    assert model.module.batch_bias is None and model.module.input_is_log
+    assert BatchCorrectedSCETM(corrected, batch_bias=True).module.batch_bias is not None
+    assert BatchCorrectedSCETM(counts, batch_bias=False).module.batch_bias is None
+
+
+def test_corrected_layer_trains(sim_adata):
+    adata = _setup(
+        _with_log_layer(sim_adata.copy()), batch_key="batch", corrected_layer="mnn_corrected"
+    )
+    model = BatchCorrectedSCETM(adata, n_topics=5, n_emb=8)
+    model.train(max_epochs=3, batch_size=300, **FAST)
+    assert np.isfinite(model.get_latent_representation()).all()
+
+
+def test_seed_reproducibility(sim_adata):
+    def run():
+        scvi.settings.seed = 7
+        adata = _setup(sim_adata.copy(), batch_key="batch")
+        model = BatchCorrectedSCETM(adata, n_topics=5, n_emb=8)
+        model.train(max_epochs=4, batch_size=200, **FAST)
+        return model.get_latent_representation()
+
+    np.testing.assert_array_equal(run(), run())
+
+
+def test_save_load_round_trip_with_fixed_embeddings(sim_adata, tmp_path):
+    adata = _setup(sim_adata.copy(), batch_key="batch")
+    fixed = pd.DataFrame(
+        np.random.default_rng(0).random((3, adata.n_vars)), columns=adata.var_names
+    )
+    model = BatchCorrectedSCETM(adata, n_topics=4, n_emb=6, fixed_gene_embeddings=fixed)
+    model.train(max_epochs=2, batch_size=300, **FAST)
+    model.save(tmp_path / "m", overwrite=True)
+    loaded = BatchCorrectedSCETM.load(tmp_path / "m", adata=adata)
+    np.testing.assert_array_equal(
+        model.get_latent_representation(), loaded.get_latent_representation()
+    )
+    pd.testing.assert_frame_equal(model.get_topic_gene_matrix(), loaded.get_topic_gene_matrix())
+    np.testing.assert_allclose(
+        loaded.get_gene_embeddings().filter(like="fixed_").to_numpy(), fixed.to_numpy().T
+    )
+    other = sim_adata[:, ::-1].copy()
+    with pytest.raises(ValueError, match="genes differ"):
+        BatchCorrectedSCETM.load(tmp_path / "m", adata=other)
+
+
+def test_fixed_embeddings_must_cover_genes(sim_adata):
+    adata = _setup(sim_adata.copy())
+    with pytest.raises(ValueError, match="lacks"):
+        BatchCorrectedSCETM(adata, fixed_gene_embeddings=pd.DataFrame({"x": [1.0]}))
+
+
+def test_mnn_term_trains_with_pairs(sim_adata):
+    adata = sim_adata.copy()
+    batch = adata.obs["batch"].cat.codes.to_numpy()
+    a, b = np.flatnonzero(batch == 0)[:50], np.flatnonzero(batch == 1)[:50]
+    pairs = sparse.coo_matrix((np.ones(100), (np.r_[a, b], np.r_[b, a])), shape=(600, 600))
+    adata.obsp["pairs"] = pairs.tocsr()
+    _setup(adata, batch_key="batch", mnn_pairs_key="pairs")
+    model = BatchCorrectedSCETM(adata, n_topics=5, n_emb=8)
+    model.train(max_epochs=3, batch_size=300, mnn_weight=1.0, **FAST)
+    assert "mnn_distance_train" in model.history
+    plain = _setup(sim_adata.copy(), batch_key="batch")
+    with pytest.raises(ValueError, match="mnn_pairs_key"):
+        BatchCorrectedSCETM(plain).train(max_epochs=1, mnn_weight=1.0, **FAST)
+
+
+def test_default_max_epochs_gives_thousands_of_steps():
+    assert default_max_epochs(2000, 2000) == 4000
+    assert default_max_epochs(2142, 2000) == 2000
+    assert default_max_epochs(100_000, 2000) == 80
+
+
+# --------------------------------------------------------------- bad input
+def test_non_integer_counts_name_the_layer(sim_adata):
+    adata = sim_adata.copy()
+    adata.layers["norm"] = adata.X * 0.5
+    with pytest.raises(ValueError, match=r"layers\['norm'\].*non-integer"):
+        BatchCorrectedSCETM.setup_anndata(adata, layer="norm")
+
+
+def test_negative_counts(sim_adata):
+    adata = sim_adata.copy()
+    adata.X = adata.X.toarray()
+    adata.X[0, 0] = -1
+    with pytest.raises(ValueError, match=r"adata\.X.*negative"):
+        BatchCorrectedSCETM.setup_anndata(adata)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_and_inf(sim_adata, bad):
+    adata = sim_adata.copy()
+    adata.X = adata.X.toarray()
+    adata.X[1, 2] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        BatchCorrectedSCETM.setup_anndata(adata)
+
+
+def test_missing_batch_key_lists_columns(sim_adata):
+    with pytest.raises(KeyError, match="Available columns: 'batch', 'cell_type'"):
+        BatchCorrectedSCETM.setup_anndata(sim_adata.copy(), batch_key="donor")
+
+
+def test_missing_layers(sim_adata):
+    with pytest.raises(KeyError, match="Layer 'counts' not found"):
+        BatchCorrectedSCETM.setup_anndata(sim_adata.copy(), layer="counts")
+    with pytest.raises(KeyError, match="mnn_correct"):
+        BatchCorrectedSCETM.setup_anndata(sim_adata.copy(), corrected_layer="mnn_corrected")
+    with pytest.raises(KeyError, match="obsp"):
+        BatchCorrectedSCETM.setup_anndata(sim_adata.copy(), mnn_pairs_key="pairs")
+
+
+def test_callers_data_unchanged(sim_adata):
+    adata = _with_log_layer(sim_adata.copy())
+    x, layer, obs = adata.X.copy(), adata.layers["mnn_corrected"].copy(), adata.obs.copy()
+    _setup(adata, batch_key="batch", corrected_layer="mnn_corrected")
+    model = BatchCorrectedSCETM(adata, n_topics=4, n_emb=6)
+    model.train(max_epochs=2, batch_size=300, **FAST)
+    model.get_latent_representation()
+    assert (adata.X != x).nnz == 0
+    np.testing.assert_array_equal(adata.layers["mnn_corrected"], layer)
+    pd.testing.assert_frame_equal(adata.obs[obs.columns], obs)

@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+import torch
+from scvi import REGISTRY_KEYS
+
+from scetm_mnn.module import MNN_PAIRS_KEY, ETMModule
+
+
+def _tensors(n_cells=32, n_genes=50, n_batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.poisson(torch.rand(n_cells, n_genes, generator=g) * 5)
+    batch = torch.randint(0, n_batch, (n_cells, 1), generator=g)
+    return {REGISTRY_KEYS.X_KEY: x, REGISTRY_KEYS.BATCH_KEY: batch}
+
+
+def test_shapes_and_finite_loss():
+    torch.manual_seed(0)
+    module = ETMModule(50, n_batch=2, n_topics=7, n_emb=11, batch_bias=True)
+    inf, gen, loss = module(_tensors())
+    assert inf["qz"].loc.shape == (32, 7)
+    assert torch.allclose(inf["theta"].sum(-1), torch.ones(32))
+    assert gen["log_px"].shape == (32, 50)
+    assert torch.allclose(gen["log_px"].exp().sum(-1), torch.ones(32), atol=1e-5)
+    assert loss.reconstruction_loss["reconstruction_loss"].shape == (32,)
+    assert loss.kl_local["kl_local"].shape == (32,)
+    assert torch.isfinite(loss.loss)
+    assert module.topic_gene_logits().shape == (7, 50)
+
+
+def test_log_sigma_is_clamped():
+    module = ETMModule(10, n_topics=3, n_emb=4)
+    with torch.no_grad():
+        module.log_sigma.bias.fill_(100.0)
+    module.eval()
+    out = module.inference(torch.ones(4, 10))
+    assert torch.allclose(out["qz"].scale, torch.full((4, 3), float(np.exp(10.0))))
+
+
+def test_reconstruction_is_multinomial_nll_of_proportions():
+    module = ETMModule(5, n_topics=2, n_emb=3)
+    module.eval()
+    tensors = {REGISTRY_KEYS.X_KEY: torch.tensor([[1.0, 0, 3, 0, 0]])}
+    _inf, gen, loss = module(tensors)
+    p = torch.tensor([[0.25, 0, 0.75, 0, 0]])
+    expected = -(p * gen["log_px"]).sum(-1)
+    assert torch.allclose(loss.reconstruction_loss["reconstruction_loss"], expected)
+
+
+def test_log_input_is_mapped_back_with_expm1_and_clipped():
+    module = ETMModule(3, n_topics=2, n_emb=2, input_is_log=True)
+    p = module.normalize(torch.tensor([[np.log1p(1.0), np.log1p(3.0), -0.5]], dtype=torch.float32))
+    assert torch.allclose(p, torch.tensor([[0.25, 0.75, 0.0]]), atol=1e-6)
+
+
+def test_batch_bias_shifts_logits_per_batch():
+    module = ETMModule(4, n_batch=2, n_topics=2, n_emb=2, batch_bias=True)
+    with torch.no_grad():
+        module.batch_bias[1] = torch.tensor([5.0, 0, 0, 0])
+    theta = torch.full((2, 2), 0.5)
+    out = module.generative(theta, torch.tensor([[0], [1]]))["log_px"]
+    assert out[1, 0] > out[0, 0]
+    with pytest.raises(ValueError, match="batch index"):
+        module.generative(theta, None)
+
+
+def test_no_batch_bias_means_no_parameter():
+    assert ETMModule(4, n_batch=3).batch_bias is None
+    with pytest.raises(ValueError, match="n_batch"):
+        ETMModule(4, n_batch=0, batch_bias=True)
+
+
+def test_fixed_gene_embeddings_are_a_buffer():
+    fixed = np.eye(3, 6, dtype=np.float32)
+    module = ETMModule(6, n_topics=2, n_emb=4, fixed_gene_embeddings=fixed)
+    assert "rho_fixed" in dict(module.named_buffers())
+    assert "rho_fixed" in module.state_dict()
+    assert module.alpha.shape == (2, 7)
+    assert module.gene_embeddings.shape == (7, 6)
+    with pytest.raises(ValueError, match="shape"):
+        ETMModule(6, fixed_gene_embeddings=np.ones((2, 5)))
+
+
+def test_mnn_term_adds_paired_distance():
+    torch.manual_seed(0)
+    module = ETMModule(50, n_topics=4, n_emb=5)
+    module.eval()
+    tensors = _tensors()
+    torch.manual_seed(1)
+    inf, _gen, base = module(tensors)
+    tensors[MNN_PAIRS_KEY] = torch.tensor([[0, 1], [2, 3]])
+    torch.manual_seed(1)
+    _, _, with_mnn = module(tensors, loss_kwargs={"mnn_weight": 2.0})
+    mu = inf["qz"].loc
+    dist = ((mu[0] - mu[1]).norm() + (mu[2] - mu[3]).norm()) / 2
+    assert torch.allclose(with_mnn.extra_metrics["mnn_distance"], dist, atol=1e-5)
+    assert torch.allclose(with_mnn.loss - base.loss, 2.0 * dist, atol=1e-5)
+    torch.manual_seed(1)
+    assert torch.allclose(module(tensors)[2].loss, base.loss)  # weight 0: no term
+
+
+def test_sample_keeps_library_size():
+    torch.manual_seed(0)
+    module = ETMModule(50, n_batch=2, n_topics=3, n_emb=4, batch_bias=True)
+    tensors = _tensors(n_cells=5)
+    draws = module.sample(tensors, n_samples=2)
+    assert draws.shape == (2, 5, 50)
+    lib = tensors[REGISTRY_KEYS.X_KEY].sum(-1).clamp(min=1)
+    assert torch.equal(draws.sum(-1)[0], lib)
+
+
+def test_unknown_constructor_argument():
+    with pytest.raises(TypeError, match="nonsense"):
+        ETMModule(5, nonsense=1)
