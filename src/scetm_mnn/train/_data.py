@@ -18,6 +18,9 @@ from scvi.data import AnnDataManager
 
 from ..module import MNN_PAIRS_KEY
 
+DENSE_PRELOAD_BYTES = 256 * 2**20
+"""Sparse data up to this dense size (float32) is densified once; larger stays CSR."""
+
 
 class MinibatchSource:
     """Registered data held in memory, sliced into minibatch tensors.
@@ -25,7 +28,8 @@ class MinibatchSource:
     Parameters
     ----------
     x
-        Cells × genes, dense or sparse (converted to CSR float32 once).
+        Cells × genes, dense or sparse. Held as float32: dense when it fits in
+        :data:`DENSE_PRELOAD_BYTES`, else CSR with only each minibatch densified.
     batch_index
         Integer batch code per cell, or ``None``.
     mnn_pairs
@@ -35,7 +39,9 @@ class MinibatchSource:
     """
 
     def __init__(self, x, batch_index: np.ndarray | None = None, mnn_pairs=None):
-        if sparse.issparse(x):
+        if sparse.issparse(x) and np.prod(x.shape) * 4 <= DENSE_PRELOAD_BYTES:
+            self.x = np.asarray(x.toarray(), dtype=np.float32)
+        elif sparse.issparse(x):
             self.x = sparse.csr_matrix(x, dtype=np.float32)
         else:
             self.x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
