@@ -1,0 +1,122 @@
+"""The end-to-end pipeline behind the CLI: preprocess → correct → topic model → evaluate."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import pandas as pd
+import scvi
+
+from . import pl, pp, tl
+from ._validation import get_matrix
+from .model import BatchCorrectedSCETM
+
+logger = logging.getLogger(__name__)
+
+CORRECTED_KEY = "mnn_corrected"
+LATENT_KEY = "X_scetm_mnn"
+TOPICS_KEY = "X_topics"
+
+
+@dataclass
+class PipelineResult:
+    """What :func:`run_pipeline` produced."""
+
+    adata: ad.AnnData
+    model: BatchCorrectedSCETM
+    sweep: pd.DataFrame | None = None
+    summary: dict = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def run_pipeline(
+    adata: ad.AnnData,
+    batch_key: str,
+    label_key: str | None = None,
+    counts_layer: str | None = None,
+    out: str | Path | None = None,
+    n_top_genes: int = 2000,
+    max_epochs: int | None = None,
+    mnn_weight: float | None = None,
+    random_state: int = 0,
+) -> PipelineResult:
+    """Preprocess, correct with MNN, train the topic model, and evaluate.
+
+    Parameters
+    ----------
+    adata
+        Raw counts in ``X`` or ``layers[counts_layer]``; not modified.
+    batch_key
+        ``obs`` column with batches.
+    label_key
+        Optional ``obs`` column with cell types, for the Leiden sweep.
+    counts_layer
+        Layer with raw counts (``None``: ``X``).
+    out
+        Folder for the metrics, figures and saved model (nothing is written when ``None``).
+    n_top_genes
+        Highly variable genes to keep.
+    max_epochs
+        Training epochs (``None``: the model's default).
+    mnn_weight
+        Weight of the MNN term in the topic model (``None``: the model's default).
+    random_state
+        Seed for every step.
+    """
+    scvi.settings.seed = random_state
+    source = adata.copy()
+    if counts_layer is not None:
+        source.X = get_matrix(source, counts_layer).copy()
+    data = pp.preprocess(source, n_top_genes=n_top_genes, batch_key=batch_key)
+    pp.mnn_correct(data, batch_key, key_added=CORRECTED_KEY, random_state=random_state)
+    BatchCorrectedSCETM.setup_anndata(
+        data,
+        layer="counts",
+        batch_key=batch_key,
+        corrected_layer=CORRECTED_KEY,
+        mnn_pairs_key=f"{CORRECTED_KEY}_pairs",
+    )
+    model = BatchCorrectedSCETM(data)
+    train_kwargs = {} if mnn_weight is None else {"mnn_weight": mnn_weight}
+    model.train(max_epochs=max_epochs, **train_kwargs)
+    data.obsm[LATENT_KEY] = model.get_latent_representation()
+    data.obsm[TOPICS_KEY] = model.get_topic_proportions()
+    result = PipelineResult(adata=data, model=model)
+
+    if label_key is not None:
+        result.sweep = tl.leiden_sweep(
+            data, LATENT_KEY, label_key, batch_key, random_state=random_state
+        )
+        result.summary = tl.sweep_summary(result.sweep)
+    if out is not None:
+        result.files = _write_outputs(result, Path(out), batch_key, label_key)
+    return result
+
+
+def _write_outputs(
+    result: PipelineResult, out: Path, batch_key: str, label_key: str | None
+) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    if result.sweep is not None:
+        files["metrics"] = out / "leiden_sweep.csv"
+        result.sweep.to_csv(files["metrics"], index=False)
+        files["table"] = out / "leiden_sweep.md"
+        files["table"].write_text(result.sweep.round(3).to_markdown(index=False) + "\n")
+    files["umap"] = out / "umap.png"
+    pl.integration_umap(
+        result.adata,
+        LATENT_KEY,
+        batch_key,
+        label_key if label_key is not None else batch_key,
+        save=files["umap"],
+    )
+    files["topics"] = out / "topics.png"
+    pl.topic_heatmap(result.model, label_key=label_key or batch_key, save=files["topics"])
+    files["model"] = out / "model"
+    result.model.save(files["model"], overwrite=True)
+    logger.info("Wrote %s", ", ".join(str(p) for p in files.values()))
+    return files
