@@ -11,7 +11,7 @@ import pandas as pd
 import scvi
 
 from . import pl, pp, tl
-from ._validation import get_matrix
+from ._validation import check_obs_key, get_matrix
 from .model import BatchCorrectedSCETM
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class PipelineResult:
     adata: ad.AnnData
     model: BatchCorrectedSCETM
     sweep: pd.DataFrame | None = None
-    summary: dict = field(default_factory=dict)
+    summary: pd.Series | None = None
     files: dict[str, Path] = field(default_factory=dict)
 
 
@@ -66,6 +66,9 @@ def run_pipeline(
     random_state
         Seed for every step.
     """
+    check_obs_key(adata, batch_key, "batch_key")
+    if label_key is not None:
+        check_obs_key(adata, label_key, "label_key")
     scvi.settings.seed = random_state
     source = adata.copy()
     if counts_layer is not None:

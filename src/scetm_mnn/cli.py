@@ -23,7 +23,7 @@ def _load_demo(name: str) -> ad.AnnData:
 
 
 def _print_summary(result, out: Path) -> None:
-    if result.sweep is not None:
+    if result.summary is not None:
         print(result.sweep.round(3).to_markdown(index=False))
         print()
         print(" | ".join(f"{k}: {v:.3f}" for k, v in result.summary.items()))
