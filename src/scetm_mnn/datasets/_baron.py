@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
 import anndata as ad
+import numpy as np
 import pandas as pd
+import pooch
 from scipy import sparse
 
 logger = logging.getLogger(__name__)
 
 DATA_ENV = "SCETM_MNN_DATA"
+GEO_URL = "https://ftp.ncbi.nlm.nih.gov/geo/series/GSE84nnn/GSE84133/suppl/GSE84133_RAW.tar"
+_GEO_TAR = "GSE84133_RAW.tar"
 _BATCH_COLUMNS = ("donor", "batch")
 _LABEL_COLUMNS = ("cell_type1", "assigned_cluster", "cell_type")
+_META_COLUMNS = ("barcode", "assigned_cluster")
+_SUBDIRS = ("baron_pancreas", ".", "GSE84133_RAW")
+_CHUNKSIZE = 256
 
 
 def _search_dirs(data_dir: str | os.PathLike | None) -> list[Path]:
@@ -25,13 +33,95 @@ def _search_dirs(data_dir: str | os.PathLike | None) -> list[Path]:
     return dirs
 
 
-def _find_h5ad(species: str, dirs: list[Path]) -> Path | None:
-    for d in dirs:
-        for root in (d / "baron_pancreas", d):
-            hits = sorted(root.glob(f"baron_{species}*.h5ad"))
-            if hits:
-                return hits[0]
+def _cache_dir() -> Path:
+    """Where downloads and parsed copies live (``pooch.os_cache("scetm-mnn")``)."""
+    return Path(pooch.os_cache("scetm-mnn"))
+
+
+def _find_h5ad(species: str, directory: Path) -> Path | None:
+    for sub in _SUBDIRS:
+        hits = sorted((directory / sub).glob(f"baron_{species}*.h5ad"))
+        if hits:
+            return hits[0]
     return None
+
+
+def _csv_donor(path: Path, species: str) -> str | None:
+    """Return the donor (``human1``, ``mouse2``, ...) in a GEO file name, or ``None``."""
+    match = re.fullmatch(rf"GSM\d+_({species}\d+)_umifm_counts\.csv(\.gz)?", path.name)
+    return match.group(1) if match else None
+
+
+def _find_csvs(species: str, directory: Path) -> list[Path]:
+    for sub in _SUBDIRS:
+        hits = sorted(p for p in (directory / sub).glob("GSM*") if _csv_donor(p, species))
+        if hits:
+            return hits
+    return []
+
+
+def _read_umifm_csv(path: str | os.PathLike, donor: str, chunksize: int = _CHUNKSIZE):
+    """Parse one GEO ``*_umifm_counts.csv(.gz)`` file into an AnnData with CSR counts.
+
+    The file has cells as rows; the columns are an unnamed cell index (optional),
+    ``barcode``, ``assigned_cluster`` and then one column per gene. It is read in chunks
+    of ``chunksize`` cells, each turned sparse at once, so memory stays small.
+    """
+    header = pd.read_csv(path, nrows=0).columns
+    has_index = header[0] == "" or str(header[0]).startswith("Unnamed")
+    if "assigned_cluster" not in header:
+        raise ValueError(
+            f"{path} has no 'assigned_cluster' column; expected the GEO GSE84133 "
+            "*_umifm_counts.csv format (index, barcode, assigned_cluster, genes...)."
+        )
+    columns = header[1:] if has_index else header
+    genes = [c for c in columns if c not in _META_COLUMNS]
+    blocks, metas = [], []
+    reader = pd.read_csv(path, index_col=0 if has_index else None, chunksize=chunksize)
+    for chunk in reader:
+        blocks.append(sparse.csr_matrix(chunk[genes].to_numpy(dtype=np.float32)))
+        metas.append(chunk[[c for c in _META_COLUMNS if c in chunk.columns]])
+    meta = pd.concat(metas)
+    if not has_index:
+        meta.index = meta["barcode"] if "barcode" in meta else meta.index
+    meta.index = [n if n.startswith(donor) else f"{donor}_{n}" for n in meta.index.astype(str)]
+    meta.insert(0, "donor", donor)
+    x = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, len(genes)))
+    return ad.AnnData(X=x.astype(np.float32), obs=meta, var=pd.DataFrame(index=genes))
+
+
+def _read_csvs(paths: list[Path], species: str) -> ad.AnnData:
+    """Parse and concatenate one GEO count file per donor."""
+    parts = []
+    for path in paths:
+        logger.info("Parsing %s", path)
+        parts.append(_read_umifm_csv(path, donor=_csv_donor(path, species)))
+    adata = ad.concat(parts, join="outer", merge="same") if len(parts) > 1 else parts[0]
+    if not sparse.isspmatrix_csr(adata.X):
+        adata.X = sparse.csr_matrix(adata.X)
+    return adata
+
+
+def _download(species: str, cache: Path) -> list[Path]:
+    """Download ``GSE84133_RAW.tar`` from GEO into ``cache`` and extract it."""
+    try:
+        files = pooch.retrieve(
+            GEO_URL,
+            known_hash=None,
+            fname=_GEO_TAR,
+            path=cache,
+            processor=pooch.Untar(),
+            progressbar=False,
+        )
+    except OSError as err:  # requests' network errors subclass OSError
+        raise FileNotFoundError(
+            f"No local Baron {species} data, and downloading {GEO_URL} failed "
+            f"({type(err).__name__}). "
+            f"Without internet, put baron_pancreas/baron_{species}*.h5ad or the GEO files "
+            f"GSM22307xx_{species}<N>_umifm_counts.csv.gz in a folder and pass it as "
+            f"`data_dir=` or set ${DATA_ENV} to it."
+        ) from err
+    return sorted(Path(f) for f in files if _csv_donor(Path(f), species))
 
 
 def _standardize(adata: ad.AnnData, species: str) -> ad.AnnData:
@@ -52,34 +142,79 @@ def _standardize(adata: ad.AnnData, species: str) -> ad.AnnData:
     return adata
 
 
+def _load_local(species: str, dirs: list[Path]) -> ad.AnnData | None:
+    """Load the first h5ad, else GEO CSV set, found in ``dirs`` (searched in order)."""
+    for directory in dirs:
+        path = _find_h5ad(species, directory)
+        if path is not None:
+            logger.info("Reading %s", path)
+            return ad.read_h5ad(path)
+        csvs = _find_csvs(species, directory)
+        if csvs:
+            return _read_csvs(csvs, species)
+    return None
+
+
 def baron_pancreas(
     species: Literal["human", "mouse"] = "human",
     data_dir: str | os.PathLike | None = None,
+    download: bool = True,
 ) -> ad.AnnData:
-    """Load the Baron et al. (2016) pancreas data with raw counts.
+    """Load the Baron et al. (2016) pancreas data (GEO GSE84133) with raw counts.
+
+    The data are searched in this order, the first hit winning:
+
+    1. ``data_dir``, then ``$SCETM_MNN_DATA``; in each, first an h5ad
+       ``baron_{species}*.h5ad``, then the GEO files
+       ``GSM22307xx_{species}<N>_umifm_counts.csv.gz`` (one per donor), each looked for in
+       the subfolders ``baron_pancreas/``, the folder itself and ``GSE84133_RAW/``;
+    2. a parsed copy cached by an earlier download in ``pooch.os_cache("scetm-mnn")``;
+    3. a download of ``GSE84133_RAW.tar`` from GEO into that cache (when ``download``),
+       whose donor files are parsed and cached as ``baron_{species}.h5ad``.
+
+    The GEO files are read in chunks of cells, so parsing them needs little memory beyond
+    the sparse result.
 
     Parameters
     ----------
     species
         ``"human"`` (4 donors, 14 cell types) or ``"mouse"`` (2 mice, 13 cell types).
     data_dir
-        Directory to search first; then ``$SCETM_MNN_DATA``. Either may hold
-        ``baron_pancreas/baron_{species}*.h5ad``.
+        Directory to search first.
+    download
+        Whether to download from GEO when no local copy is found.
 
     Returns
     -------
-    AnnData with raw counts in ``X`` (CSR), categorical ``obs["batch"]`` (donor) and
-    ``obs["cell_type"]`` (Baron's ``assigned_cluster``).
+    AnnData with raw counts in ``X`` (CSR, float32 holding integers), categorical
+    ``obs["batch"]`` (donor) and ``obs["cell_type"]`` (Baron's ``assigned_cluster``).
+
+    Raises
+    ------
+    FileNotFoundError
+        When no local copy exists and the download is disabled or fails (for example,
+        offline); the message says where to put the files.
     """
     if species not in ("human", "mouse"):
         raise ValueError(f"species must be 'human' or 'mouse', not {species!r}.")
     dirs = _search_dirs(data_dir)
-    path = _find_h5ad(species, dirs)
-    if path is None:
-        searched = ", ".join(map(str, dirs)) or f"nothing (set ${DATA_ENV})"
-        raise FileNotFoundError(
-            f"No Baron {species} data found; searched {searched}. "
-            f"Set ${DATA_ENV} to the folder holding baron_pancreas/."
-        )
-    logger.info("Reading %s", path)
-    return _standardize(ad.read_h5ad(path), species)
+    adata = _load_local(species, dirs)
+    if adata is None:
+        cache = _cache_dir()
+        cached = _find_h5ad(species, cache)
+        if cached is not None:
+            logger.info("Reading cached %s", cached)
+            adata = ad.read_h5ad(cached)
+        elif not download:
+            searched = ", ".join(map(str, dirs)) or f"nothing (set ${DATA_ENV})"
+            raise FileNotFoundError(
+                f"No Baron {species} data found; searched {searched}. Set ${DATA_ENV} to "
+                "the folder holding baron_pancreas/, or pass `download=True`."
+            )
+        else:
+            paths = _download(species, cache)
+            if not paths:
+                raise FileNotFoundError(f"{_GEO_TAR} in {cache} holds no {species} files.")
+            adata = _read_csvs(paths, species)
+            adata.write_h5ad(cache / f"baron_{species}.h5ad", compression="gzip")
+    return _standardize(adata, species)

@@ -1,0 +1,102 @@
+"""Leiden sweep curves: ARI, NMI and bARI against the resolution."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..tl._leiden import SWEEP_COLUMNS
+from ._utils import category_colors, save_figure
+
+_METRICS = (
+    ("ARI", "ARI (higher is better)"),
+    ("NMI", "NMI (higher is better)"),
+    ("bARI", "bARI (lower is better)"),
+)
+
+
+def _check(df: pd.DataFrame, name: str) -> None:
+    missing = [c for c in SWEEP_COLUMNS if c not in df.columns]
+    if missing:
+        raise KeyError(f"{name} lacks the leiden_sweep columns {missing}.")
+
+
+def _style(ax, ylabel: str) -> None:
+    ax.set_xlabel("Leiden resolution")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3, linewidth=0.5)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def leiden_sweep(
+    df: pd.DataFrame | Mapping[str, pd.DataFrame],
+    save: str | os.PathLike | None = None,
+    title: str | None = None,
+    bari_floor: float | None = None,
+) -> Figure:
+    """Plot a :func:`scetm_mnn.tl.leiden_sweep` table against the resolution.
+
+    Parameters
+    ----------
+    df
+        One sweep table: one axes with the ARI, NMI and bARI curves and a dotted line at
+        the best-ARI resolution. Or a mapping ``{method: table}``: three axes (ARI, NMI,
+        bARI), one curve per method.
+    save
+        Path to write the figure to (format from the suffix, e.g. ``.png``, ``.pdf``).
+    title
+        Figure title.
+    bari_floor
+        If given (e.g. :func:`scetm_mnn.tl.label_batch_ari`), a dashed horizontal line
+        marks this lowest bARI reachable by a clustering that follows the cell types.
+
+    Returns
+    -------
+    The figure.
+    """
+    if isinstance(df, pd.DataFrame):
+        _check(df, "df")
+        fig, ax = plt.subplots(figsize=(5.0, 3.6), layout="constrained")
+        for (metric, _), color in zip(_METRICS, category_colors(len(_METRICS))):
+            ax.plot(
+                df["resolution"], df[metric], marker="o", markersize=3, color=color, label=metric
+            )
+        best = df.loc[df["ARI"].idxmax(), "resolution"]
+        ax.axvline(best, color="grey", linestyle=":", linewidth=1, label=f"best ARI ({best:g})")
+        if bari_floor is not None:
+            ax.axhline(bari_floor, color="grey", linestyle="--", linewidth=1, label="bARI floor")
+        _style(ax, "score")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
+    else:
+        if not df:
+            raise ValueError("df is an empty mapping; pass at least one sweep table.")
+        for name, table in df.items():
+            _check(table, f"df[{name!r}]")
+        fig, axes = plt.subplots(1, 3, figsize=(13.0, 3.6), layout="constrained")
+        colors = category_colors(len(df))
+        for ax, (metric, label) in zip(axes, _METRICS):
+            for (name, table), color in zip(df.items(), colors):
+                ax.plot(
+                    table["resolution"],
+                    table[metric],
+                    marker="o",
+                    markersize=3,
+                    color=color,
+                    label=name,
+                )
+            if metric == "bARI" and bari_floor is not None:
+                ax.axhline(
+                    bari_floor, color="grey", linestyle="--", linewidth=1, label="bARI floor"
+                )
+            _style(ax, label)
+        axes[-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
+    if title is not None:
+        fig.suptitle(title)
+    save_figure(fig, save)
+    return fig

@@ -1,0 +1,127 @@
+"""Batch-mixing and cell-type separation metrics computed on an embedding's kNN graph."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.metrics import silhouette_samples, silhouette_score
+from sklearn.neighbors import NearestNeighbors
+
+from ._utils import light_copy
+
+
+def _knn_batch_counts(x: np.ndarray, batch_codes: np.ndarray, n_neighbors: int) -> np.ndarray:
+    """Per cell, how many of its ``n_neighbors`` nearest other cells are in each batch."""
+    nn = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(x)
+    idx = nn.kneighbors(x, return_distance=False)[:, 1:]  # drop the cell itself
+    n_batches = int(batch_codes.max()) + 1
+    counts = np.zeros((x.shape[0], n_batches), dtype=np.int64)
+    rows = np.repeat(np.arange(x.shape[0]), n_neighbors)
+    np.add.at(counts, (rows, batch_codes[idx].ravel()), 1)
+    return counts
+
+
+def _batch_entropy(counts: np.ndarray) -> float:
+    """Mean Shannon entropy of neighbourhood batch frequencies over ``log(n_batches)``."""
+    p = counts / counts.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+    return float(np.mean(h) / np.log(counts.shape[1]))
+
+
+def _kbet_acceptance(counts: np.ndarray, batch_freq: np.ndarray, alpha: float) -> float:
+    """Fraction of neighbourhoods whose batch counts pass a chi-square test (kBET)."""
+    expected = counts.sum(axis=1, keepdims=True) * batch_freq[None, :]
+    chi2 = ((counts - expected) ** 2 / expected).sum(axis=1)
+    p_values = stats.chi2.sf(chi2, df=counts.shape[1] - 1)
+    return float(np.mean(p_values >= alpha))
+
+
+def _silhouette_batch(x: np.ndarray, batches: np.ndarray, labels: np.ndarray) -> float:
+    """Compute scib's batch ASW: the mean over cell types of mean ``1 - |s|`` by batch."""
+    scores = []
+    for label in np.unique(labels):
+        mask = labels == label
+        n_batch = len(np.unique(batches[mask]))
+        if n_batch < 2 or n_batch >= mask.sum():
+            continue  # silhouettes are undefined for these cells
+        s = silhouette_samples(x[mask], batches[mask])
+        scores.append(np.mean(1.0 - np.abs(s)))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def integration_metrics(
+    adata: ad.AnnData,
+    use_rep: str,
+    label_key: str,
+    batch_key: str,
+    n_neighbors: int = 50,
+    alpha: float = 0.05,
+) -> pd.Series:
+    """Score how well an embedding mixes batches while keeping cell types apart.
+
+    All neighbourhoods are the exact ``n_neighbors`` Euclidean nearest neighbours of each
+    cell in ``use_rep``, the cell itself excluded.
+
+    Parameters
+    ----------
+    adata
+        Annotated data; not modified.
+    use_rep
+        Key of ``adata.obsm`` holding the embedding (or ``"X"``).
+    label_key
+        ``obs`` column with cell-type labels.
+    batch_key
+        ``obs`` column with batch labels (at least two batches).
+    n_neighbors
+        Neighbourhood size. 50 is kBET's usual order of magnitude and gives each chi-square
+        test enough expected counts per batch.
+    alpha
+        Significance level of the kBET test.
+
+    Returns
+    -------
+    A Series with
+
+    - ``batch_entropy``: mean Shannon entropy of the batch labels among each cell's
+      neighbours divided by ``log(n_batches)``; 1 is perfect mixing, 0 none.
+    - ``kbet_acceptance``: kBET acceptance rate, the fraction of cells whose neighbourhood
+      batch counts are not rejected (``p >= alpha``) by a chi-square goodness-of-fit test
+      against the global batch frequencies (``n_batches - 1`` degrees of freedom), tested
+      on every cell; higher is better.
+    - ``silhouette_label``: :func:`sklearn.metrics.silhouette_score` of the cell types, in
+      [-1, 1]; higher is better.
+    - ``silhouette_batch``: the same for the batches; near 0 or below is good mixing.
+    - ``asw_label``: scib's scaling ``(silhouette_label + 1) / 2`` in [0, 1]; higher is
+      better.
+    - ``asw_batch``: scib's batch ASW, per cell type the mean of ``1 - |s|`` with ``s`` the
+      per-cell batch silhouettes, averaged over cell types (those in one batch are
+      skipped); 1 is perfect mixing.
+    """
+    tmp = light_copy(adata, use_rep, {label_key: "label_key", batch_key: "batch_key"})
+    x = tmp.obsm[use_rep]
+    batch_codes = tmp.obs[batch_key].cat.codes.to_numpy()
+    labels = tmp.obs[label_key].to_numpy()
+    batches = tmp.obs[batch_key].to_numpy()
+    n_batches = len(tmp.obs[batch_key].cat.categories)
+    if n_batches < 2:
+        raise ValueError(f"adata.obs[{batch_key!r}] has one batch; mixing needs at least two.")
+    if not 0 < n_neighbors < tmp.n_obs:
+        raise ValueError(f"n_neighbors must be between 1 and n_obs - 1, not {n_neighbors}.")
+    counts = _knn_batch_counts(x, batch_codes, n_neighbors)
+    batch_freq = np.bincount(batch_codes, minlength=n_batches) / tmp.n_obs
+    sil_label = (
+        float(silhouette_score(x, labels)) if 1 < len(np.unique(labels)) < tmp.n_obs else np.nan
+    )
+    return pd.Series(
+        {
+            "batch_entropy": _batch_entropy(counts),
+            "kbet_acceptance": _kbet_acceptance(counts, batch_freq, alpha),
+            "silhouette_label": sil_label,
+            "silhouette_batch": float(silhouette_score(x, batches)),
+            "asw_label": (sil_label + 1.0) / 2.0,
+            "asw_batch": _silhouette_batch(x, batches, labels),
+        }
+    )

@@ -1,0 +1,65 @@
+"""Helpers shared by the metrics and plots: embedding look-up and light copies."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import scanpy as sc
+
+from .._validation import check_obs_key
+
+
+def get_rep(adata: ad.AnnData, use_rep: str) -> np.ndarray:
+    """Return ``adata.obsm[use_rep]`` (or ``adata.X`` for ``"X"``) as a dense float array.
+
+    Raises
+    ------
+    KeyError
+        When ``use_rep`` is neither ``"X"`` nor a key of ``adata.obsm``.
+    """
+    if use_rep == "X":
+        x = adata.X
+    elif use_rep in adata.obsm:
+        x = adata.obsm[use_rep]
+    else:
+        available = ", ".join(map(repr, adata.obsm.keys())) or "none"
+        raise KeyError(
+            f"use_rep={use_rep!r} is not a key of adata.obsm (available: {available}). "
+            "Pass the obsm key of the embedding to evaluate, or 'X'."
+        )
+    x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+    return x.astype(np.float32, copy=False)
+
+
+def light_copy(adata: ad.AnnData, use_rep: str, obs_keys: dict[str, str]) -> ad.AnnData:
+    """Make a new AnnData holding only the embedding and the needed ``obs`` columns.
+
+    Parameters
+    ----------
+    adata
+        The caller's AnnData; it is never modified.
+    use_rep
+        The embedding, stored under the same key (``"X"`` becomes ``obsm["X"]``).
+    obs_keys
+        Maps each ``obs`` column to copy to the argument name used in error messages,
+        e.g. ``{"cell_type": "label_key"}``.
+    """
+    for key, what in obs_keys.items():
+        check_obs_key(adata, key, what)
+    obs = adata.obs[list(dict.fromkeys(obs_keys))].copy()
+    for key in obs.columns:
+        obs[key] = obs[key].astype(str).astype("category")
+    return ad.AnnData(obs=obs, obsm={use_rep: get_rep(adata, use_rep)})
+
+
+def neighbors_copy(
+    adata: ad.AnnData,
+    use_rep: str,
+    obs_keys: dict[str, str],
+    n_neighbors: int = 15,
+    random_state: int = 0,
+) -> ad.AnnData:
+    """:func:`light_copy` with a kNN graph from :func:`scanpy.pp.neighbors` on ``use_rep``."""
+    tmp = light_copy(adata, use_rep, obs_keys)
+    sc.pp.neighbors(tmp, n_neighbors=n_neighbors, use_rep=use_rep, random_state=random_state)
+    return tmp

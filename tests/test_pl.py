@@ -1,0 +1,213 @@
+"""Tests for the figures: integration UMAPs, Leiden sweep curves, topic heatmaps."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import anndata as ad
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from scetm_mnn import pl
+
+N_CELLS, N_GENES, N_TOPICS = 180, 30, 4
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def adata() -> ad.AnnData:
+    """Three cell types in two batches with an embedding and fake UMAP coordinates."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(N_CELLS) % 3
+    batches = (np.arange(N_CELLS) // 3) % 2
+    emb = 10.0 * np.eye(3, 8)[labels] + rng.normal(size=(N_CELLS, 8))
+    obs = pd.DataFrame(
+        {
+            "cell_type": pd.Categorical([f"type{i}" for i in labels]),
+            "batch": pd.Categorical([f"b{i}" for i in batches]),
+            "clusters": pd.Categorical([str(i) for i in labels]),
+        },
+        index=[f"cell{i}" for i in range(N_CELLS)],
+    )
+    return ad.AnnData(
+        X=rng.poisson(1.0, size=(N_CELLS, N_GENES)).astype(np.float32),
+        obs=obs,
+        var=pd.DataFrame(index=[f"gene{i}" for i in range(N_GENES)]),
+        obsm={"X_emb": emb.astype(np.float32), "X_umap_emb": emb[:, :2].astype(np.float32)},
+    )
+
+
+def snapshot(adata: ad.AnnData) -> tuple:
+    return adata.obs.copy(), sorted(adata.obsm.keys()), sorted(adata.uns.keys())
+
+
+def assert_unchanged(adata: ad.AnnData, before: tuple) -> None:
+    obs, obsm_keys, uns_keys = before
+    pd.testing.assert_frame_equal(adata.obs, obs)
+    assert sorted(adata.obsm.keys()) == obsm_keys
+    assert sorted(adata.uns.keys()) == uns_keys
+
+
+def assert_written(path, magic: bytes) -> None:
+    assert path.exists()
+    assert path.read_bytes().startswith(magic)
+
+
+PNG, PDF = b"\x89PNG", b"%PDF"
+
+
+def test_integration_umap_computes_on_a_copy(adata, tmp_path):
+    before = snapshot(adata)
+    fig = pl.integration_umap(
+        adata, "X_emb", "batch", "cell_type", save=tmp_path / "umap.png", title="demo"
+    )
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 3
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0].startswith("Leiden clusters")
+    assert titles[1:] == ["Batch (batch)", "Cell type (cell_type)"]
+    assert fig.axes[1].get_legend() is not None
+    assert fig.get_suptitle() == "demo"
+    assert_written(tmp_path / "umap.png", PNG)
+    assert_unchanged(adata, before)
+
+
+def test_integration_umap_with_given_umap_and_clusters(adata, tmp_path):
+    before = snapshot(adata)
+    fig = pl.integration_umap(
+        adata,
+        "X_emb",
+        "batch",
+        "cell_type",
+        cluster_key="clusters",
+        umap_key="X_umap_emb",
+        save=tmp_path / "sub" / "umap.pdf",
+    )
+    assert len(fig.axes) == 3
+    assert fig.axes[0].get_title() == "Clusters (clusters)"
+    assert len(fig.axes[2].get_legend().get_texts()) == 3
+    np.testing.assert_allclose(
+        fig.axes[0].collections[0].get_offsets().min(axis=0),
+        adata.obsm["X_umap_emb"].min(axis=0),
+    )
+    assert_written(tmp_path / "sub" / "umap.pdf", PDF)
+    assert_unchanged(adata, before)
+
+
+def test_integration_umap_reuses_x_umap_of_the_same_rep(adata):
+    copy = adata.copy()
+    copy.obsm["X_umap"] = copy.obsm["X_umap_emb"] + 100.0
+    copy.uns["neighbors"] = {"params": {"use_rep": "X_emb"}}
+    fig = pl.integration_umap(copy, "X_emb", "batch", "cell_type", cluster_key="clusters")
+    assert fig.axes[1].collections[0].get_offsets().min() >= 90.0
+
+
+def test_integration_umap_bad_keys(adata):
+    with pytest.raises(KeyError, match="umap_key"):
+        pl.integration_umap(adata, "X_emb", "batch", "cell_type", umap_key="X_nope")
+    with pytest.raises(KeyError, match="cluster_key"):
+        pl.integration_umap(adata, "X_emb", "batch", "cell_type", cluster_key="nope")
+
+
+@pytest.fixture(scope="module")
+def sweep() -> pd.DataFrame:
+    resolution = np.array([0.1, 0.2, 0.5, 1.0])
+    return pd.DataFrame(
+        {
+            "resolution": resolution,
+            "n_clusters": [3, 4, 6, 9],
+            "ARI": [0.5, 0.9, 0.7, 0.4],
+            "NMI": [0.6, 0.85, 0.8, 0.7],
+            "bARI": [0.05, 0.02, 0.03, 0.04],
+        }
+    )
+
+
+@pytest.mark.parametrize("suffix", ["png", "pdf"])
+def test_leiden_sweep_plot(sweep, tmp_path, suffix):
+    fig = pl.leiden_sweep(sweep, save=tmp_path / f"sweep.{suffix}", bari_floor=0.01)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 1
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert labels[:3] == ["ARI", "NMI", "bARI"]
+    assert "best ARI (0.2)" in labels
+    assert_written(tmp_path / f"sweep.{suffix}", PNG if suffix == "png" else PDF)
+
+
+def test_leiden_sweep_plot_compares_methods(sweep):
+    fig = pl.leiden_sweep({"scETM": sweep, "MNN": sweep.assign(ARI=sweep["ARI"] / 2)})
+    assert len(fig.axes) == 3
+    assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2, 2]
+    with pytest.raises(KeyError, match="bARI"):
+        pl.leiden_sweep(sweep.drop(columns="bARI"))
+
+
+class FakeTopicModel:
+    """Duck-typed stand-in for the topic model's public methods."""
+
+    def __init__(self, adata: ad.AnnData, n_topics: int = N_TOPICS, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.adata = adata
+        self.topics = [f"topic_{k}" for k in range(n_topics)]
+        self.beta = pd.DataFrame(
+            rng.normal(size=(n_topics, adata.n_vars)), index=self.topics, columns=adata.var_names
+        )
+        self.theta = rng.dirichlet(np.ones(n_topics), size=adata.n_obs)
+
+    def get_topic_gene_matrix(self) -> pd.DataFrame:
+        return self.beta
+
+    def get_top_genes(self, n: int = 10) -> pd.DataFrame:
+        order = np.argsort(-self.beta.to_numpy(), axis=1)[:, :n]
+        return pd.DataFrame(self.beta.columns.to_numpy()[order].T, columns=self.topics)
+
+    def get_topic_proportions(self, adata: ad.AnnData | None = None) -> np.ndarray:
+        adata = self.adata if adata is None else adata
+        return self.theta[: adata.n_obs]
+
+
+@pytest.mark.parametrize("suffix", ["png", "pdf"])
+def test_topic_heatmap(adata, tmp_path, suffix):
+    model = FakeTopicModel(adata)
+    before = snapshot(adata)
+    fig = pl.topic_heatmap(model, n_top=3, save=tmp_path / f"topics.{suffix}")
+    assert_unchanged(adata, before)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 4  # two heatmaps, two colour bars
+    genes_ax, theta_ax = fig.axes[:2]
+    top = model.get_top_genes(n=3)
+    expected = list(dict.fromkeys(top.T.to_numpy().ravel()))
+    assert [t.get_text() for t in genes_ax.get_xticklabels()] == expected
+    assert [t.get_text() for t in theta_ax.get_xticklabels()] == ["type0", "type1", "type2"]
+    assert [t.get_text() for t in genes_ax.get_yticklabels()] == model.topics
+    mean_theta = theta_ax.get_images()[0].get_array()
+    assert mean_theta.shape == (N_TOPICS, 3)
+    np.testing.assert_allclose(mean_theta.sum(axis=0), 1.0)
+    assert_written(tmp_path / f"topics.{suffix}", PNG if suffix == "png" else PDF)
+
+
+def test_topic_heatmap_subset_and_other_adata(adata):
+    model = FakeTopicModel(adata)
+    fig = pl.topic_heatmap(model, adata=adata[:60], topics=[0, "topic_2"], n_top=2)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["topic_0", "topic_2"]
+
+
+def test_topic_heatmap_errors(adata):
+    model = FakeTopicModel(adata)
+    with pytest.raises(KeyError, match="label_key='tissue'"):
+        pl.topic_heatmap(model, label_key="tissue")
+    with pytest.raises(KeyError, match="topic_9"):
+        pl.topic_heatmap(model, topics=["topic_9"])
+    model.theta = model.theta[:, :2]
+    with pytest.raises(ValueError, match="get_topic_proportions"):
+        pl.topic_heatmap(model)

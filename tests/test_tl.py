@@ -1,0 +1,201 @@
+"""Tests for the evaluation metrics: Leiden sweeps, batch mixing, scib-metrics wrapper."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from scetm_mnn import tl
+
+N_TYPES, N_BATCHES, PER_GROUP = 4, 2, 60
+
+
+@pytest.fixture(scope="module")
+def blobs() -> ad.AnnData:
+    """Four well-separated cell-type blobs, two batches, with several embeddings.
+
+    - ``X_mixed``: blobs by cell type only; batches perfectly mixed.
+    - ``X_split``: blobs by (cell type, batch); batches fully separated.
+    - ``X_batch``: blobs by batch only; clusters follow batches.
+    - ``X_noisy``: overlapping blobs, so Leiden's result depends on its seed.
+    """
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(N_TYPES), N_BATCHES * PER_GROUP)
+    batches = np.tile(np.repeat(np.arange(N_BATCHES), PER_GROUP), N_TYPES)
+    n, dim = labels.size, 10
+    type_centers = 30.0 * np.eye(N_TYPES, dim)
+    batch_shift = 30.0 * np.eye(N_BATCHES, dim, k=N_TYPES)
+    noise = rng.normal(size=(n, dim))
+    obs = pd.DataFrame(
+        {"cell_type": [f"type{i}" for i in labels], "batch": [f"b{i}" for i in batches]},
+        index=[f"cell{i}" for i in range(n)],
+    )
+    obsm = {
+        "X_mixed": type_centers[labels] + noise,
+        "X_split": type_centers[labels] + batch_shift[batches] + noise,
+        "X_batch": batch_shift[batches] + noise,
+        "X_noisy": type_centers[labels] / 12 + noise,
+    }
+    return ad.AnnData(obs=obs, obsm={k: v.astype(np.float32) for k, v in obsm.items()})
+
+
+def snapshot(adata: ad.AnnData) -> tuple:
+    return (
+        adata.obs.copy(),
+        sorted(adata.obsm.keys()),
+        sorted(adata.uns.keys()),
+        {k: v.copy() for k, v in adata.obsm.items()},
+    )
+
+
+def assert_unchanged(adata: ad.AnnData, before: tuple) -> None:
+    obs, obsm_keys, uns_keys, obsm = before
+    pd.testing.assert_frame_equal(adata.obs, obs)
+    assert sorted(adata.obsm.keys()) == obsm_keys
+    assert sorted(adata.uns.keys()) == uns_keys
+    for key, value in obsm.items():
+        np.testing.assert_array_equal(adata.obsm[key], value)
+
+
+@pytest.fixture(scope="module")
+def mixed_sweep(blobs) -> pd.DataFrame:
+    return tl.leiden_sweep(blobs, "X_mixed", "cell_type", "batch")
+
+
+def test_default_grid():
+    grid = tl.DEFAULT_RESOLUTIONS
+    assert len(grid) == 17
+    assert min(grid) == 0.02 and max(grid) == 1.0
+    assert list(grid) == sorted(set(grid))
+    assert {0.1, 0.13, 0.19, 0.22, 0.25, 0.28} <= set(grid)
+
+
+def test_sweep_table(mixed_sweep):
+    assert list(mixed_sweep.columns) == ["resolution", "n_clusters", "ARI", "NMI", "bARI"]
+    assert list(mixed_sweep["resolution"]) == list(tl.DEFAULT_RESOLUTIONS)
+    assert (mixed_sweep["n_clusters"] >= 1).all()
+
+
+def test_perfect_clusters_give_ari_one(blobs, mixed_sweep):
+    summary = tl.sweep_summary(mixed_sweep)
+    assert summary["best_ARI"] == pytest.approx(1.0)
+    assert summary["best_NMI"] == pytest.approx(1.0)
+    assert summary["n_clusters_at_best_ARI"] == N_TYPES
+    # Clusters equal to the cell types reach the floor, ~0 as types are balanced by batch.
+    floor = tl.label_batch_ari(blobs, "cell_type", "batch")
+    assert floor == pytest.approx(0.0, abs=0.01)
+    assert summary["bARI_at_best_ARI"] == pytest.approx(floor)
+    assert summary["mean_ARI"] <= summary["best_ARI"]
+    best = mixed_sweep.loc[mixed_sweep["ARI"].idxmax(), "resolution"]
+    assert summary["best_resolution"] == best
+
+
+def test_batch_aligned_clusters_have_high_bari(blobs):
+    df = tl.leiden_sweep(blobs, "X_batch", "cell_type", "batch", resolutions=[0.02, 0.05])
+    assert df["bARI"].max() == pytest.approx(1.0)
+    assert df["ARI"].max() < 0.1
+
+
+def test_sweep_is_reproducible(blobs):
+    kwargs = {"resolutions": [0.3, 1.0], "random_state": 3}
+    first = tl.leiden_sweep(blobs, "X_noisy", "cell_type", "batch", **kwargs)
+    second = tl.leiden_sweep(blobs, "X_noisy", "cell_type", "batch", **kwargs)
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_sweep_leaves_adata_unchanged(blobs):
+    before = snapshot(blobs)
+    tl.leiden_sweep(blobs, "X_split", "cell_type", "batch", resolutions=[0.1])
+    assert_unchanged(blobs, before)
+
+
+def test_sweep_key_added(blobs):
+    adata = blobs.copy()
+    df = tl.leiden_sweep(
+        adata, "X_mixed", "cell_type", "batch", resolutions=[0.05, 1.0], key_added="best"
+    )
+    assert adata.obs["best"].dtype == "category"
+    assert adata.obs["best"].nunique() == df["n_clusters"][df["ARI"].idxmax()]
+    pd.testing.assert_frame_equal(adata.uns["best_sweep"], df)
+
+
+def test_label_batch_ari_confounded(blobs):
+    adata = blobs.copy()
+    adata.obs["batch"] = adata.obs["cell_type"]
+    assert tl.label_batch_ari(adata, "cell_type", "batch") == pytest.approx(1.0)
+
+
+def test_summary_rejects_other_tables():
+    with pytest.raises(KeyError, match="bARI"):
+        tl.sweep_summary(pd.DataFrame({"resolution": [0.1], "ARI": [1.0]}))
+
+
+def test_integration_metrics_mixed_vs_split(blobs):
+    before = snapshot(blobs)
+    mixed = tl.integration_metrics(blobs, "X_mixed", "cell_type", "batch")
+    split = tl.integration_metrics(blobs, "X_split", "cell_type", "batch")
+    assert_unchanged(blobs, before)
+    assert mixed["batch_entropy"] > 0.9
+    assert mixed["kbet_acceptance"] > 0.8
+    assert split["batch_entropy"] < 0.05
+    assert split["kbet_acceptance"] < 0.05
+    for result in (mixed, split):
+        assert result["silhouette_label"] > 0.5
+        assert 0.5 < result["asw_label"] <= 1.0
+    assert mixed["asw_batch"] > 0.9 > split["asw_batch"]
+    assert mixed["silhouette_batch"] < 0.05 < split["silhouette_batch"]
+
+
+def test_integration_metrics_needs_two_batches(blobs):
+    adata = blobs.copy()
+    adata.obs["batch"] = "only"
+    with pytest.raises(ValueError, match="one batch"):
+        tl.integration_metrics(adata, "X_mixed", "cell_type", "batch")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"use_rep": "X_missing"}, "use_rep='X_missing'"),
+        ({"label_key": "celltype"}, "label_key='celltype'"),
+        ({"batch_key": "donor"}, "batch_key='donor'"),
+    ],
+)
+@pytest.mark.parametrize("func", [tl.leiden_sweep, tl.integration_metrics])
+def test_bad_keys(blobs, func, kwargs, match):
+    args = {"use_rep": "X_mixed", "label_key": "cell_type", "batch_key": "batch", **kwargs}
+    with pytest.raises(KeyError, match=match):
+        func(blobs, **args)
+
+
+def test_scib_missing_gives_install_hint(blobs, monkeypatch):
+    monkeypatch.setitem(sys.modules, "scib_metrics", None)
+    monkeypatch.setitem(sys.modules, "scib_metrics.benchmark", None)
+    with pytest.raises(ImportError, match=r'pip install "scetm-mnn\[bench\]"'):
+        tl.scib_benchmark(blobs, ["X_mixed"], "cell_type", "batch")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("scib_metrics") is None, reason="scib-metrics not installed"
+)
+def test_scib_benchmark(blobs):
+    before = snapshot(blobs)
+    results = tl.scib_benchmark(
+        blobs,
+        ["X_mixed", "X_split"],
+        "cell_type",
+        "batch",
+        pre_integrated="X_split",
+        batch_correction={"kbet_per_label": False},  # its pynndescent compilation is slow
+    )
+    assert_unchanged(blobs, before)
+    assert {"X_mixed", "X_split", "Metric Type"} <= set(results.index)
+    assert {"Leiden ARI", "Leiden NMI", "iLISI", "Total"} <= set(results.columns)
+    assert "KMeans ARI" not in results.columns
+    assert results.loc["X_mixed", "Leiden ARI"] == pytest.approx(1.0)
+    assert results.loc["X_mixed", "iLISI"] > results.loc["X_split", "iLISI"]
