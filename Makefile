@@ -27,6 +27,7 @@ $(VENV)/.installed-docs: $(VENV)/.installed
 
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(PIP) -e ".[bench]"
+	$(PY) -c "import harmonypy, jax.numpy as jnp, scib_metrics; assert float(jnp.ones(2).sum()) == 2"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -42,11 +43,17 @@ lint: $(VENV)/.installed-dev
 docs: $(VENV)/.installed-docs
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
 
-# The original scETM 0.5.0 lives in its own venv so that it cannot change ours.
+# The original scETM 0.5.0 lives in its own venv so that it cannot change ours. These are
+# the packages it imports (tensorboard for torch.utils.tensorboard), at a tested working set;
+# pandas must stay < 3 (scETM indexes a Series by position).
+SCETM_DEPS := torch==2.13.0 numpy==2.4.6 pandas==2.3.3 scipy==1.17.1 anndata==0.12.19 \
+	scanpy==1.11.5 scikit-learn==1.9.1 h5py==3.16.0 matplotlib==3.11.2 tqdm==4.70.1 \
+	psutil==7.2.2 joblib==1.6.0 tensorboard==2.21.0
 .venv-scetm/.installed: constraints.txt
 	test -x .venv-scetm/bin/python || $(PYTHON) -m venv .venv-scetm
-	.venv-scetm/bin/python -m pip install -q -c constraints.txt torch anndata scanpy pandas numpy scipy scikit-learn matplotlib seaborn tqdm psutil tensorboard leidenalg igraph
+	.venv-scetm/bin/python -m pip install -q -c constraints.txt $(SCETM_DEPS)
 	.venv-scetm/bin/python -m pip install -q --no-deps scETM==0.5.0
+	.venv-scetm/bin/python -c "from scETM import UnsupervisedTrainer, scETM"
 	touch $@
 
 bench-env: $(VENV)/.installed-bench .venv-scetm/.installed
