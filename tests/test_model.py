@@ -180,9 +180,9 @@ def test_mnn_term_trains_with_pairs(sim_adata):
 
 
 def test_default_max_epochs_gives_thousands_of_steps():
-    assert default_max_epochs(2000, 2000) == 4000
-    assert default_max_epochs(2142, 2000) == 2000
-    assert default_max_epochs(100_000, 2000) == 80
+    assert default_max_epochs(2000, 2000) == 2000
+    assert default_max_epochs(2142, 2000) == 1000
+    assert default_max_epochs(100_000, 2000) == 40
 
 
 # --------------------------------------------------------------- bad input

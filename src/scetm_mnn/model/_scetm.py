@@ -24,7 +24,7 @@ from ..train import ETMTrainingPlan, PreloadedDataSplitter, source_from_manager
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_N_STEPS = 4000
+DEFAULT_N_STEPS = 2000
 """Optimizer steps that :meth:`BatchCorrectedSCETM.train` aims for when ``max_epochs=None``."""
 
 
@@ -225,7 +225,7 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         Parameters
         ----------
         max_epochs
-            Passes over the data. ``None`` gives about 4,000 optimizer steps
+            Passes over the data. ``None`` gives about 2,000 optimizer steps
             (:func:`default_max_epochs`), which scETM needs on small data sets.
         batch_size
             Cells per minibatch (scETM: 2,000).

@@ -1,0 +1,116 @@
+"""Training throughput: BatchCorrectedSCETM against the original scETM 0.5.0.
+
+Both train the same model (K=50, L=400, encoder 128, batch bias on, batch size 2000) for
+the same number of optimizer steps on the same data, on the CPU. scETM runs in its own
+venv (``make bench-env``) through ``benchmarks/_scetm_runner.py``.
+
+Run: ``.venv/bin/python benchmarks/throughput.py [--steps 300] [--threads 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import scvi
+import torch
+
+from scetm_mnn.datasets import baron_pancreas, simulate
+from scetm_mnn.model import BatchCorrectedSCETM
+
+HERE = Path(__file__).resolve().parent
+SCETM_PYTHON = HERE.parent / ".venv-scetm" / "bin" / "python"
+
+
+def _datasets(n_sim: int) -> dict:
+    human = baron_pancreas("human")
+    counts = human.X.copy()
+    sc.pp.normalize_total(human, target_sum=1e4)
+    sc.pp.log1p(human)
+    hvg = sc.pp.highly_variable_genes(human, n_top_genes=2000, batch_key="batch", inplace=False)[
+        "highly_variable"
+    ].to_numpy()
+    human = sc.AnnData(counts[:, hvg], obs=human.obs[["batch", "cell_type"]].copy())
+    return {
+        "Baron human (2142 × 2000 HVG)": human,
+        f"simulate ({n_sim} × 2000)": simulate(n_cells=n_sim, n_genes=2000, n_batches=4),
+    }
+
+
+def time_ours(adata, steps: int, batch_size: int) -> float:
+    """Seconds of ``model.train`` for ``steps`` optimizer steps."""
+    scvi.settings.seed = 0
+    adata = adata.copy()
+    BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
+    model = BatchCorrectedSCETM(adata)
+    steps_per_epoch = int(np.ceil(adata.n_obs / batch_size))
+    epochs = max(1, steps // steps_per_epoch)
+    start = time.perf_counter()
+    model.train(max_epochs=epochs, batch_size=batch_size, enable_progress_bar=False)
+    seconds = time.perf_counter() - start
+    return seconds, model.trainer.global_step
+
+
+def time_scetm(adata, steps: int, batch_size: int) -> tuple[float, int]:
+    """Seconds of scETM's training loop for ``steps`` steps (in its own venv)."""
+    if not SCETM_PYTHON.exists():
+        raise FileNotFoundError("No .venv-scetm: run `make bench-env` first.")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "data.h5ad"
+        write = adata.copy()
+        write.obs["batch_indices"] = write.obs["batch"].cat.codes.astype(int)
+        write.write_h5ad(path)
+        out = Path(tmp) / "emb.npy"
+        cmd = [
+            str(SCETM_PYTHON), str(HERE / "_scetm_runner.py"),
+            "--input", str(path), "--output", str(out),
+            "--steps", str(steps), "--batch-size", str(batch_size), "--seed", "0",
+        ]  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        info = json.loads(out.with_suffix(".json").read_text())
+    return info["train_seconds"], info["steps"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--n-sim", type=int, default=20_000)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    rows = []
+    for name, adata in _datasets(args.n_sim).items():
+        for method, timer in (("scetm-mnn", time_ours), ("scETM 0.5.0", time_scetm)):
+            seconds, steps = timer(adata, args.steps, args.batch_size)
+            ms = 1000 * seconds / steps
+            rows.append(
+                {
+                    "data": name,
+                    "method": method,
+                    "steps": steps,
+                    "ms/step": round(ms, 1),
+                    "cells/s": round(args.batch_size / ms * 1000),
+                }
+            )
+            print(rows[-1], file=sys.stderr, flush=True)
+    table = pd.DataFrame(rows)
+    ratio = table.pivot(index="data", columns="method", values="cells/s")
+    ratio["ours/scETM (cells/s)"] = (ratio["scetm-mnn"] / ratio["scETM 0.5.0"]).round(2)
+    print(f"\nCPU threads: {args.threads}, batch size {args.batch_size}\n")
+    print(table.to_markdown(index=False))
+    print()
+    print(ratio.to_markdown())
+
+
+if __name__ == "__main__":
+    main()
