@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import scanpy as sc
 from matplotlib.figure import Figure
 
-from ..tl._utils import light_copy
+from ..tl._utils import leiden_labels, light_copy
 from ._utils import save_figure, scatter_categorical
 
 
@@ -91,15 +91,7 @@ def integration_umap(
         sc.tl.umap(tmp, random_state=random_state)
         coords = tmp.obsm["X_umap"]
     if cluster_key is None:
-        sc.tl.leiden(
-            tmp,
-            resolution=resolution,
-            flavor="igraph",
-            n_iterations=2,
-            directed=False,
-            random_state=random_state,
-            key_added="_leiden",
-        )
+        leiden_labels(tmp, resolution, random_state)
         clusters, cluster_title = tmp.obs["_leiden"], f"Leiden clusters (resolution {resolution})"
     else:
         clusters, cluster_title = tmp.obs[cluster_key], f"Clusters ({cluster_key})"

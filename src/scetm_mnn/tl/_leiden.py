@@ -8,11 +8,10 @@ from collections.abc import Sequence
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from .._validation import check_obs_key
-from ._utils import neighbors_copy
+from ._utils import leiden_labels, neighbors_copy
 
 logger = logging.getLogger(__name__)
 
@@ -112,16 +111,7 @@ def leiden_sweep(
     batches = tmp.obs[batch_key].to_numpy()
     rows, clusterings = [], []
     for resolution in resolutions:
-        sc.tl.leiden(
-            tmp,
-            resolution=resolution,
-            flavor="igraph",
-            n_iterations=2,
-            directed=False,
-            random_state=random_state,
-            key_added="_leiden",
-        )
-        clusters = tmp.obs["_leiden"].to_numpy()
+        clusters = leiden_labels(tmp, resolution, random_state)
         clusterings.append(tmp.obs["_leiden"].copy())
         rows.append(
             {

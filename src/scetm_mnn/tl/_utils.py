@@ -63,3 +63,20 @@ def neighbors_copy(
     tmp = light_copy(adata, use_rep, obs_keys)
     sc.pp.neighbors(tmp, n_neighbors=n_neighbors, use_rep=use_rep, random_state=random_state)
     return tmp
+
+
+def leiden_labels(adata: ad.AnnData, resolution: float, random_state: int = 0) -> np.ndarray:
+    """Leiden clusters (igraph, 2 iterations, seeded) on the neighbour graph of ``adata``.
+
+    ``adata`` must be a working copy: the labels are written to ``obs["_leiden"]`` too.
+    """
+    sc.tl.leiden(
+        adata,
+        resolution=resolution,
+        flavor="igraph",
+        n_iterations=2,
+        directed=False,
+        random_state=random_state,
+        key_added="_leiden",
+    )
+    return adata.obs["_leiden"].to_numpy()
