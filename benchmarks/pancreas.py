@@ -22,6 +22,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import _ours
 import _peers
 import pandas as pd
 from _common import (
@@ -40,8 +41,8 @@ from _common import (
 
 from scetm_mnn.tl import DEFAULT_RESOLUTIONS
 
-#: Method name → callable(adata, seed) -> (embedding, seconds). Add scetm-mnn's models here.
-METHODS: dict[str, Method] = dict(_peers.PEERS)
+#: Method name → callable(adata, seed) -> (embedding, seconds): the peers, then ours.
+METHODS: dict[str, Method] = {**_peers.PEERS, **_ours.OURS}
 
 
 def log(msg: str) -> None:
