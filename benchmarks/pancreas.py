@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -60,7 +61,7 @@ def _versions() -> str:
     return ", ".join(found) + ", scETM 0.5.0 (own venv)"
 
 
-def run_dataset(name: str, methods: dict[str, Method], seed: int) -> tuple[str, str]:
+def run_dataset(name: str, methods: dict[str, Method], seed: int, out: Path) -> tuple[str, str]:
     """Benchmark one data set; return its markdown section and the seed-format table."""
     log(f"== {name}")
     adata = prepare(load_dataset(name, seed=seed))
@@ -70,7 +71,7 @@ def run_dataset(name: str, methods: dict[str, Method], seed: int) -> tuple[str, 
     summary, sweeps = evaluate(adata, list(methods), seconds, seed=seed)
     summary["time s"] = summary["time s"].round(1)
     pd.concat([df.assign(method=m) for m, df in sweeps.items()]).to_csv(
-        OUT["dir"] / f"pancreas_{name}_sweep.csv", index=False
+        out / f"pancreas_{name}_sweep.csv", index=False
     )
     extra = ""
     if "scetm" in methods and _peers.SCETM_INFO:
@@ -91,9 +92,6 @@ def run_dataset(name: str, methods: dict[str, Method], seed: int) -> tuple[str, 
     return section, seed
 
 
-OUT: dict[str, Path] = {}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=["human", "mouse"])
@@ -104,6 +102,7 @@ def main() -> None:
     parser.add_argument("--scetm-epochs", type=int, default=_peers.SCETM_EPOCHS)
     args = parser.parse_args()
 
+    logging.getLogger("scib_metrics").setLevel(logging.WARNING)  # per-label "Skip." notes
     _peers.THREADS["n"] = args.threads
     methods = dict(METHODS)
     methods["scetm"] = functools.partial(_peers.scetm, n_epochs=args.scetm_epochs)
@@ -113,11 +112,10 @@ def main() -> None:
             parser.error(f"unknown methods {sorted(unknown)}; known: {sorted(methods)}")
         methods = {m: methods[m] for m in methods if m in args.methods}
     args.out.mkdir(parents=True, exist_ok=True)
-    OUT["dir"] = args.out
 
     sections, seeds = [], []
     for name in args.datasets:
-        section, seed_fmt = run_dataset(name, methods, args.seed)
+        section, seed_fmt = run_dataset(name, methods, args.seed, args.out)
         sections.append(section)
         seeds.append(seed_fmt)
         print(section)
