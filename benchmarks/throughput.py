@@ -60,7 +60,10 @@ def time_ours(adata, steps: int, batch_size: int) -> float:
 
 
 def time_scetm(adata, steps: int, batch_size: int) -> tuple[float, int]:
-    """Seconds of scETM's training loop for ``steps`` steps (in its own venv)."""
+    """Seconds of scETM's training loop for ``steps`` steps (in its own venv).
+
+    scETM gets the same number of torch threads as our model.
+    """
     if not SCETM_PYTHON.exists():
         raise FileNotFoundError("No .venv-scetm: run `make bench-env` first.")
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,6 +76,7 @@ def time_scetm(adata, steps: int, batch_size: int) -> tuple[float, int]:
             str(SCETM_PYTHON), str(HERE / "_scetm_runner.py"),
             "--input", str(path), "--output", str(out),
             "--steps", str(steps), "--batch-size", str(batch_size), "--seed", "0",
+            "--threads", str(torch.get_num_threads()),
         ]  # fmt: skip
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         info = json.loads(out.with_suffix(".json").read_text())
