@@ -1,10 +1,12 @@
-"""``mnn_correct``: the deep MNN residual corrector as an AnnData transform."""
+"""``mnn_correct``: the deepMNN residual corrector as an AnnData transform."""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -16,40 +18,62 @@ from tqdm.auto import tqdm
 from .._validation import check_finite, check_obs_key, get_matrix
 from ._latent import fit_autoencoder, fit_pca
 from ._network import ResidualCorrector
-from ._pairs import find_mnn_pairs
+from ._pairs import find_mnn_pairs, pair_counts
 
 logger = logging.getLogger(__name__)
 
-_DISTANCES = {
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+_DISTANCES: dict[str, Distance] = {
+    # Mean over rows and dimensions: deepMNN's L1, and the squared L2.
     "l1": lambda a, b: (a - b).abs().mean(),
     "l2": lambda a, b: (a - b).pow(2).mean(),
 }
+_LATENTS = {"pca": fit_pca, "autoencoder": fit_autoencoder}
+_APPLY_CHUNK = 4096
+_RECALIBRATION_PAIRS = 2048
+"""Pairs whose minibatches re-estimate the BatchNorm statistics after training."""
+_REL_TOL = 1e-3
+"""An epoch improves on the best loss when it is lower by more than this fraction."""
 
 
-def _write(adata: AnnData, key: str, corrected, latent, pairs, info: dict) -> None:
-    adata.layers[key] = corrected
-    adata.obsm[f"X_{key}"] = latent
-    adata.obsp[f"{key}_pairs"] = pairs
-    adata.uns[key] = info
+def _dense_float32(x) -> np.ndarray:
+    """A C-contiguous float32 ndarray of ``x`` (may share memory with a dense input)."""
+    if sparse.issparse(x):
+        return x.astype(np.float32).toarray()
+    return np.ascontiguousarray(np.asarray(x), dtype=np.float32)
 
 
 @torch.inference_mode()
-def _apply(module: torch.nn.Module, x: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def _apply(module: torch.nn.Module, x: np.ndarray, chunk: int = _APPLY_CHUNK) -> np.ndarray:
+    """``module(x)`` in eval mode, ``chunk`` cells at a time, as float32 numpy."""
     module.eval()
-    return np.concatenate(
-        [module(torch.from_numpy(x[i : i + chunk])).numpy() for i in range(0, len(x), chunk)]
-    )
+    first = module(torch.from_numpy(x[:chunk])).numpy()
+    out = np.empty((x.shape[0], first.shape[1]), dtype=np.float32)
+    out[:chunk] = first
+    for start in range(chunk, x.shape[0], chunk):
+        out[start : start + chunk] = module(torch.from_numpy(x[start : start + chunk])).numpy()
+    return out
+
+
+def _adam(params, lr: float) -> torch.optim.Adam:
+    """Adam, fused where this torch supports it (about twice as fast a step on CPU)."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except RuntimeError:  # pragma: no cover - torch < 2.4 has no fused CPU Adam
+        return torch.optim.Adam(params, lr=lr)
 
 
 def _train(
     net: ResidualCorrector,
-    latent: torch.nn.Module,
+    space: torch.nn.Module,
     x: torch.Tensor,
-    pairs: np.ndarray,
+    pairs: torch.Tensor,
     *,
     batch_weight: float,
     rec_weight: float,
-    distance: str,
+    distance: Distance,
     max_epochs: int,
     batch_size: int,
     pairs_per_epoch: int,
@@ -57,40 +81,81 @@ def _train(
     patience: int,
     generator: torch.Generator,
 ) -> list[float]:
-    dist = _DISTANCES[distance]
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    """Adam on minibatches of pairs; returns the loss of each epoch.
+
+    An epoch is a pass over ``min(n_pairs, pairs_per_epoch)`` pairs drawn without
+    replacement, split into equal minibatches of about ``batch_size`` pairs. Training stops
+    early when the epoch loss has not improved for ``patience`` epochs.
+    """
+    optimizer = _adam(net.parameters(), lr)
+    n_pairs = pairs.shape[0]
+    per_epoch = min(n_pairs, pairs_per_epoch)
+    n_steps = max(1, math.ceil(per_epoch / batch_size))
     history: list[float] = []
-    best, waited = np.inf, 0
-    n_pairs = len(pairs)
-    pairs = torch.from_numpy(pairs)
-    bar = tqdm(range(max_epochs), desc="mnn_correct", unit="epoch", leave=False)
-    for _ in bar:
-        net.train()
-        order = torch.randperm(n_pairs, generator=generator)[: min(n_pairs, pairs_per_epoch)]
+    best, waited = math.inf, 0
+    net.train()
+    epochs = tqdm(range(max_epochs), desc="mnn_correct", unit="epoch", disable=None)
+    for epoch in epochs:
+        order = torch.randperm(n_pairs, generator=generator)[:per_epoch]
         total = 0.0
-        for idx in order.split(batch_size):
-            if idx.numel() < 2:
-                continue
-            a, b = pairs[idx, 0], pairs[idx, 1]
-            xin = torch.cat([x[a], x[b]])
-            out = net(xin)
-            z = latent(out)
-            loss_batch = dist(z[: len(idx)], z[len(idx) :])
-            loss = batch_weight * loss_batch + rec_weight * dist(out, xin)
-            optimizer.zero_grad()
+        for idx in torch.tensor_split(order, n_steps):
+            m = idx.numel()
+            x_in = x[pairs[idx].T.reshape(-1)]  # the first cells of the pairs, then the second
+            out = net(x_in)
+            z = space(out)
+            loss = batch_weight * distance(z[:m], z[m:]) + rec_weight * distance(out, x_in)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(idx)
-        history.append(total / max(1, order.numel()))
-        bar.set_postfix(loss=f"{history[-1]:.4f}")
-        if history[-1] < best - 1e-6:
+            total += loss.item() * m
+        history.append(total / per_epoch)
+        epochs.set_postfix(loss=f"{history[-1]:.4g}", refresh=False)
+        if epoch == 0 or history[-1] < best - _REL_TOL * abs(best):
             best, waited = history[-1], 0
         else:
             waited += 1
             if waited >= patience:
-                logger.info("Early stopping after %d epochs", len(history))
+                logger.info("Early stopping after epoch %d (loss %.4g).", epoch + 1, best)
                 break
+    epochs.close()
     return history
+
+
+@torch.no_grad()
+def _recalibrate_batchnorm(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    pairs: torch.Tensor,
+    batch_size: int,
+    n_pairs: int,
+    generator: torch.Generator,
+) -> None:
+    """Recompute the BatchNorm running statistics of the trained network.
+
+    During training they are exponential averages over minibatches seen with older
+    weights, which after few steps are far from the final network's statistics (and would
+    then shift every corrected cell in eval mode). They are reset and re-estimated as the
+    plain average over minibatches of ``n_pairs`` pairs drawn like the training ones.
+    """
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    net.train()
+    order = torch.randperm(pairs.shape[0], generator=generator)[:n_pairs]
+    for idx in torch.tensor_split(order, max(1, math.ceil(order.numel() / batch_size))):
+        net(x[pairs[idx].T.reshape(-1)])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    net.eval()
+
+
+def _write(adata: AnnData, key: str, corrected, latent, pairs, info: dict) -> None:
+    adata.layers[key] = corrected
+    adata.obsm[f"X_{key}"] = latent
+    adata.obsp[f"{key}_pairs"] = pairs
+    adata.uns[key] = info
 
 
 def mnn_correct(
@@ -105,10 +170,10 @@ def mnn_correct(
     batch_weight: float = 1.0,
     rec_weight: float = 0.1,
     distance: Literal["l1", "l2"] = "l1",
-    max_epochs: int = 10,
+    max_epochs: int = 20,
     batch_size: int = 256,
-    pairs_per_epoch: int = 2048,
-    lr: float = 2e-3,
+    pairs_per_epoch: int = 512,
+    lr: float = 0.1,
     early_stopping_patience: int = 10,
     key_added: str = "mnn_corrected",
     random_state: int = 0,
@@ -116,76 +181,128 @@ def mnn_correct(
 ) -> AnnData | None:
     """Remove batch effects with a residual network trained on MNN pairs (deepMNN).
 
-    Mutual nearest neighbours between batches are found in a frozen latent space (PCA by
-    default). A residual network ``x + f(x)`` over the genes is then trained so that the two
-    cells of each pair land close together in that latent space, while the output stays
-    close to the input:
-    ``loss = batch_weight · d(z(x̂_a), z(x̂_b)) + rec_weight · d(x̂, x)``.
+    1. A frozen latent space is fitted on all cells: PCA (``z = (x − mean) @ W``) or the
+       encoder of a small pretrained autoencoder.
+    2. Mutual nearest neighbours between every pair of batches are found in that space
+       (:func:`~scetm_mnn.pp.find_mnn_pairs`).
+    3. A residual network ``x ↦ x̂`` over the genes (``n_blocks`` blocks ``x + f(x)``) is
+       trained so that the two cells of each pair land close together in the latent space
+       while the output stays close to the input::
+
+           loss = batch_weight · d(z(x̂_a), z(x̂_b)) + rec_weight · d(x̂, x)
+
+       where ``d`` is the mean absolute (``"l1"``) or mean squared (``"l2"``) difference
+       over the latent dimensions or genes, averaged over the minibatch.
+    4. The BatchNorm statistics are re-estimated for the final weights, and all cells are
+       corrected with the network in eval mode, in chunks.
+
+    Training costs at most ``max_epochs × pairs_per_epoch`` pairs (10 240 by default)
+    whatever the number of cells, and correcting all cells costs about a sixth of a
+    training pair per cell: on 2 idle CPU cores, 100 000 cells × 2000 genes take about 70 s
+    (``benchmarks/corrector.py``). The network has ``4 · n_blocks · n_genes²`` weights, so
+    select genes first (e.g. 2000 HVGs).
 
     Parameters
     ----------
     adata
-        Log-normalized expression in ``X`` (or ``layers[layer]``), dense or sparse.
+        Log-normalized expression in ``X`` (or ``layers[layer]``) over the genes to correct,
+        e.g. the output of :func:`~scetm_mnn.pp.preprocess`; dense or sparse, any float
+        dtype. A view is made an actual AnnData when ``copy=False``.
     batch_key
-        ``obs`` column with batches.
+        ``obs`` column with the batch of each cell.
     layer
         Layer to correct instead of ``X``.
     n_neighbors
-        Neighbours per cell in the MNN search.
+        Neighbours per cell in the MNN search (reduced, with a log message, for batches
+        smaller than that).
     n_comps
         Dimensions of the latent space.
     latent
-        ``"pca"`` (PCA on all cells, loadings frozen) or ``"autoencoder"`` (an
-        autoencoder pretrained on all cells, encoder frozen).
+        ``"pca"`` (PCA of all cells, loadings frozen) or ``"autoencoder"`` (an autoencoder
+        pretrained on all cells, encoder frozen).
     n_blocks
-        Residual blocks.
+        Residual blocks; each starts as the identity.
     batch_weight
-        Weight of the pair distance ``L_batch``.
+        Weight of the pair term ``L_batch``.
     rec_weight
-        Weight of the reconstruction distance ``L_rec``.
+        Weight of the reconstruction term ``L_rec``; larger keeps the output closer to
+        the input (less correction).
     distance
-        ``"l1"`` (mean absolute difference, deepMNN) or ``"l2"`` (mean squared difference).
+        ``"l1"`` (mean absolute difference, as deepMNN) or ``"l2"`` (mean squared
+        difference).
     max_epochs
-        Maximum epochs; an epoch sees at most ``pairs_per_epoch`` pairs.
+        Maximum number of epochs (0 leaves the network at its initialization, the
+        identity).
     batch_size
-        Pairs per minibatch.
+        Pairs per minibatch (each minibatch holds twice as many cells).
     pairs_per_epoch
-        Pairs drawn per epoch (all of them when fewer). The network's cost per pair does
-        not depend on the number of cells, so this bounds the cost on large data.
+        Pairs drawn (without replacement) per epoch; all of them when there are fewer.
     lr
-        Adam learning rate.
+        Adam learning rate; 0.1 as in deepMNN (every linear layer is followed by
+        BatchNorm, so its weights' scale does not matter), which corrects well within the
+        short default budget.
     early_stopping_patience
         Stop when the epoch loss has not improved for this many epochs.
     key_added
-        Output keys: ``layers[key_added]`` (corrected expression), ``obsm["X_" +
-        key_added]`` (latent of the corrected data), ``obsp[key_added + "_pairs"]`` (MNN
-        pairs), ``uns[key_added]`` (parameters, pair counts, loss history, timing).
+        Prefix of the output keys.
     random_state
-        Seed for the latent, the pair search and the training.
+        Seed of the latent space, the pair search, the initialization and the minibatches.
+        The global torch RNG is left untouched; the same seed gives the same result on the
+        same machine and thread count.
     copy
-        Return a new AnnData instead of writing the keys into ``adata``.
+        Return a new AnnData instead of writing into ``adata``.
 
     Returns
     -------
-    The new AnnData when ``copy=True``, else ``None``. ``X`` is never modified.
+    ``None``, or the new AnnData when ``copy=True``. ``X`` and existing keys are never
+    modified; these keys are added:
+
+    ``layers[key_added]``
+        Corrected expression (dense float32, cells × genes).
+    ``obsm["X_" + key_added]``
+        Latent of the corrected expression in the frozen space (cells × ``n_comps``).
+    ``obsp[key_added + "_pairs"]``
+        Symmetric sparse MNN pair matrix (1 for each pair).
+    ``uns[key_added]``
+        ``params``; ``pair_counts`` (``"<batch_a>|<batch_b>"`` → MNN pairs used);
+        ``n_pairs`` (their total); ``history`` (loss per epoch); ``timing`` (seconds spent
+        on the ``latent``, ``pairs``, ``train`` and ``apply`` steps).
+
+    Raises
+    ------
+    KeyError
+        ``batch_key`` is not an ``obs`` column, or ``layer`` is not a layer.
+    ValueError
+        Non-finite values, invalid parameters, or no MNN pairs between any batches.
     """
     check_obs_key(adata, batch_key, "batch_key")
     if distance not in _DISTANCES:
         raise ValueError(f"distance must be 'l1' or 'l2', not {distance!r}.")
-    if latent not in ("pca", "autoencoder"):
+    if latent not in _LATENTS:
         raise ValueError(f"latent must be 'pca' or 'autoencoder', not {latent!r}.")
-    x = get_matrix(adata, layer)
-    name = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    check_finite(x, name)
-    x = np.ascontiguousarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float32)
+    for name, value, minimum in [
+        ("n_neighbors", n_neighbors, 1),
+        ("n_comps", n_comps, 1),
+        ("max_epochs", max_epochs, 0),
+        ("batch_size", batch_size, 1),
+        ("pairs_per_epoch", pairs_per_epoch, 1),
+        ("early_stopping_patience", early_stopping_patience, 1),
+    ]:
+        if value < minimum:
+            raise ValueError(f"{name} must be at least {minimum}, not {value}.")
+    matrix = get_matrix(adata, layer)
+    check_finite(matrix, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
+    x = _dense_float32(matrix)
+    batches = adata.obs[batch_key].astype(str).to_numpy()
     if copy:
         adata = adata.copy()
     elif adata.is_view:
+        logger.info("mnn_correct received a view of an AnnData; making it an actual AnnData.")
         adata._init_as_actual(adata.copy())
-    batches = adata.obs[batch_key].astype(str).to_numpy()
+
     params = {
         "batch_key": batch_key,
-        "layer": layer or "X",
+        "layer": "X" if layer is None else layer,
         "n_neighbors": n_neighbors,
         "n_comps": n_comps,
         "latent": latent,
@@ -197,53 +314,61 @@ def mnn_correct(
         "batch_size": batch_size,
         "pairs_per_epoch": pairs_per_epoch,
         "lr": lr,
+        "early_stopping_patience": early_stopping_patience,
         "random_state": random_state,
     }
-    torch.manual_seed(random_state)
-    timing = {}
-    start = time.perf_counter()
-    fit = fit_pca if latent == "pca" else fit_autoencoder
-    space = fit(x, n_comps, random_state=random_state)
+    timing: dict[str, float] = {}
+    tic = time.perf_counter()
+    space = _LATENTS[latent](x, n_comps, random_state=random_state)
     z = _apply(space, x)
-    timing["latent_s"] = time.perf_counter() - start
+    timing["latent"] = time.perf_counter() - tic
 
-    if len(set(batches)) < 2:
+    if np.unique(batches).size < 2:
         warnings.warn(
-            f"adata.obs[{batch_key!r}] has a single batch; nothing to correct. The data are "
-            f"copied unchanged into layers[{key_added!r}].",
+            f"adata.obs[{batch_key!r}] holds a single batch, so there is nothing to correct; "
+            f"layers[{key_added!r}] holds an unchanged copy of the data.",
             UserWarning,
             stacklevel=2,
         )
-        empty = sparse.csr_matrix((adata.n_obs, adata.n_obs), dtype=np.float32)
-        info = {"params": params, "pair_counts": {}, "history": [], "timing": timing}
-        _write(adata, key_added, x, z, empty, info)
+        info = {
+            "params": params,
+            "pair_counts": pair_counts(sparse.csr_matrix((x.shape[0],) * 2), batches),
+            "n_pairs": 0,
+            "history": [],
+            "timing": timing,
+        }
+        empty = sparse.csr_matrix((x.shape[0], x.shape[0]), dtype=np.float32)
+        _write(adata, key_added, x.copy(), z, empty, info)
         return adata if copy else None
 
-    start = time.perf_counter()
-    pairs, counts = find_mnn_pairs(z, batches, n_neighbors, random_state=random_state)
-    timing["pairs_s"] = time.perf_counter() - start
-    if pairs.nnz == 0:
-        raise ValueError(
-            "No mutual nearest neighbours were found between any batches. Check that "
-            f"{batch_key!r} labels batches (not cell types), that the batches share cell "
-            "types, or increase n_neighbors."
-        )
+    tic = time.perf_counter()
+    pairs = find_mnn_pairs(z, batches, n_neighbors=n_neighbors, random_state=random_state)
+    timing["pairs"] = time.perf_counter() - tic
     upper = sparse.triu(pairs, k=1).tocoo()
-    pair_list = np.stack([upper.row, upper.col], axis=1).astype(np.int64)
-    logger.info("%d MNN pairs: %s", len(pair_list), counts)
+    if upper.nnz == 0:
+        raise ValueError(
+            f"No mutual nearest neighbours were found between the batches of "
+            f"adata.obs[{batch_key!r}]. Check that batch_key names the batches (not, e.g., "
+            "cell types) and that batches share cell types, or increase n_neighbors."
+        )
+    counts = pair_counts(pairs, batches)
+    logger.info("%d MNN pairs between %d batches.", upper.nnz, np.unique(batches).size)
 
-    start = time.perf_counter()
+    tic = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(random_state)
+        net = ResidualCorrector(x.shape[1], n_blocks=n_blocks)
+    x_t = torch.from_numpy(x)
+    pairs_t = torch.from_numpy(np.stack([upper.row, upper.col], axis=1).astype(np.int64))
     generator = torch.Generator().manual_seed(random_state)
-    net = ResidualCorrector(x.shape[1], n_blocks=n_blocks)
-    space.requires_grad_(False)
     history = _train(
         net,
         space,
-        torch.from_numpy(x),
-        pair_list,
+        x_t,
+        pairs_t,
         batch_weight=batch_weight,
         rec_weight=rec_weight,
-        distance=distance,
+        distance=_DISTANCES[distance],
         max_epochs=max_epochs,
         batch_size=batch_size,
         pairs_per_epoch=pairs_per_epoch,
@@ -251,16 +376,23 @@ def mnn_correct(
         patience=early_stopping_patience,
         generator=generator,
     )
-    timing["train_s"] = time.perf_counter() - start
-    start = time.perf_counter()
+    _recalibrate_batchnorm(net, x_t, pairs_t, batch_size, _RECALIBRATION_PAIRS, generator)
+    timing["train"] = time.perf_counter() - tic
+    tic = time.perf_counter()
     corrected = _apply(net, x)
     corrected_latent = _apply(space, corrected)
-    timing["apply_s"] = time.perf_counter() - start
+    timing["apply"] = time.perf_counter() - tic
+    logger.info(
+        "mnn_correct: %d epochs, loss %s; %s",
+        len(history),
+        f"{history[0]:.4g} → {history[-1]:.4g}" if history else "not trained",
+        ", ".join(f"{k} {v:.1f}s" for k, v in timing.items()),
+    )
     info = {
         "params": params,
         "pair_counts": counts,
-        "n_pairs": len(pair_list),
-        "history": np.asarray(history, dtype=np.float64),
+        "n_pairs": int(upper.nnz),
+        "history": [float(v) for v in history],
         "timing": timing,
     }
     _write(adata, key_added, corrected, corrected_latent, pairs, info)

@@ -1,4 +1,4 @@
-"""The deepMNN residual correction network."""
+"""The deepMNN residual correction network (Zou et al. 2021)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,25 @@ from torch import nn
 
 
 class ResidualBlock(nn.Module):
-    """``x + f(x)`` with f = Linear(d, 2d) → BN → PReLU → Linear(2d, d) → BN → PReLU."""
+    """``x + f(x)``, f = Linear(d, 2d) → BatchNorm → PReLU → Linear(2d, d) → BatchNorm → PReLU.
+
+    The scale of the last BatchNorm starts at zero, so the block starts as the identity and
+    training starts from the uncorrected data rather than from a random map.
+    """
 
     def __init__(self, n_features: int, width_factor: int = 2):
         super().__init__()
         hidden = width_factor * n_features
+        last_norm = nn.BatchNorm1d(n_features)
+        nn.init.zeros_(last_norm.weight)
         self.f = nn.Sequential(
             nn.Linear(n_features, hidden),
             nn.BatchNorm1d(hidden),
             nn.PReLU(),
             nn.Linear(hidden, n_features),
-            nn.BatchNorm1d(n_features),
+            last_norm,
             nn.PReLU(),
         )
-        # Zero-init the last BatchNorm scale: every block starts as the identity, so
-        # training starts from the uncorrected data rather than a random map.
-        nn.init.zeros_(self.f[4].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the block."""
@@ -30,7 +33,9 @@ class ResidualBlock(nn.Module):
 
 
 class ResidualCorrector(nn.Sequential):
-    """A stack of :class:`ResidualBlock` (deepMNN, Zou et al. 2021)."""
+    """``n_blocks`` :class:`ResidualBlock` in sequence; maps expression to expression."""
 
     def __init__(self, n_features: int, n_blocks: int = 2, width_factor: int = 2):
+        if n_blocks < 1:
+            raise ValueError(f"n_blocks must be at least 1, not {n_blocks}.")
         super().__init__(*(ResidualBlock(n_features, width_factor) for _ in range(n_blocks)))

@@ -1,9 +1,10 @@
-"""The seed's preprocessing in one call: filters, normalization, log1p, HVG selection."""
+"""``preprocess``: cell/gene filters, normalization, log1p and HVG selection in one call."""
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import scanpy as sc
 from anndata import AnnData
 
@@ -17,51 +18,78 @@ def preprocess(
     n_top_genes: int = 2000,
     batch_key: str | None = None,
     counts_layer: str = "counts",
-    min_genes: int = 0,
+    min_genes: int = 1,
     min_cells: int = 3,
     target_sum: float = 1e4,
     copy: bool = True,
 ) -> AnnData | None:
     """Filter, normalize, log-transform and keep the highly variable genes.
 
+    A thin wrapper over scanpy: :func:`scanpy.pp.filter_cells`,
+    :func:`scanpy.pp.filter_genes`, :func:`scanpy.pp.normalize_total`,
+    :func:`scanpy.pp.log1p` and :func:`scanpy.pp.highly_variable_genes`
+    (``flavor="seurat"`` on the log data), then subsetting to the selected genes.
+
     Parameters
     ----------
     adata
-        Raw counts in ``X``.
+        Raw counts in ``X`` (non-negative integers, dense or sparse).
     n_top_genes
-        Highly variable genes to keep (capped at the number of genes).
+        Highly variable genes to keep; capped at the number of genes left after filtering.
     batch_key
-        ``obs`` column with batches; makes the HVG selection batch-aware.
+        ``obs`` column with batches; makes the HVG selection batch-aware (genes ranked by
+        the number of batches in which they are highly variable).
     counts_layer
-        Layer that receives a copy of the raw counts.
+        Layer that receives the raw counts of the kept cells and genes.
     min_genes
-        Drop cells expressing fewer genes.
+        Drop cells with fewer expressed genes. The default only drops empty cells; raise it
+        for QC (the Baron pancreas cells express at least 739 genes each).
     min_cells
         Drop genes expressed in fewer cells.
     target_sum
-        Counts per cell after normalization.
+        Total counts per cell after normalization.
     copy
-        Return a new AnnData (default); otherwise modify ``adata`` in place.
+        Return a new AnnData (the default) and leave ``adata`` untouched; with ``False``,
+        modify ``adata`` in place and return ``None``.
 
     Returns
     -------
-    The preprocessed AnnData (log-normalized ``X`` over the HVGs, counts in
-    ``layers[counts_layer]``) when ``copy=True``, else ``None``.
+    With ``copy=True``, the preprocessed AnnData: log-normalized ``X`` over the selected
+    genes, raw counts in ``layers[counts_layer]``, the HVG statistics in ``var``;
+    otherwise ``None``.
+
+    Raises
+    ------
+    ValueError
+        ``X`` does not hold raw counts, or no cells or genes pass the filters.
+    KeyError
+        ``batch_key`` is not an ``obs`` column.
     """
     check_counts(adata)
     if batch_key is not None:
         check_obs_key(adata, batch_key, "batch_key")
-    adata = adata.copy() if copy else adata
+    if copy:
+        adata = adata.copy()
+    elif adata.is_view:
+        logger.info("preprocess received a view of an AnnData; making it an actual AnnData.")
+        adata._init_as_actual(adata.copy())
     if min_genes > 0:
         sc.pp.filter_cells(adata, min_genes=min_genes)
     if min_cells > 0:
         sc.pp.filter_genes(adata, min_cells=min_cells)
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(
+            f"No cells or genes pass the filters (min_genes={min_genes}, "
+            f"min_cells={min_cells}); lower them."
+        )
     adata.layers[counts_layer] = adata.X.copy()
+    if not np.issubdtype(adata.X.dtype, np.floating):
+        adata.X = adata.X.astype(np.float32)
     sc.pp.normalize_total(adata, target_sum=target_sum)
     sc.pp.log1p(adata)
     n_top = min(n_top_genes, adata.n_vars)
-    sc.pp.highly_variable_genes(adata, n_top_genes=n_top, batch_key=batch_key, subset=False)
-    if adata.var["highly_variable"].sum() < adata.n_vars:
-        adata._inplace_subset_var(adata.var["highly_variable"].to_numpy())
-    logger.info("Preprocessed to %d cells × %d genes", adata.n_obs, adata.n_vars)
+    sc.pp.highly_variable_genes(
+        adata, n_top_genes=n_top, flavor="seurat", batch_key=batch_key, subset=True
+    )
+    logger.info("Preprocessed to %d cells × %d genes.", adata.n_obs, adata.n_vars)
     return adata if copy else None

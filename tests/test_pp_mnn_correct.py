@@ -1,0 +1,301 @@
+"""``scetm_mnn.pp.mnn_correct``: outputs, edge cases, and correction quality.
+
+Quality is checked on simulated data with a known batch shift and on the real Baron mouse
+pancreas (two batches), with the default training budget.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anndata as ad
+import numpy as np
+import pytest
+import scanpy as sc
+import torch
+from scipy import sparse
+from sklearn.metrics import adjusted_rand_score
+from threadpoolctl import threadpool_limits
+
+from scetm_mnn import pp
+
+KEY = "mnn_corrected"
+RESOLUTIONS = (0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch and BLAS thread: results are seeded either way, and multithreading small
+    problems slows them down many-fold when the machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def log_sim(sim_adata):
+    return pp.preprocess(sim_adata, n_top_genes=300, batch_key="batch")
+
+
+@pytest.fixture(scope="module")
+def corrected_sim(log_sim):
+    return pp.mnn_correct(log_sim, "batch", copy=True)
+
+
+@pytest.fixture(scope="module")
+def baron_corrected(baron_mouse):
+    adata = pp.preprocess(baron_mouse, n_top_genes=2000, batch_key="batch")
+    pp.mnn_correct(adata, "batch")
+    return adata
+
+
+def quick(adata, **kwargs):
+    """A short run (the outputs' form does not depend on the training budget)."""
+    return pp.mnn_correct(adata, "batch", max_epochs=2, pairs_per_epoch=256, **kwargs)
+
+
+def centroid_gap(z: np.ndarray, obs) -> float:
+    """Mean distance between the batch centroids of each cell type."""
+    gaps = []
+    for cell_type in obs["cell_type"].unique():
+        of_type = (obs["cell_type"] == cell_type).to_numpy()
+        centroids = [
+            z[of_type & (obs["batch"] == batch).to_numpy()].mean(axis=0)
+            for batch in obs["batch"].unique()
+        ]
+        gaps.append(np.linalg.norm(centroids[0] - centroids[1]))
+    return float(np.mean(gaps))
+
+
+def leiden_aris(z: np.ndarray, obs) -> tuple[float, float]:
+    """Best cell-type ARI and mean batch ARI of Leiden clusters over RESOLUTIONS."""
+    tmp = ad.AnnData(obs=obs[["batch", "cell_type"]].copy(), obsm={"z": np.asarray(z)})
+    sc.pp.neighbors(tmp, use_rep="z", n_neighbors=15, random_state=0)
+    scores = []
+    for resolution in RESOLUTIONS:
+        sc.tl.leiden(tmp, resolution=resolution, flavor="igraph", n_iterations=2, random_state=0)
+        scores.append(
+            (
+                adjusted_rand_score(tmp.obs["cell_type"], tmp.obs["leiden"]),
+                adjusted_rand_score(tmp.obs["batch"], tmp.obs["leiden"]),
+            )
+        )
+    type_aris, batch_aris = zip(*scores)
+    return max(type_aris), float(np.mean(batch_aris))
+
+
+def batch_entropy(z: np.ndarray, batches, n_neighbors: int = 15) -> float:
+    """Mean entropy of the batch labels among each cell's nearest neighbours."""
+    from sklearn.neighbors import NearestNeighbors
+
+    codes = np.unique(np.asarray(batches), return_inverse=True)[1]
+    idx = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(z).kneighbors(z)[1][:, 1:]
+    freq = np.stack([(codes[idx] == b).mean(axis=1) for b in np.unique(codes)], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(-np.nansum(freq * np.log(freq), axis=1).mean())
+
+
+# --- outputs --------------------------------------------------------------------------
+
+
+def test_outputs(log_sim, corrected_sim):
+    adata = corrected_sim
+    assert KEY not in log_sim.layers and KEY not in log_sim.uns  # copy=True
+    assert (adata.X != log_sim.X).nnz == 0
+    layer = adata.layers[KEY]
+    assert isinstance(layer, np.ndarray) and layer.dtype == np.float32
+    assert layer.shape == log_sim.shape and np.isfinite(layer).all()
+    assert not np.allclose(layer, log_sim.X.toarray(), atol=1e-2)  # it did correct
+    assert adata.obsm["X_" + KEY].shape == (log_sim.n_obs, 50)
+    info = adata.uns[KEY]
+    assert info["params"]["distance"] == "l1" and info["params"]["latent"] == "pca"
+    assert (
+        info["n_pairs"] == adata.obsp[KEY + "_pairs"].nnz // 2 == sum(info["pair_counts"].values())
+    )
+    assert set(info["timing"]) == {"latent", "pairs", "train", "apply"}
+
+
+def test_pairs_are_symmetric_and_across_batches(corrected_sim):
+    pairs = corrected_sim.obsp[KEY + "_pairs"]
+    assert sparse.issparse(pairs) and pairs.shape == (600, 600)
+    assert (pairs != pairs.T).nnz == 0 and pairs.nnz > 1000
+    rows, cols = pairs.nonzero()
+    batches = corrected_sim.obs["batch"].to_numpy()
+    assert (batches[rows] != batches[cols]).all()
+    assert corrected_sim.uns[KEY]["pair_counts"] == {"batch_0|batch_1": pairs.nnz // 2}
+
+
+def test_history_decreases(corrected_sim):
+    history = np.asarray(corrected_sim.uns[KEY]["history"])
+    assert len(history) == corrected_sim.uns[KEY]["params"]["max_epochs"]
+    assert history[-1] < 0.5 * history[0]
+    assert history[-5:].mean() < history[:5].mean()
+
+
+# --- quality --------------------------------------------------------------------------
+
+
+def test_simulated_batch_shift_is_removed_and_types_kept(log_sim, corrected_sim):
+    """Batch centroids of each cell type move (far more than) 2× closer in the PCA of the
+    uncorrected data; Leiden clusters then follow cell types, not batches."""
+    reference = log_sim.copy()
+    sc.pp.pca(reference, n_comps=20, random_state=0)
+    loadings, mean = reference.varm["PCs"], log_sim.X.toarray().mean(axis=0)
+    before = centroid_gap(reference.obsm["X_pca"], log_sim.obs)
+    after = centroid_gap((corrected_sim.layers[KEY] - mean) @ loadings, log_sim.obs)
+    assert after < 0.25 * before  # measured: 12.0 → 0.2
+    type_before, batch_before = leiden_aris(reference.obsm["X_pca"], log_sim.obs)
+    type_after, batch_after = leiden_aris(corrected_sim.obsm["X_" + KEY], log_sim.obs)
+    assert type_before < 0.8 and batch_before > 0.2  # measured: 0.62 and 0.29
+    assert type_after >= 0.95 and batch_after < 0.1  # measured: 1.0 and 0.03
+
+
+def test_baron_mouse_batches_mix_and_cell_types_stay(baron_corrected):
+    """Real data, default settings: kNN batch entropy up, Leiden batch ARI down, and the
+    best cell-type ARI over RESOLUTIONS no more than 0.02 lower than without correction."""
+    adata = baron_corrected
+    reference = adata.copy()
+    sc.pp.pca(reference, n_comps=50, random_state=0)
+    before, after = reference.obsm["X_pca"], adata.obsm["X_" + KEY]
+    entropy_before = batch_entropy(before, adata.obs["batch"])
+    entropy_after = batch_entropy(after, adata.obs["batch"])
+    assert entropy_after > entropy_before + 0.2  # measured: 0.26 → 0.60 (max: ln 2 = 0.69)
+    type_before, batch_before = leiden_aris(before, adata.obs)
+    type_after, batch_after = leiden_aris(after, adata.obs)
+    assert type_after >= type_before - 0.02  # measured: 0.952 → 0.949
+    assert batch_after < 0.8 * batch_before  # measured: 0.084 → 0.050
+    assert adata.uns[KEY]["n_pairs"] > 2000  # measured: 6321
+
+
+# --- reproducibility and API ------------------------------------------------------------
+
+
+def test_same_seed_same_result_and_global_rng_untouched(log_sim):
+    state = torch.get_rng_state()
+    first, second, other = (quick(log_sim, copy=True, random_state=s) for s in (0, 0, 1))
+    assert torch.equal(state, torch.get_rng_state())
+    np.testing.assert_array_equal(first.layers[KEY], second.layers[KEY])
+    assert first.uns[KEY]["history"] == second.uns[KEY]["history"]
+    assert not np.allclose(first.layers[KEY], other.layers[KEY])
+
+
+def test_copy_and_in_place_agree(log_sim):
+    copied = quick(log_sim, copy=True)
+    adata = log_sim.copy()
+    x = adata.X.copy()
+    assert quick(adata) is None
+    assert (adata.X != x).nnz == 0
+    for attr in ("layers", "obsm", "obsp", "uns"):
+        assert set(getattr(adata, attr).keys()) == set(getattr(copied, attr).keys())
+    np.testing.assert_array_equal(adata.layers[KEY], copied.layers[KEY])
+    np.testing.assert_array_equal(adata.obsm["X_" + KEY], copied.obsm["X_" + KEY])
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"distance": "l2"}, {"latent": "autoencoder", "n_comps": 10}], ids=str
+)
+def test_variants_run(log_sim, kwargs):
+    out = quick(log_sim, copy=True, key_added="variant", **kwargs)
+    assert out.layers["variant"].shape == log_sim.shape
+    assert out.obsm["X_variant"].shape == (log_sim.n_obs, kwargs.get("n_comps", 50))
+    history = out.uns["variant"]["history"]
+    assert len(history) == 2 and np.isfinite(history).all()
+    for key, value in kwargs.items():
+        assert out.uns["variant"]["params"][key] == value
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "sparse"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_input_formats_agree(log_sim, dense, dtype):
+    reference = quick(log_sim, copy=True).layers[KEY]
+    adata = log_sim.copy()
+    adata.X = adata.X.toarray().astype(dtype) if dense else sparse.csr_matrix(adata.X, dtype=dtype)
+    quick(adata)
+    np.testing.assert_allclose(adata.layers[KEY], reference, atol=1e-5)
+
+
+def test_layer_argument(log_sim):
+    reference = quick(log_sim, copy=True).layers[KEY]
+    adata = log_sim.copy()
+    adata.layers["log"] = adata.X.copy()
+    adata.X = sparse.csr_matrix(adata.shape, dtype=np.float32)
+    quick(adata, layer="log")
+    np.testing.assert_allclose(adata.layers[KEY], reference, atol=1e-5)
+    assert adata.uns[KEY]["params"]["layer"] == "log"
+    with pytest.raises(KeyError, match="Layer 'missing' not found"):
+        quick(adata, layer="missing")
+
+
+def test_view(log_sim):
+    view = log_sim[log_sim.obs_names[50:550]]
+    assert view.is_view
+    out = quick(view, copy=True)
+    assert out.layers[KEY].shape == (500, log_sim.n_vars) and view.is_view
+    assert quick(view) is None
+    assert not view.is_view and view.layers[KEY].shape == (500, log_sim.n_vars)
+    assert KEY not in log_sim.layers
+    np.testing.assert_array_equal(view.layers[KEY], out.layers[KEY])
+
+
+def test_h5ad_round_trip(corrected_sim, tmp_path):
+    path = tmp_path / "corrected.h5ad"
+    corrected_sim.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    np.testing.assert_array_equal(back.layers[KEY], corrected_sim.layers[KEY])
+    assert (back.obsp[KEY + "_pairs"] != corrected_sim.obsp[KEY + "_pairs"]).nnz == 0
+    info, saved = corrected_sim.uns[KEY], back.uns[KEY]
+    np.testing.assert_allclose(saved["history"], info["history"])
+    assert dict(saved["pair_counts"]) == info["pair_counts"]
+    assert saved["params"]["n_neighbors"] == 20
+
+
+# --- edge cases -------------------------------------------------------------------------
+
+
+def test_one_batch_warns_and_copies_data(log_sim, tmp_path):
+    adata = log_sim[log_sim.obs["batch"] == "batch_0"].copy()
+    with pytest.warns(UserWarning, match="single batch"):
+        pp.mnn_correct(adata, "batch")
+    np.testing.assert_array_equal(adata.layers[KEY], adata.X.toarray())
+    assert adata.obsp[KEY + "_pairs"].nnz == 0 and adata.uns[KEY]["history"] == []
+    adata.layers[KEY][0, 0] += 1  # the layer is a copy, not a view of X
+    assert adata.X[0, 0] != adata.layers[KEY][0, 0]
+    adata.write_h5ad(tmp_path / "one_batch.h5ad")
+
+
+def test_small_batch_reduces_k(log_sim, caplog):
+    batches = log_sim.obs["batch"].to_numpy()
+    keep = np.r_[np.flatnonzero(batches == "batch_0"), np.flatnonzero(batches == "batch_1")[:8]]
+    with caplog.at_level(logging.INFO, logger="scetm_mnn"):
+        out = quick(log_sim[keep], copy=True)
+    assert "k reduced from 20 to 8" in caplog.text
+    assert out.uns[KEY]["n_pairs"] > 0
+
+
+def test_no_pairs_raises_with_hint(log_sim):
+    batches = log_sim.obs["batch"].to_numpy()
+    keep = np.r_[np.flatnonzero(batches == "batch_0"), np.flatnonzero(batches == "batch_1")[:2]]
+    # two cells in batch_1: at most 2 × 2 pairs, fewer than find_mnn_pairs' min_pairs (5)
+    with pytest.raises(ValueError, match=r"No mutual nearest neighbours.*increase n_neighbors"):
+        quick(log_sim[keep].copy())
+
+
+def test_bad_input(log_sim):
+    with pytest.raises(KeyError, match="Available columns"):
+        pp.mnn_correct(log_sim, "donor")
+    for bad_value in (np.nan, np.inf):
+        bad = log_sim.copy()
+        bad.X = bad.X.toarray()
+        bad.X[3, 3] = bad_value
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            quick(bad)
+    for kwargs, match in [
+        ({"distance": "cosine"}, "distance"),
+        ({"latent": "umap"}, "latent"),
+        ({"n_neighbors": 0}, "n_neighbors"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            quick(log_sim, **kwargs)
+    assert KEY not in log_sim.layers  # nothing is written on failure
