@@ -117,6 +117,17 @@ def test_batch_bias_defaults(sim_adata):
     assert BatchCorrectedSCETM(counts, batch_bias=False).module.batch_bias is None
 
 
+def test_encoder_input_defaults_follow_the_mode(sim_adata):
+    counts = _setup(sim_adata.copy(), batch_key="batch")
+    assert BatchCorrectedSCETM(counts).module.encoder_input == "proportions"
+    corrected = _setup(
+        _with_log_layer(sim_adata.copy()), batch_key="batch", corrected_layer="mnn_corrected"
+    )
+    assert BatchCorrectedSCETM(corrected).module.encoder_input == "log"
+    explicit = BatchCorrectedSCETM(corrected, encoder_input="proportions")
+    assert explicit.module.encoder_input == "proportions"
+
+
 def test_corrected_layer_trains(sim_adata):
     adata = _setup(
         _with_log_layer(sim_adata.copy()), batch_key="batch", corrected_layer="mnn_corrected"
@@ -124,6 +135,7 @@ def test_corrected_layer_trains(sim_adata):
     model = BatchCorrectedSCETM(adata, n_topics=5, n_emb=8)
     model.train(max_epochs=3, batch_size=300, **FAST)
     assert np.isfinite(model.get_latent_representation()).all()
+    assert model.trainer.lightning_module.max_kl_weight == 1e-4  # CORRECTED_MAX_KL_WEIGHT
 
 
 def test_seed_reproducibility(sim_adata):

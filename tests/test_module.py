@@ -111,3 +111,20 @@ def test_sample_keeps_library_size():
 def test_unknown_constructor_argument():
     with pytest.raises(TypeError, match="nonsense"):
         ETMModule(5, nonsense=1)
+
+
+@pytest.mark.parametrize("encoder_input", ["proportions", "log"])
+def test_encoder_input_is_proportions_or_their_log(encoder_input):
+    module = ETMModule(3, n_topics=2, n_emb=2, hidden_sizes=(4,), encoder_input=encoder_input)
+    module.eval()
+    seen = []
+    module.encoder.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    module.inference(torch.tensor([[1.0, 3.0, 0.0]]))
+    p = torch.tensor([[0.25, 0.75, 0.0]])
+    expected = torch.log1p(1e4 * p) if encoder_input == "log" else p
+    assert torch.allclose(seen[0], expected)
+
+
+def test_unknown_encoder_input():
+    with pytest.raises(ValueError, match="encoder_input must be 'proportions' or 'log'"):
+        ETMModule(3, encoder_input="counts")
