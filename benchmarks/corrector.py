@@ -7,7 +7,9 @@ resident memory (``ru_maxrss``) is that of loading the data plus the correction.
 phases come from ``uns["mnn_corrected"]["timing"]``: ``latent`` (PCA), ``pairs`` (MNN
 search), ``train`` (training and BatchNorm recalibration), ``apply`` (correcting all cells).
 "batch gap after/before" is the mean distance between the batch centroids of each cell
-type in gene space, corrected over uncorrected (the simulation's batch effect is known).
+type, corrected over uncorrected (the simulation's batch effect is known): in the frozen
+PCA space that the corrector aligns pairs in ("PCA"), and over all genes ("genes"; this
+includes per-gene shifts outside the top components, which MNN pairs cannot see).
 The load average shows whether other processes shared the cores.
 
 Run: ``.venv/bin/python benchmarks/corrector.py [--sizes 10000 100000] [--genes 2000]``
@@ -27,6 +29,7 @@ from itertools import combinations
 from pathlib import Path
 
 import numpy as np
+from scipy import sparse
 
 TARGET_S = 180.0
 """Target for pair search + training at 100 000 cells × 2000 genes on 2 cores."""
@@ -72,6 +75,7 @@ def measure(path: str, seed: int, threads: int | None) -> dict:
     import torch
 
     from scetm_mnn.pp import mnn_correct
+    from scetm_mnn.pp._latent import fit_pca
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -87,6 +91,15 @@ def measure(path: str, seed: int, threads: int | None) -> dict:
     gap_ratio = centroid_gap(adata.layers["mnn_corrected"], cell_types, batches) / centroid_gap(
         adata.X, cell_types, batches
     )
+    # The corrector's frozen PCA, refitted with the same seed, gives the uncorrected latent.
+    x = adata.X.toarray() if sparse.issparse(adata.X) else np.asarray(adata.X)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    space = fit_pca(x, 50, random_state=seed)
+    with torch.no_grad():
+        before = space(torch.from_numpy(x)).numpy()
+    latent_ratio = centroid_gap(adata.obsm["X_mnn_corrected"], cell_types, batches) / centroid_gap(
+        before, cell_types, batches
+    )
     return {
         "cells": adata.n_obs,
         "genes": adata.n_vars,
@@ -100,6 +113,7 @@ def measure(path: str, seed: int, threads: int | None) -> dict:
         "data_rss_gib": loaded,
         "load_avg": os.getloadavg()[0],
         "gap_ratio": gap_ratio,
+        "latent_gap_ratio": latent_ratio,
     }
 
 
@@ -114,7 +128,7 @@ def _table(rows: list[dict]) -> str:
     header = (
         "| cells | genes | batches | MNN pairs | epochs | PCA (s) | pairs (s) | train (s) "
         "| pairs + train (s) | apply (s) | total (s) | peak RSS (GiB) | Δ RSS (GiB) "
-        "| batch gap after/before | threads | load avg |"
+        "| batch gap after/before: PCA | genes | threads | load avg |"
     )
     lines = [header, "|" + "---:|" * (header.count("|") - 1)]
     for r in rows:
@@ -123,7 +137,8 @@ def _table(rows: list[dict]) -> str:
             f"| {r['latent_s']:.1f} | {r['pairs_s']:.1f} | {r['train_s']:.1f} "
             f"| {r['pairs_s'] + r['train_s']:.1f} | {r['apply_s']:.1f} | {r['total_s']:.1f} "
             f"| {r['peak_rss_gib']:.2f} | {r['peak_rss_gib'] - r['data_rss_gib']:.2f} "
-            f"| {r['gap_ratio']:.3f} | {r['threads']} | {r['load_avg']:.1f} |"
+            f"| {r['latent_gap_ratio']:.3f} | {r['gap_ratio']:.3f} | {r['threads']} "
+            f"| {r['load_avg']:.1f} |"
         )
     return "\n".join(lines)
 
