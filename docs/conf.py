@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 project = "scetm-mnn"
 author = "scetm-mnn developers"
-copyright = "2026, scetm-mnn developers"  # noqa: A001
+copyright = "2026, scetm-mnn developers"
 release = _version("scetm-mnn")
 version = release
 
@@ -56,8 +56,10 @@ always_document_param_types = False
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 nb_execution_mode = os.environ.get("NB_EXECUTION_MODE", "cache")
-nb_execution_timeout = int(os.environ.get("NB_EXECUTION_TIMEOUT", "1200"))
-nb_execution_excludepatterns = [p for p in os.environ.get("NB_EXECUTION_EXCLUDE", "").split(",") if p]
+nb_execution_timeout = int(os.environ.get("NB_EXECUTION_TIMEOUT", "1800"))
+nb_execution_excludepatterns = [
+    p for p in os.environ.get("NB_EXECUTION_EXCLUDE", "").split(",") if p
+]
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_execution_cache_path = str(HERE / "_build" / ".jupyter_cache")
