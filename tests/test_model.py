@@ -184,8 +184,11 @@ def test_mnn_term_trains_with_pairs(sim_adata):
     adata.obsp["pairs"] = pairs.tocsr()
     _setup(adata, batch_key="batch", mnn_pairs_key="pairs")
     model = BatchCorrectedSCETM(adata, n_topics=5, n_emb=8)
-    model.train(max_epochs=3, batch_size=300, mnn_weight=1.0, **FAST)
+    model.train(max_epochs=3, batch_size=300, **FAST)  # registered pairs: on by default
+    assert model.trainer.lightning_module.loss_kwargs["mnn_weight"] == 1.0  # the default
     assert "mnn_distance_train" in model.history
+    model.train(max_epochs=1, batch_size=300, mnn_weight=0.0, **FAST)
+    assert "mnn_weight" not in model.trainer.lightning_module.loss_kwargs
     plain = _setup(sim_adata.copy(), batch_key="batch")
     with pytest.raises(ValueError, match="mnn_pairs_key"):
         BatchCorrectedSCETM(plain).train(max_epochs=1, mnn_weight=1.0, **FAST)

@@ -28,6 +28,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_N_STEPS = 2000
 """Optimizer steps that :meth:`BatchCorrectedSCETM.train` aims for when ``max_epochs=None``."""
 
+DEFAULT_MNN_WEIGHT = 1.0
+"""Default weight of the MNN term when MNN pairs are registered.
+
+On ``benchmarks/pancreas.py`` the term (weight 1 vs 0) raised the scib-metrics Total from
+0.709 to 0.788 (Baron human) and from 0.741 to 0.779 (Baron mouse), and the best Leiden ARI
+from 0.916 to 0.925 and from 0.940 to 0.965.
+"""
+
 CORRECTED_MAX_KL_WEIGHT = 1e-4
 """Default final KL weight when training on a corrected layer (counts: scETM's 1e-7).
 
@@ -229,7 +237,7 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         max_epochs: int | None = None,
         batch_size: int = 256,
         lr: float | None = None,
-        mnn_weight: float = 0.0,
+        mnn_weight: float | None = None,
         train_size: float | None = None,
         validation_size: float | None = None,
         accelerator: str = "auto",
@@ -253,7 +261,8 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         mnn_weight
             Weight of the MNN term: the mean distance between the ``δ`` means of MNN-paired
             cells, which are drawn into each minibatch. Needs ``mnn_pairs_key`` in
-            :meth:`setup_anndata`. ``0`` turns it off.
+            :meth:`setup_anndata`. ``0`` turns it off. ``None``: :data:`DEFAULT_MNN_WEIGHT`
+            (1.0) when ``mnn_pairs_key`` was registered, otherwise off.
         train_size
             Fraction of cells to train on (default all, no validation pass).
         validation_size
@@ -278,6 +287,9 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         datasplitter_kwargs = dict(datasplitter_kwargs or {})
         if lr is not None:
             plan_kwargs["lr"] = lr
+        if mnn_weight is None:
+            has_pairs = self.adata_manager.registry["setup_args"].get("mnn_pairs_key") is not None
+            mnn_weight = DEFAULT_MNN_WEIGHT if has_pairs else 0.0
         if mnn_weight:
             plan_kwargs["mnn_weight"] = mnn_weight
             datasplitter_kwargs["mnn_pairs"] = self._mnn_pairs()
