@@ -282,7 +282,7 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
             Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar``).
         """
         plan_kwargs = dict(plan_kwargs or {})
-        if self.adata_manager.registry["setup_args"].get("corrected_layer") is not None:
+        if self.module.input_is_log:  # trained on a corrected layer
             plan_kwargs.setdefault("max_kl_weight", CORRECTED_MAX_KL_WEIGHT)
         datasplitter_kwargs = dict(datasplitter_kwargs or {})
         if lr is not None:
