@@ -180,7 +180,9 @@ class FakeTopicModel:
 def test_topic_heatmap(adata, tmp_path, suffix):
     model = FakeTopicModel(adata)
     before = snapshot(adata)
-    fig = pl.topic_heatmap(model, n_top=3, save=tmp_path / f"topics.{suffix}")
+    fig = pl.topic_heatmap(
+        model, n_top=3, save=tmp_path / f"topics.{suffix}", normalize=None, order=False
+    )
     assert_unchanged(adata, before)
     assert isinstance(fig, Figure)
     assert len(fig.axes) == 4  # two heatmaps, two colour bars
@@ -198,16 +200,60 @@ def test_topic_heatmap(adata, tmp_path, suffix):
 
 def test_topic_heatmap_subset_and_other_adata(adata):
     model = FakeTopicModel(adata)
-    fig = pl.topic_heatmap(model, adata=adata[:60], topics=[0, "topic_2"], n_top=2)
+    fig = pl.topic_heatmap(model, adata=adata[:60], topics=[0, "topic_2"], n_top=2, order=False)
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["topic_0", "topic_2"]
 
 
-def test_topic_heatmap_errors(adata):
+def enriched_model(adata: ad.AnnData) -> FakeTopicModel:
+    """Enrichment (mean θ in type / in the others): type0 → topic_3, type1 → topic_0,
+    type2 → topic_2 (ratio 0.2 / 0.1) although its largest θ is topic_3; topic_1 is no
+    type's best."""
     model = FakeTopicModel(adata)
-    with pytest.raises(KeyError, match="label_key='tissue'"):
-        pl.topic_heatmap(model, label_key="tissue")
-    with pytest.raises(KeyError, match="topic_9"):
-        pl.topic_heatmap(model, topics=["topic_9"])
-    model.theta = model.theta[:, :2]
-    with pytest.raises(ValueError, match="get_topic_proportions"):
-        pl.topic_heatmap(model)
+    profiles = {
+        "type0": [0.1, 0.1, 0.1, 0.7],
+        "type1": [0.6, 0.2, 0.1, 0.1],
+        "type2": [0.2, 0.2, 0.2, 0.4],
+    }
+    model.theta = np.array([profiles[t] for t in adata.obs["cell_type"].astype(str)])
+    return model
+
+
+def test_topic_heatmap_orders_diagonally_and_normalizes(adata):
+    model = enriched_model(adata)
+    fig = pl.topic_heatmap(model, n_top=2)
+    genes_ax, theta_ax = fig.axes[:2]
+    topics = [t.get_text() for t in genes_ax.get_yticklabels()]
+    types = [t.get_text() for t in theta_ax.get_xticklabels()]
+    assert topics == ["topic_0", "topic_2", "topic_3", "topic_1"]
+    assert types == ["type1", "type2", "type0"]
+    top = model.get_top_genes(n=2)
+    assert [t.get_text() for t in genes_ax.get_xticklabels()] == list(
+        dict.fromkeys(top[topics].T.to_numpy().ravel())
+    )
+    values = theta_ax.get_images()[0].get_array()  # topics × types, each row / its max
+    np.testing.assert_allclose(values.max(axis=1), 1.0)
+    np.testing.assert_allclose(np.diag(values), 1.0)
+    np.testing.assert_allclose(values[1], [0.5, 1.0, 0.5])  # topic_2 over type1/2/0
+    assert "topic's max" in fig.axes[3].get_ylabel()
+    raw = pl.topic_heatmap(model, n_top=2, normalize=None)
+    np.testing.assert_allclose(raw.axes[1].get_images()[0].get_array()[:, 0], [0.6, 0.1, 0.1, 0.2])
+    assert raw.axes[3].get_ylabel() == "mean θ"
+
+
+def test_topic_heatmap_normalize_by_type(adata):
+    model = enriched_model(adata)
+    fig = pl.topic_heatmap(model, n_top=2, normalize="type", order=False)
+    values = fig.axes[1].get_images()[0].get_array()
+    np.testing.assert_allclose(values.max(axis=0), 1.0)
+    np.testing.assert_allclose(values[:, 2], np.array([0.2, 0.2, 0.2, 0.4]) / 0.4)
+    assert "cell type's max" in fig.axes[3].get_ylabel()
+    with pytest.raises(ValueError, match="normalize"):
+        pl.topic_heatmap(model, normalize="row")
+
+
+def test_topic_heatmap_orders_within_the_chosen_topics(adata):
+    model = enriched_model(adata)
+    fig = pl.topic_heatmap(model, topics=["topic_1", "topic_3"], n_top=2)
+    # Among topic_1/topic_3: type1 and type2 tie on topic_1 (0.2 / 0.15), type0 → topic_3.
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["topic_1", "topic_3"]
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["type1", "type2", "type0"]

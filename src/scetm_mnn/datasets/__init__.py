@@ -1,6 +1,7 @@
-"""Datasets: a seeded simulator with batch effects, and the Baron pancreas data."""
+"""Datasets: a seeded simulator with batch effects, the Baron pancreas data and its markers."""
 
 from ._baron import baron_pancreas
+from ._markers import pancreas_markers
 from ._simulate import simulate
 
-__all__ = ["baron_pancreas", "simulate"]
+__all__ = ["baron_pancreas", "pancreas_markers", "simulate"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Literal
 
 import anndata as ad
 import matplotlib.pyplot as plt
@@ -13,7 +14,14 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from .._validation import check_obs_key
+from ..tl._topics import _enrichment
 from ._utils import save_figure
+
+_NORMALIZE_LABELS = {
+    None: "mean θ",
+    "type": "mean θ / cell type's max",
+    "topic": "mean θ / topic's max",
+}
 
 
 def _select_topics(names: pd.Index, topics: Sequence[int | str] | None) -> list[str]:
@@ -26,9 +34,47 @@ def _select_topics(names: pd.Index, topics: Sequence[int | str] | None) -> list[
     return selected
 
 
-def _heatmap(fig, ax, values: pd.DataFrame, cmap: str, label: str, norm=None) -> None:
+def _diagonal_order(
+    theta: np.ndarray, labels: np.ndarray, all_names: pd.Index, names: list[str]
+) -> tuple[list[str], list[str]]:
+    """Order topics and cell types so each type's most enriched topic lies on the diagonal.
+
+    Each type's best topic is the shown topic with the largest enrichment ratio (mean θ in
+    the type / mean θ in the other cells). Types are sorted by the position of their best
+    topic, then by decreasing ratio; topics that are some type's best come first, in that
+    order, and the others follow in their given order.
+    """
+    n_cells, _, _, ratio = _enrichment(theta, labels)
+    ratio = pd.DataFrame(ratio, index=n_cells.index, columns=all_names)[names]
+    best = ratio.to_numpy().argmax(axis=1)
+    best_ratio = ratio.to_numpy()[np.arange(len(best)), best]
+    type_order = sorted(range(len(best)), key=lambda i: (best[i], -best_ratio[i]))
+    first = list(dict.fromkeys(names[best[i]] for i in type_order))
+    topic_order = first + [t for t in names if t not in first]
+    return topic_order, [n_cells.index[i] for i in type_order]
+
+
+def _normalize(values: pd.DataFrame, normalize: str | None) -> pd.DataFrame:
+    """Divide each column (``"type"``) or row (``"topic"``) of topics × types by its max."""
+    if normalize is None:
+        return values
+    axis = 0 if normalize == "type" else 1
+    peak = values.max(axis=axis)
+    peak = peak.where(peak > 0, 1.0)
+    return values.div(peak, axis=1 - axis)
+
+
+def _heatmap(
+    fig, ax, values: pd.DataFrame, cmap: str, label: str, norm=None, vmin=None, vmax=None
+) -> None:
     image = ax.imshow(
-        values.to_numpy(), aspect="auto", cmap=cmap, norm=norm, interpolation="nearest"
+        values.to_numpy(),
+        aspect="auto",
+        cmap=cmap,
+        norm=norm,
+        vmin=vmin,
+        vmax=vmax,
+        interpolation="nearest",
     )
     ax.set_xticks(range(values.shape[1]), values.columns, rotation=90, fontsize=7)
     ax.set_yticks(range(values.shape[0]), values.index, fontsize=7)
@@ -43,12 +89,17 @@ def topic_heatmap(
     topics: Sequence[int | str] | None = None,
     save: str | os.PathLike | None = None,
     title: str | None = None,
+    *,
+    normalize: Literal["topic", "type"] | None = "topic",
+    order: bool = True,
 ) -> Figure:
     """Plot each topic's top genes and the mean topic proportions per cell type.
 
     Left: the topic × gene matrix restricted to the union of the topics' ``n_top`` top
     genes (in topic order), diverging colours centred on 0 when it has negative values.
-    Right: the mean topic proportion θ of each cell type. The panels share the topic axis.
+    Right: the mean topic proportion θ of each cell type (topics × cell types), by default
+    scaled so each topic's largest value is 1, and ordered so that each type's most
+    enriched topic lies on the diagonal. The panels share the topic axis.
 
     Parameters
     ----------
@@ -68,20 +119,39 @@ def topic_heatmap(
         Path to write the figure to (format from the suffix, e.g. ``.png``, ``.pdf``).
     title
         Figure title.
+    normalize
+        Scaling of the mean-θ panel, named in its colour-bar label (colour scale 0–1 when
+        scaled). ``"topic"`` divides each topic's row by its maximum over the cell types,
+        so the type using a topic most shows as 1: a cell-type-specific topic is one
+        bright cell, a topic shared by all types a bright row. ``"type"`` divides each cell
+        type's column by its maximum over the shown topics, so each type's dominant topic
+        shows as 1 (often a shared background topic, not the most enriched one). ``None``
+        shows the raw mean θ.
+    order
+        Reorder the cell types by their most enriched topic (largest ratio of mean θ in
+        the type to mean θ in the other cells) and the topics so that the panel is as
+        diagonal as possible; topics that are no type's most enriched go last. With
+        ``False``, topics keep the model's (or ``topics``') order and cell types are sorted
+        by name.
 
     Returns
     -------
     The figure: two heatmap axes followed by their two colour-bar axes.
+
+    Examples
+    --------
+    >>> import scetm_mnn as sm
+    >>> fig = sm.pl.topic_heatmap(model, label_key="cell_type", n_top=5)  # doctest: +SKIP
+    >>> raw = sm.pl.topic_heatmap(model, normalize=None, order=False)  # doctest: +SKIP
     """
     if n_top < 1:
         raise ValueError(f"n_top must be at least 1, not {n_top}.")
+    if normalize not in _NORMALIZE_LABELS:
+        raise ValueError(f"normalize must be 'type', 'topic' or None, not {normalize!r}.")
     adata = model.adata if adata is None else adata
     check_obs_key(adata, label_key, "label_key")
     beta = model.get_topic_gene_matrix()
     names = _select_topics(beta.index, topics)
-    top = model.get_top_genes(n=n_top)
-    genes = list(dict.fromkeys(top[names].iloc[:n_top].T.to_numpy().ravel()))
-    weights = beta.loc[names, genes]
     theta = np.asarray(model.get_topic_proportions(adata))
     if theta.shape != (adata.n_obs, len(beta.index)):
         raise ValueError(
@@ -89,7 +159,14 @@ def topic_heatmap(
             f"({adata.n_obs}, {len(beta.index)})."
         )
     labels = adata.obs[label_key].astype(str).to_numpy()
-    mean_theta = pd.DataFrame(theta, columns=beta.index).groupby(labels).mean()[names].T
+    mean_theta = pd.DataFrame(theta, columns=beta.index).groupby(labels).mean()
+    if order and mean_theta.shape[0] > 1:
+        names, type_order = _diagonal_order(theta, labels, beta.index, names)
+        mean_theta = mean_theta.loc[type_order]
+    mean_theta = _normalize(mean_theta[names].T, normalize)
+    top = model.get_top_genes(n=n_top)
+    genes = list(dict.fromkeys(top[names].iloc[:n_top].T.to_numpy().ravel()))
+    weights = beta.loc[names, genes]
 
     n_types = mean_theta.shape[1]
     width = min(30.0, 3.5 + 0.16 * len(genes) + 0.25 * n_types)
@@ -108,7 +185,9 @@ def topic_heatmap(
     else:
         _heatmap(fig, axes[0], weights, "viridis", "topic-gene weight")
     axes[0].set_title(f"Top {n_top} genes per topic", fontsize=10)
-    _heatmap(fig, axes[1], mean_theta, "viridis", "mean θ")
+    vmax = None if normalize is None else 1.0
+    label = _NORMALIZE_LABELS[normalize]
+    _heatmap(fig, axes[1], mean_theta, "viridis", label, vmin=0.0, vmax=vmax)
     axes[1].set_title(f"Mean topic proportion by {label_key}", fontsize=10)
     if title is not None:
         fig.suptitle(title)
