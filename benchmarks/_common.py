@@ -10,14 +10,16 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from scetm_mnn.datasets import baron_pancreas, simulate
+from scetm_mnn.datasets import baron_pancreas, pancreas_markers, simulate
 from scetm_mnn.pp import preprocess
 from scetm_mnn.tl import (
     DEFAULT_RESOLUTIONS,
+    integration_metrics,
     label_batch_ari,
     leiden_sweep,
     scib_benchmark,
     sweep_summary,
+    topic_summary,
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -25,12 +27,23 @@ REPO_DIR = BENCH_DIR.parent
 BATCH_KEY = "batch"
 LABEL_KEY = "cell_type"
 N_TOP_GENES = 2000
-#: The Leiden resolutions at which the scETM report tabulated ARI/NMI/bARI.
-SEED_RESOLUTIONS: tuple[float, ...] = (0.1, 0.13, 0.19, 0.22, 0.25, 0.28)
 DATASETS = ("human", "mouse", "simulated")
 
 #: A method takes the preprocessed AnnData and a seed and returns (embedding, seconds).
 Method = Callable[[ad.AnnData, int], tuple[np.ndarray, float]]
+#: Topic models also leave their θ (cells × K) and topic-gene matrix (K × genes DataFrame)
+#: here, under the method's name, for the topic measures of :func:`evaluate`.
+TOPICS: dict[str, tuple[np.ndarray, pd.DataFrame]] = {}
+#: Neighbours of the kNN batch entropy (normalised to [0, 1]).
+ENTROPY_NEIGHBOURS = 30
+
+
+def markers_of(name: str, adata: ad.AnnData) -> dict[str, list[str]]:
+    """Marker genes per cell type: the shared pancreas sets, or the simulated programmes."""
+    if name in ("human", "mouse"):
+        return pancreas_markers(name)
+    marker_of = adata.var["marker_of"].astype(str)
+    return {t: list(marker_of.index[marker_of == t]) for t in marker_of.unique() if t}
 
 
 def load_dataset(name: str, seed: int = 0) -> ad.AnnData:
@@ -44,7 +57,7 @@ def load_dataset(name: str, seed: int = 0) -> ad.AnnData:
 
 def prepare(adata: ad.AnnData, n_top_genes: int = N_TOP_GENES) -> ad.AnnData:
     """Counts to ``layers["counts"]``, log-normalized (1e4) ``X`` over batch-aware HVGs."""
-    return preprocess(adata, n_top_genes=n_top_genes, batch_key=BATCH_KEY)
+    return preprocess(adata, n_top_genes=n_top_genes, batch_key=BATCH_KEY, copy=True)
 
 
 def timed(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
@@ -69,6 +82,23 @@ def run_methods(
     return seconds
 
 
+def _topic_columns(adata: ad.AnnData, name: str, markers) -> dict[str, float]:
+    if name not in TOPICS:
+        return {}
+    theta, topic_gene = TOPICS[name]
+    tmp = ad.AnnData(obs=adata.obs[[LABEL_KEY]].copy(), obsm={"X_topics": theta})
+    genes = topic_gene.reindex(columns=adata.var_names)
+    summary = topic_summary(tmp, LABEL_KEY, topic_gene=genes, markers=markers)
+    return {
+        "mean max θ": summary["mean_max_theta"],
+        "min ratio": summary["min_ratio"],
+        "types ratio ≥ 10": summary["n_types_ratio_ge_10"],
+        "markers": summary["marker_hits"],
+        "of": summary["n_marker_types"],
+        "diversity": summary["diversity"],
+    }
+
+
 def evaluate(
     adata: ad.AnnData,
     names: Sequence[str],
@@ -76,11 +106,14 @@ def evaluate(
     pre_integrated: str | None = "X_pca",
     resolutions: Sequence[float] = DEFAULT_RESOLUTIONS,
     seed: int = 0,
+    markers: Mapping[str, Sequence[str]] | None = None,
+    scib: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """Leiden sweep per embedding plus one scib-metrics run over all of them.
+    """Leiden sweep, kNN batch entropy and topic measures per embedding, plus scib-metrics.
 
     Returns the summary (one row per method: best/mean ARI, best NMI, bARI at the best ARI,
-    scib Bio conservation / Batch correction / Total, seconds) and the sweep tables.
+    batch entropy, scib Bio conservation / Batch correction / Total, the topic measures of
+    topic models, seconds) and the sweep tables.
     """
     keys = [f"X_{name}" for name in names]
     sweeps = {
@@ -90,37 +123,27 @@ def evaluate(
         for name, key in zip(names, keys)
     }
     pre = pre_integrated if pre_integrated in adata.obsm else None
-    scib = scib_benchmark(adata, keys, LABEL_KEY, BATCH_KEY, pre_integrated=pre)
+    table = scib_benchmark(adata, keys, LABEL_KEY, BATCH_KEY, pre_integrated=pre) if scib else None
     rows = []
     for name, key in zip(names, keys):
         s = sweep_summary(sweeps[name])
-        rows.append(
-            {
-                "method": name,
-                "best ARI": s["best_ARI"],
-                "mean ARI": s["mean_ARI"],
-                "best NMI": s["best_NMI"],
-                "bARI at best ARI": s["bARI_at_best_ARI"],
-                "best res": s["best_resolution"],
-                "scib Bio": float(scib.loc[key, "Bio conservation"]),
-                "scib Batch": float(scib.loc[key, "Batch correction"]),
-                "scib Total": float(scib.loc[key, "Total"]),
-                "time s": seconds[name],
-            }
+        mixing = integration_metrics(
+            adata, key, LABEL_KEY, BATCH_KEY, n_neighbors=ENTROPY_NEIGHBOURS
         )
+        row = {
+            "method": name,
+            "best ARI": s["best_ARI"],
+            "mean ARI": s["mean_ARI"],
+            "best NMI": s["best_NMI"],
+            "bARI at best ARI": s["bARI_at_best_ARI"],
+            "batch entropy": mixing["batch_entropy"],
+        }
+        if table is not None:
+            row["scib Total"] = float(table.loc[key, "Total"])
+        row.update(_topic_columns(adata, name, markers))
+        row["time s"] = seconds[name]
+        rows.append(row)
     return pd.DataFrame(rows), sweeps
-
-
-def seed_table(
-    sweeps: Mapping[str, pd.DataFrame], resolutions: Sequence[float] = SEED_RESOLUTIONS
-) -> pd.DataFrame:
-    """The scETM report's table: ARI/NMI/bARI of each method at its six resolutions."""
-    rows = []
-    for name, df in sweeps.items():
-        sel = df.set_index(df["resolution"].round(4)).loc[[round(r, 4) for r in resolutions]]
-        for metric in ("ARI", "NMI", "bARI"):
-            rows.append({"method": name, "metric": metric, **dict(zip(resolutions, sel[metric]))})
-    return pd.DataFrame(rows)
 
 
 def batch_floor(adata: ad.AnnData) -> float:

@@ -12,7 +12,11 @@ HVGs in ``X``, ``obs["batch"]``) and a seed, and returns ``(embedding, wall seco
 - ``scetm``: scETM 0.5.0 from PyPI in ``.venv-scetm`` through ``_scetm_runner.py``, defaults
   (K=50, L=400, batch bias), batch size 2000 and :data:`SCETM_EPOCHS` epochs (half the
   12000 of scETM's README); returns δ. The time is the whole subprocess (start, data
-  loading, training, δ).
+  loading, training, δ). Its θ and topic-gene matrix ``α · ρ`` go to
+  :data:`_common.TOPICS` for the topic measures.
+- ``amortized_lda``: scvi-tools ``AmortizedLDA`` (K = 50) on the counts, 300 epochs of 256
+  cells; its topic proportions are the embedding, and they and ``get_feature_by_topic``
+  go to :data:`_common.TOPICS`.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scanpy as sc
-from _common import BATCH_KEY, BENCH_DIR, REPO_DIR, timed
+from _common import BATCH_KEY, BENCH_DIR, REPO_DIR, TOPICS, timed
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +131,9 @@ def scetm(
 
         emb, sec = timed(run)
         info = json.loads(out.with_suffix(".json").read_text())
+        theta = np.load(out.with_name(out.stem + "_theta.npy"))
+        beta = np.load(out.with_name(out.stem + "_beta.npy"))
+        TOPICS["scetm"] = (theta, pd.DataFrame(beta, columns=adata.var_names))
     logger.info(
         "scETM: %d steps, %.1f ms/step, %.0f s training", info["steps"], info["ms_per_step"],
         info["train_seconds"],
@@ -137,5 +145,40 @@ def scetm(
 #: The last scETM runner's JSON (steps, ms/step, training seconds).
 SCETM_INFO: dict = {}
 
+LDA_TOPICS = 50
+LDA_EPOCHS = 300
+LDA_BATCH_SIZE = 256
+
+
+def amortized_lda(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
+    """scvi-tools ``AmortizedLDA`` (K = 50, 300 epochs of 256); returns θ."""
+    import scvi as scvi_tools
+    import torch
+
+    def run() -> np.ndarray:
+        scvi_tools.settings.seed = seed
+        torch.set_num_threads(THREADS["n"])
+        data = ad.AnnData(X=adata.layers["counts"].copy(), var=adata.var[[]])
+        scvi_tools.model.AmortizedLDA.setup_anndata(data)
+        model = scvi_tools.model.AmortizedLDA(data, n_topics=LDA_TOPICS)
+        model.train(
+            max_epochs=LDA_EPOCHS,
+            batch_size=LDA_BATCH_SIZE,
+            enable_progress_bar=False,
+            accelerator="cpu",
+        )
+        theta = model.get_latent_representation().to_numpy()
+        TOPICS["amortized_lda"] = (theta, model.get_feature_by_topic().T)
+        return theta
+
+    return timed(run)
+
+
 #: The peers in the order they run (Harmony reuses the PCA).
-PEERS = {"pca": pca, "harmony": harmony, "scvi": scvi, "scetm": scetm}
+PEERS = {
+    "pca": pca,
+    "harmony": harmony,
+    "scvi": scvi,
+    "scetm": scetm,
+    "amortized_lda": amortized_lda,
+}

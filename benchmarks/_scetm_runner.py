@@ -12,9 +12,11 @@ embedding dimensions, encoder (128,), batch bias on) and is trained with
 ``UnsupervisedTrainer.train(eval=False)``; no checkpoint or log file is written
 (``ckpt_dir=None``), and the process works in a temporary directory.
 
-Outputs: ``--output`` (float32 array, cells × K, ``obsm["delta"]``) and the same path with
-suffix ``.json``: ``train_seconds`` (``trainer.train`` only, excluding data loading, model
-construction and embedding extraction), ``steps``, ``ms_per_step``, ``cells_per_s``
+Outputs: ``--output`` (float32 array, cells × K, ``obsm["delta"]``); beside it
+``<stem>_theta.npy`` (θ, cells × K) and ``<stem>_beta.npy`` (the topic-gene matrix
+``α · ρ``, K × genes); and the same path with suffix ``.json``: ``train_seconds``
+(``trainer.train`` only, excluding data loading, model construction and embedding
+extraction), ``steps``, ``ms_per_step``, ``cells_per_s``
 (batch size × steps / train seconds), ``wall_seconds`` (whole script) and the settings.
 """
 
@@ -90,9 +92,15 @@ def main(argv: list[str] | None = None) -> None:
                 save_model_ckpt=False,
             )
             train_seconds = time.perf_counter() - t0
-        model.get_all_embeddings_and_nll(adata, batch_size=args.batch_size, emb_names=["delta"])
+        model.get_all_embeddings_and_nll(
+            adata, batch_size=args.batch_size, emb_names=["delta", "theta"]
+        )
     delta = np.asarray(adata.obsm["delta"], dtype=np.float32)
     np.save(out, delta)
+    # θ and the topic-gene matrix β = α · ρ (topics × genes), for the topic measures.
+    np.save(out.with_name(out.stem + "_theta.npy"), np.asarray(adata.obsm["theta"], np.float32))
+    beta = np.asarray(adata.uns["alpha"]) @ np.asarray(adata.varm["rho"]).T
+    np.save(out.with_name(out.stem + "_beta.npy"), beta.astype(np.float32))
     steps = int(trainer.step)
     info = {
         "method": "scETM 0.5.0",

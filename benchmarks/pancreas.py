@@ -1,17 +1,20 @@
 """Pancreas benchmark: batch correction and clustering on Baron human/mouse and simulated data.
 
-Per data set: raw counts → ``scetm_mnn.pp.preprocess`` (counts in ``layers["counts"]``,
-normalize_total 1e4, log1p, 2000 batch-aware ``seurat`` HVGs) → every method in
-:data:`METHODS` → embeddings in ``obsm["X_<method>"]`` → one evaluation: a Leiden sweep
-(17 resolutions 0.02-1.0; kNN n=15; igraph Leiden, 2 iterations, seed 0) scored by ARI and
-NMI against the cell types and by bARI (ARI against the batches), and one scib-metrics
-``Benchmarker`` over all embeddings (Leiden NMI/ARI, no k-means, unscaled).
+Per data set and seed: raw counts → ``scetm_mnn.pp.preprocess`` (counts in
+``layers["counts"]``, normalize_total 1e4, log1p, 2000 batch-aware ``seurat`` HVGs) → every
+method in :data:`METHODS` with that seed → embeddings in ``obsm["X_<method>"]`` → one
+evaluation: a Leiden sweep (17 resolutions 0.02-1.0; kNN n=15; igraph Leiden, 2 iterations,
+the same seed) scored by ARI and NMI against the cell types and by bARI (ARI against the
+batches); the kNN batch entropy (30 neighbours, normalised to [0, 1]); the topic measures of
+the topic models (``scetm_mnn.tl.topic_summary`` with the marker sets of
+``scetm_mnn.datasets.pancreas_markers``); and optionally one scib-metrics ``Benchmarker``
+over all embeddings (``--scib``; Leiden NMI/ARI, no k-means, unscaled).
 
-Writes ``<out>/pancreas.md`` and ``<out>/pancreas_<data>_sweep.csv``; prints the same tables
-and, per data set, the scETM report's ARI/NMI/bARI table at resolutions 0.1-0.28.
+Writes ``<out>/pancreas.md`` (mean ± sd over the seeds per method, and each seed's rows) and
+``<out>/pancreas_<data>_sweep.csv``; prints the same tables.
 
 Run (after ``make bench-env``):
-``.venv/bin/python benchmarks/pancreas.py --datasets human mouse [--methods pca scvi]``
+``.venv/bin/python benchmarks/pancreas.py --datasets human mouse --seeds 0 1 2 [--methods pca]``
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ from _common import (
     BENCH_DIR,
     DATASETS,
     N_TOP_GENES,
+    TOPICS,
     Method,
     batch_floor,
     evaluate,
     load_dataset,
+    markers_of,
     prepare,
     run_methods,
-    seed_table,
     to_markdown,
 )
 
@@ -61,18 +65,27 @@ def _versions() -> str:
     return ", ".join(found) + ", scETM 0.5.0 (own venv)"
 
 
-def run_dataset(name: str, methods: dict[str, Method], seed: int, out: Path) -> tuple[str, str]:
-    """Benchmark one data set; return its markdown section and the seed-format table."""
+def run_dataset(
+    name: str, methods: dict[str, Method], seeds: list[int], out: Path, scib: bool
+) -> str:
+    """Benchmark one data set over the seeds; return its markdown section."""
     log(f"== {name}")
-    adata = prepare(load_dataset(name, seed=seed))
-    floor = batch_floor(adata)
-    log(f"  {adata.n_obs} cells × {adata.n_vars} genes, ARI(cell_type, batch) = {floor:.3f}")
-    seconds = run_methods(adata, methods, seed=seed, log=log)
-    summary, sweeps = evaluate(adata, list(methods), seconds, seed=seed)
-    summary["time s"] = summary["time s"].round(1)
-    pd.concat([df.assign(method=m) for m, df in sweeps.items()]).to_csv(
-        out / f"pancreas_{name}_sweep.csv", index=False
-    )
+    raw = load_dataset(name, seed=seeds[0])
+    summaries, sweeps_all = [], []
+    for seed in seeds:
+        adata = prepare(raw)
+        floor = batch_floor(adata)
+        log(f"  seed {seed}: {adata.n_obs} cells × {adata.n_vars} genes")
+        TOPICS.clear()
+        seconds = run_methods(adata, methods, seed=seed, log=log)
+        summary, sweeps = evaluate(
+            adata, list(methods), seconds, seed=seed, markers=markers_of(name, adata), scib=scib
+        )
+        summaries.append(summary.assign(seed=seed))
+        sweeps_all += [df.assign(method=m, seed=seed) for m, df in sweeps.items()]
+        log(to_markdown(summary))
+    pd.concat(sweeps_all).to_csv(out / f"pancreas_{name}_sweep.csv", index=False)
+    per_seed = pd.concat(summaries)
     extra = ""
     if "scetm" in methods and _peers.SCETM_INFO:
         info = _peers.SCETM_INFO
@@ -81,15 +94,21 @@ def run_dataset(name: str, methods: dict[str, Method], seed: int, out: Path) -> 
             f"{info['batch_size']}, {info['ms_per_step']:.0f} ms/step, "
             f"{info['train_seconds']:.0f} s in the training loop.\n\n"
         )
-    section = (
+    return (
         f"## {name} ({adata.n_obs} cells × {adata.n_vars} genes, "
         f"{adata.obs['batch'].nunique()} batches, {adata.obs['cell_type'].nunique()} types)\n\n"
-        f"ARI(cell_type, batch) = {floor:.3f} (the bARI floor).\n\n"
-        f"{extra}{to_markdown(summary)}\n"
+        f"ARI(cell_type, batch) = {floor:.3f} (the bARI floor). Seeds: {seeds}.\n\n{extra}"
+        f"### mean ± sd over {len(seeds)} seed(s)\n\n{to_markdown(mean_sd(per_seed))}\n\n"
+        f"### per seed\n\n{to_markdown(per_seed)}\n"
     )
-    seed = f"### {name}: ARI / NMI / bARI per Leiden resolution\n\n"
-    seed += to_markdown(seed_table(sweeps)) + "\n"
-    return section, seed
+
+
+def mean_sd(per_seed: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """One row per method: ``mean ± sd`` of every numeric column over the seeds."""
+    numeric = per_seed.drop(columns="seed").groupby("method", sort=False)
+    mean, sd = numeric.mean(), numeric.std(ddof=1).fillna(0.0)
+    table = mean.round(digits).astype(str) + " ± " + sd.round(digits).astype(str)
+    return table.reset_index()
 
 
 def main() -> None:
@@ -97,7 +116,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=["human", "mouse"])
     parser.add_argument("--methods", nargs="+", default=None, help="subset of the methods")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--scib", action="store_true", help="also run scib-metrics")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (scVI, scETM)")
     parser.add_argument("--scetm-epochs", type=int, default=_peers.SCETM_EPOCHS)
     args = parser.parse_args()
@@ -113,25 +133,26 @@ def main() -> None:
         methods = {m: methods[m] for m in methods if m in args.methods}
     args.out.mkdir(parents=True, exist_ok=True)
 
-    sections, seeds = [], []
+    sections = []
     for name in args.datasets:
-        section, seed_fmt = run_dataset(name, methods, args.seed, args.out)
-        sections.append(section)
-        seeds.append(seed_fmt)
-        print(section)
-        print(seed_fmt, flush=True)
+        sections.append(run_dataset(name, methods, args.seeds, args.out, args.scib))
+        print(sections[-1], flush=True)
     header = (
         "# Pancreas benchmark\n\n"
         f"Preprocessing: normalize_total 1e4, log1p, {N_TOP_GENES} batch-aware seurat HVGs. "
         f"Leiden sweep over {len(DEFAULT_RESOLUTIONS)} resolutions "
         f"({min(DEFAULT_RESOLUTIONS)}-{max(DEFAULT_RESOLUTIONS)}), kNN n=15, igraph Leiden, "
-        f"2 iterations, seed {args.seed}: best/mean ARI and best NMI against the cell types, "
-        "bARI (ARI against the batches; lower is better) at the best-ARI resolution. "
+        "2 iterations, the run's seed: best/mean ARI and best NMI against the cell types, "
+        "bARI (ARI against the batches; lower is better) at the best-ARI resolution; kNN "
+        "batch entropy (30 neighbours, 1 = perfectly mixed). Topic models: mean max θ "
+        "(uniform = 1/K), the weakest enrichment ratio over types with ≥ 50 cells and how "
+        "many types reach 10, marker hits in the most enriched topic's top-10 genes (types "
+        "with ≥ 20 cells), topic diversity (unique fraction of the top-20 genes). "
         "scib: scib-metrics Benchmarker (Leiden NMI/ARI, no k-means, unscaled). "
         f"Time: wall seconds of the method on the CPU, {args.threads} torch thread(s).\n\n"
         f"Versions: {_versions()}.\n\n"
     )
-    text = header + "\n".join(sections) + "\n# Seed-report format\n\n" + "\n".join(seeds)
+    text = header + "\n".join(sections)
     (args.out / "pancreas.md").write_text(text)
     log(f"wrote {args.out / 'pancreas.md'}")
 

@@ -111,42 +111,96 @@ def test_batch_bias_defaults(sim_adata):
     corrected = _setup(
         _with_log_layer(sim_adata.copy()), batch_key="batch", corrected_layer="mnn_corrected"
     )
-    model = BatchCorrectedSCETM(corrected)
-    assert model.module.batch_bias is None and model.module.input_is_log
-    assert BatchCorrectedSCETM(corrected, batch_bias=True).module.batch_bias is not None
+    # the decoder reconstructs the counts, batch effects included, in both modes
+    assert BatchCorrectedSCETM(corrected).module.batch_bias is not None
     assert BatchCorrectedSCETM(counts, batch_bias=False).module.batch_bias is None
 
 
-def test_encoder_input_defaults_follow_the_mode(sim_adata):
+def test_encoder_input_applies_to_counts_only(sim_adata):
     counts = _setup(sim_adata.copy(), batch_key="batch")
     assert BatchCorrectedSCETM(counts).module.encoder_input == "proportions"
+    assert BatchCorrectedSCETM(counts, encoder_input="log").module.encoder_input == "log"
     corrected = _setup(
         _with_log_layer(sim_adata.copy()), batch_key="batch", corrected_layer="mnn_corrected"
     )
-    assert BatchCorrectedSCETM(corrected).module.encoder_input == "log"
-    explicit = BatchCorrectedSCETM(corrected, encoder_input="proportions")
-    assert explicit.module.encoder_input == "proportions"
+    with pytest.raises(ValueError, match="encoder_input applies to counts"):
+        BatchCorrectedSCETM(corrected, encoder_input="proportions")
 
 
-def test_corrected_layer_trains(sim_adata):
+def test_corrected_layer_is_read_by_the_encoder_and_counts_are_the_target(sim_adata):
     adata = _setup(
-        _with_log_layer(sim_adata.copy()), batch_key="batch", corrected_layer="mnn_corrected"
+        _with_log_layer(sim_adata.copy()),
+        batch_key="batch",
+        corrected_layer="mnn_corrected",
     )
     model = BatchCorrectedSCETM(adata, n_topics=5, n_emb=8)
     model.train(max_epochs=3, batch_size=300, **FAST)
     assert np.isfinite(model.get_latent_representation()).all()
-    assert model.trainer.lightning_module.max_kl_weight == 1e-4  # CORRECTED_MAX_KL_WEIGHT
+    assert model.trainer.lightning_module.max_kl_weight == 1e-7  # scETM's, in both modes
+    # the encoder reads the layer: changing it changes the latent, the counts stay the target
+    other = adata.copy()
+    other.layers["mnn_corrected"] = other.layers["mnn_corrected"][::-1].copy()
+    assert not np.allclose(
+        model.get_latent_representation(other), model.get_latent_representation()
+    )
+
+
+def test_raw_counts_as_corrected_layer_are_refused(sim_adata):
+    adata = sim_adata.copy()
+    adata.layers["mnn_corrected"] = adata.X.copy()
+    with pytest.raises(ValueError, match="raw counts"):
+        BatchCorrectedSCETM.setup_anndata(
+            adata, batch_key="batch", corrected_layer="mnn_corrected"
+        )
+
+
+def test_n_epochs_kl_warmup_is_honoured(sim_adata):
+    adata = _setup(sim_adata.copy(), batch_key="batch")
+    model = BatchCorrectedSCETM(adata, n_topics=4, n_emb=6)
+    recorder = KLRecorder()
+    model.train(
+        max_epochs=6,
+        batch_size=200,
+        plan_kwargs={"n_epochs_kl_warmup": 2},
+        callbacks=[recorder],
+        **FAST,
+    )
+    kl = np.array(recorder.weights)
+    assert len(kl) == 18
+    np.testing.assert_allclose(kl, np.minimum(np.arange(18) / 6, 1.0) * 1e-7, atol=1e-14)
 
 
 def test_seed_reproducibility(sim_adata):
-    def run():
-        scvi.settings.seed = 7
+    def run(seed):
         adata = _setup(sim_adata.copy(), batch_key="batch")
         model = BatchCorrectedSCETM(adata, n_topics=5, n_emb=8)
-        model.train(max_epochs=4, batch_size=200, **FAST)
+        model.train(max_epochs=4, batch_size=200, seed=seed, **FAST)
         return model.get_latent_representation()
 
-    np.testing.assert_array_equal(run(), run())
+    np.testing.assert_array_equal(run(7), run(7))
+    assert not np.array_equal(run(7), run(8))
+
+
+_FRESH = """
+import numpy as np, scvi
+from scetm_mnn.datasets import simulate
+from scetm_mnn.model import BatchCorrectedSCETM
+adata = simulate(n_cells=300, n_genes=50, random_state=0)
+BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
+model = BatchCorrectedSCETM(adata, n_topics=4, n_emb=6)
+model.train(max_epochs=3, batch_size=100, seed=3, enable_progress_bar=False)
+np.save({path!r}, model.get_latent_representation())
+"""
+
+
+def test_two_fresh_processes_with_one_seed_agree(tmp_path):
+    import subprocess
+    import sys
+
+    paths = [tmp_path / f"z{i}.npy" for i in range(2)]
+    for path in paths:  # scvi.settings.seed stays unset: train(seed=) alone decides
+        subprocess.run([sys.executable, "-c", _FRESH.format(path=str(path))], check=True)
+    np.testing.assert_array_equal(np.load(paths[0]), np.load(paths[1]))
 
 
 def test_save_load_round_trip_with_fixed_embeddings(sim_adata, tmp_path):
@@ -176,22 +230,36 @@ def test_fixed_embeddings_must_cover_genes(sim_adata):
         BatchCorrectedSCETM(adata, fixed_gene_embeddings=pd.DataFrame({"x": [1.0]}))
 
 
-def test_mnn_term_trains_with_pairs(sim_adata):
+def _paired(sim_adata):
     adata = sim_adata.copy()
     batch = adata.obs["batch"].cat.codes.to_numpy()
     a, b = np.flatnonzero(batch == 0)[:50], np.flatnonzero(batch == 1)[:50]
     pairs = sparse.coo_matrix((np.ones(100), (np.r_[a, b], np.r_[b, a])), shape=(600, 600))
     adata.obsp["pairs"] = pairs.tocsr()
-    _setup(adata, batch_key="batch", mnn_pairs_key="pairs")
+    return _setup(adata, batch_key="batch", mnn_pairs_key="pairs")
+
+
+def test_mnn_term_trains_with_pairs(sim_adata):
+    adata = _paired(sim_adata)
     model = BatchCorrectedSCETM(adata, n_topics=5, n_emb=8)
     model.train(max_epochs=3, batch_size=300, **FAST)  # registered pairs: on by default
     assert model.trainer.lightning_module.loss_kwargs["mnn_weight"] == 1.0  # the default
-    assert "mnn_distance_train" in model.history
+    assert "mnn_loss_train" in model.history
     model.train(max_epochs=1, batch_size=300, mnn_weight=0.0, **FAST)
     assert "mnn_weight" not in model.trainer.lightning_module.loss_kwargs
     plain = _setup(sim_adata.copy(), batch_key="batch")
     with pytest.raises(ValueError, match="mnn_pairs_key"):
         BatchCorrectedSCETM(plain).train(max_epochs=1, mnn_weight=1.0, **FAST)
+    with pytest.raises(ValueError, match="mnn_pairs_key"):  # the plan's key is not ignored
+        BatchCorrectedSCETM(plain).train(max_epochs=1, plan_kwargs={"mnn_weight": 1.0}, **FAST)
+
+
+def test_mnn_weight_in_plan_kwargs_is_honoured_not_overwritten(sim_adata):
+    model = BatchCorrectedSCETM(_paired(sim_adata), n_topics=5, n_emb=8)
+    model.train(max_epochs=1, batch_size=300, plan_kwargs={"mnn_weight": 0.3}, **FAST)
+    assert model.trainer.lightning_module.loss_kwargs["mnn_weight"] == 0.3
+    with pytest.raises(ValueError, match="disagree"):
+        model.train(max_epochs=1, mnn_weight=2.0, plan_kwargs={"mnn_weight": 0.3}, **FAST)
 
 
 def test_default_max_epochs_gives_thousands_of_steps():

@@ -3,7 +3,7 @@ import pytest
 import torch
 from scvi import REGISTRY_KEYS
 
-from scetm_mnn.module import MNN_PAIRS_KEY, ETMModule
+from scetm_mnn.module import ANCHOR_KEY, CORRECTED_KEY, MNN_PAIRS_KEY, ETMModule, mnn_loss
 
 
 def _tensors(n_cells=32, n_genes=50, n_batch=2, seed=0):
@@ -46,10 +46,38 @@ def test_reconstruction_is_multinomial_nll_of_proportions():
     assert torch.allclose(loss.reconstruction_loss["reconstruction_loss"], expected)
 
 
-def test_log_input_is_mapped_back_with_expm1_and_clipped():
-    module = ETMModule(3, n_topics=2, n_emb=2, input_is_log=True)
-    p = module.normalize(torch.tensor([[np.log1p(1.0), np.log1p(3.0), -0.5]], dtype=torch.float32))
-    assert torch.allclose(p, torch.tensor([[0.25, 0.75, 0.0]]), atol=1e-6)
+def test_corrected_layer_feeds_the_encoder_and_counts_stay_the_target():
+    module = ETMModule(3, n_topics=2, n_emb=2, hidden_sizes=(4,))
+    module.eval()
+    seen = []
+    module.encoder.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    corrected = torch.tensor([[0.5, -0.1, 2.0]])
+    tensors = {REGISTRY_KEYS.X_KEY: torch.tensor([[1.0, 3.0, 0.0]]), CORRECTED_KEY: corrected}
+    inf, gen, loss = module(tensors)
+    assert torch.equal(seen[0], corrected)  # read as it is
+    p = torch.tensor([[0.25, 0.75, 0.0]])
+    assert torch.allclose(inf["p"], p)
+    expected = -(p * gen["log_px"]).sum(-1)
+    assert torch.allclose(loss.reconstruction_loss["reconstruction_loss"], expected)
+
+
+def test_partners_enter_only_the_mnn_term():
+    torch.manual_seed(0)
+    module = ETMModule(50, n_topics=4, n_emb=5)
+    module.eval()
+    tensors = _tensors(n_cells=6)
+    anchor = torch.tensor([True, True, True, True, False, False])
+    with_partners = {**tensors, ANCHOR_KEY: anchor, MNN_PAIRS_KEY: torch.tensor([[0, 4]])}
+    only = {k: v[:4] for k, v in tensors.items()}
+    with torch.no_grad():  # σ ≈ 0: δ = μ, so both passes see the same θ
+        module.log_sigma.weight.zero_()
+        module.log_sigma.bias.fill_(-10.0)
+    _, gen, loss = module(with_partners)
+    _, _, plain = module(only)
+    assert gen["log_px"].shape == (4, 50)  # partners are not decoded
+    assert loss.n_obs_minibatch == 4
+    # without an MNN weight the loss is that of the sampled cells alone
+    torch.testing.assert_close(loss.loss, plain.loss, rtol=1e-4, atol=1e-4)
 
 
 def test_batch_bias_shifts_logits_per_batch():
@@ -80,7 +108,7 @@ def test_fixed_gene_embeddings_are_a_buffer():
         ETMModule(6, fixed_gene_embeddings=np.ones((2, 5)))
 
 
-def test_mnn_term_adds_paired_distance():
+def test_mnn_term_is_the_module_s_mnn_loss():
     torch.manual_seed(0)
     module = ETMModule(50, n_topics=4, n_emb=5)
     module.eval()
@@ -91,11 +119,56 @@ def test_mnn_term_adds_paired_distance():
     torch.manual_seed(1)
     _, _, with_mnn = module(tensors, loss_kwargs={"mnn_weight": 2.0})
     mu = inf["qz"].loc
-    dist = ((mu[0] - mu[1]).norm() + (mu[2] - mu[3]).norm()) / 2
-    assert torch.allclose(with_mnn.extra_metrics["mnn_distance"], dist, atol=1e-5)
-    assert torch.allclose(with_mnn.loss - base.loss, 2.0 * dist, atol=1e-5)
+    assert module.mnn_loss == "local"  # the default form
+    expected = mnn_loss(mu, tensors[MNN_PAIRS_KEY], "local", tensors[REGISTRY_KEYS.BATCH_KEY])
+    assert torch.allclose(with_mnn.extra_metrics["mnn_loss"], expected, atol=1e-5)
+    assert torch.allclose(with_mnn.loss - base.loss, 2.0 * expected, atol=1e-5)
     torch.manual_seed(1)
     assert torch.allclose(module(tensors)[2].loss, base.loss)  # weight 0: no term
+
+
+@pytest.mark.parametrize("kind", ["local", "normalized"])
+def test_mnn_loss_cannot_be_lowered_by_shrinking_the_latent(kind):
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(64, 8, generator=g)
+    batch = (torch.arange(64) >= 32).long()
+    pairs = torch.stack([torch.arange(0, 32), torch.arange(32, 64)], dim=1)
+    base = mnn_loss(mu, pairs, kind, batch)
+    assert base > 0
+    for scale in (1e-3, 0.1, 10.0):
+        torch.testing.assert_close(
+            mnn_loss(scale * mu, pairs, kind, batch), base, rtol=1e-4, atol=0
+        )
+    # the original Euclidean term falls with the scale: the collapse it invited
+    assert mnn_loss(0.1 * mu, pairs, "euclidean") < 0.2 * mnn_loss(mu, pairs, "euclidean")
+    # identical pairs score 0
+    same = torch.cat([mu[:32], mu[:32]])
+    assert float(mnn_loss(same, pairs, kind, batch)) == 0.0
+
+
+def test_normalized_mnn_loss_is_about_one_for_random_pairs():
+    mu = torch.randn(2000, 8, generator=torch.Generator().manual_seed(0))
+    pairs = torch.stack([torch.arange(0, 1000), torch.arange(1000, 2000)], dim=1)
+    assert 0.9 < float(mnn_loss(mu, pairs, "normalized")) < 1.1
+
+
+def test_local_mnn_loss_ignores_pairs_that_already_share_a_neighbourhood():
+    # two batches, each a tight cluster at 0 and another at 10; batch 1 slightly shifted
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0]] * 10 + [[10.0, 0.0]] * 10)
+    a = centres + 0.5 * torch.randn(20, 2, generator=g)
+    b = centres + 0.5 * torch.randn(20, 2, generator=g) + torch.tensor([0.1, 0.0])
+    mu = torch.cat([a, b])
+    batch = torch.cat([torch.zeros(20), torch.ones(20)]).long()
+    mixed = torch.tensor([[0, 20], [15, 35]])  # partners inside each other's neighbourhood
+    assert float(mnn_loss(mu, mixed, "local", batch)) == 0.0
+    assert float(mnn_loss(mu, mixed, "normalized")) > 0  # still pulls them
+    apart = torch.tensor([[0, 35]])  # a cross-cluster pair is pulled
+    assert float(mnn_loss(mu, apart, "local", batch)) > 0
+    with pytest.raises(ValueError, match="needs the batch"):
+        mnn_loss(mu, mixed, "local")
+    with pytest.raises(ValueError, match="mnn_loss must be one of"):
+        mnn_loss(mu, mixed, "cosine")
 
 
 def test_sample_keeps_library_size():
@@ -125,6 +198,8 @@ def test_encoder_input_is_proportions_or_their_log(encoder_input):
     assert torch.allclose(seen[0], expected)
 
 
-def test_unknown_encoder_input():
+def test_unknown_encoder_input_and_mnn_loss():
     with pytest.raises(ValueError, match="encoder_input must be 'proportions' or 'log'"):
         ETMModule(3, encoder_input="counts")
+    with pytest.raises(ValueError, match="mnn_loss must be one of"):
+        ETMModule(3, mnn_loss="cosine")

@@ -6,7 +6,7 @@ import torch
 from scipy import sparse
 
 from scetm_mnn.module import ETMModule
-from scetm_mnn.train import ETMTrainingPlan, MinibatchSource, linear_warmup
+from scetm_mnn.train import ETMTrainingPlan, MinibatchSource, PreloadedDataSplitter, linear_warmup
 
 
 def test_linear_warmup_schedule():
@@ -75,10 +75,96 @@ def test_singleton_last_batch_is_skipped_in_training_only():
 def test_partners_join_the_minibatch():
     pairs = sparse.coo_matrix(([1, 1, 1, 1], ([0, 7, 2, 9], [7, 0, 9, 2])), shape=(10, 10))
     source = _source(10, pairs.tocsr())
-    rows, pos = source.with_partners(np.array([0, 1, 2, 3]), np.random.default_rng(0))
+    rows, pos = source.with_partners(
+        np.array([0, 1, 2, 3]), np.random.default_rng(0), source.pairs
+    )
     assert set(rows.tolist()) == {0, 1, 2, 3, 7, 9}
     got = {tuple(sorted((rows[i], rows[j]))) for i, j in pos}
     assert got == {(0, 7), (2, 9)}
-    batch = next(source.iterate(np.array([0, 1, 2, 3]), 4, np.random.default_rng(0), True))
+    batch = next(source.iterate(np.array([0, 1, 2, 3]), 4, np.random.default_rng(0), source.pairs))
     assert batch["mnn_pairs"].shape == (2, 2)
     assert batch["X"].shape[0] == 6
+    assert batch["anchor"].tolist() == [True] * 4 + [False] * 2
+
+
+def test_split_pairs_keep_only_pairs_inside_the_split():
+    pairs = sparse.coo_matrix(([1, 1, 1, 1], ([0, 7, 2, 9], [7, 0, 9, 2])), shape=(10, 10))
+    source = _source(10, pairs.tocsr())
+    inside = source.split_pairs(np.array([0, 1, 2, 3, 7]))
+    assert {tuple(x) for x in np.argwhere(inside.toarray())} == {(0, 7), (7, 0)}
+
+
+# ------------------------------------------------- the splitter with MNN partners
+def _indexed(n=600, seed=0):
+    """Counts whose first gene encodes each cell's index, with dense random MNN pairs."""
+    from scetm_mnn.datasets import simulate
+    from scetm_mnn.model import BatchCorrectedSCETM
+
+    adata = simulate(n_cells=n, n_genes=30, n_batches=2, n_cell_types=3, random_state=seed)
+    x = adata.X.toarray()
+    x[:, 0] = np.arange(n)
+    adata.X = sparse.csr_matrix(x)
+    batch = adata.obs["batch"].cat.codes.to_numpy()
+    rng = np.random.default_rng(seed)
+    a = rng.choice(np.flatnonzero(batch == 0), 2000)
+    b = rng.choice(np.flatnonzero(batch == 1), 2000)
+    pairs = sparse.coo_matrix((np.ones(4000), (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
+    pairs.data[:] = 1.0
+    adata.obsp["pairs"] = pairs
+    BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch", mnn_pairs_key="pairs")
+    model = BatchCorrectedSCETM(adata, n_topics=3, n_emb=4)
+    return adata, model
+
+
+def test_validation_cells_never_enter_training_minibatches():
+    adata, model = _indexed()
+    splitter = PreloadedDataSplitter(
+        model.adata_manager, train_size=0.7, mnn_pairs=adata.obsp["pairs"], batch_size=64
+    )
+    val = set(splitter.val_idx.tolist())
+    assert len(val) == 180
+    served = set()
+    for _ in range(3):
+        for batch in splitter.train_dataloader():
+            served |= set(batch["X"][:, 0].long().tolist())
+    assert served == set(splitter.train_idx.tolist())  # partners included, never a val cell
+    for batch in splitter.val_dataloader():
+        assert set(batch["X"][:, 0].long().tolist()) <= val
+        assert "mnn_pairs" not in batch
+
+
+def test_every_training_cell_weighs_the_same_in_the_likelihood():
+    adata, model = _indexed()
+    splitter = PreloadedDataSplitter(model.adata_manager, mnn_pairs=adata.obsp["pairs"])
+    assert splitter.batch_size == 256  # the same default as train()
+    counts = np.zeros(adata.n_obs, dtype=int)
+    encoded = 0
+    for batch in splitter.train_dataloader():
+        counts[batch["X"][batch["anchor"], 0].long().numpy()] += 1
+        encoded += batch["X"].shape[0]
+        assert int(batch["anchor"].sum()) <= 256
+    assert (counts == 1).all()  # each cell sampled once per epoch, however many pairs it has
+    assert encoded > adata.n_obs  # partners were drawn in, for the MNN term only
+
+
+def test_validation_size_alone_sets_the_training_fraction():
+    _, model = _indexed()
+    splitter = PreloadedDataSplitter(model.adata_manager, validation_size=0.1)
+    assert (splitter.n_train, splitter.n_val) == (540, 60)
+    with pytest.raises(ValueError, match="must not exceed 1"):
+        PreloadedDataSplitter(model.adata_manager, train_size=0.95, validation_size=0.1)
+
+
+def test_split_follows_the_seed():
+    _, model = _indexed()
+    a = PreloadedDataSplitter(model.adata_manager, train_size=0.5, seed=1).train_idx
+    b = PreloadedDataSplitter(model.adata_manager, train_size=0.5, seed=1).train_idx
+    c = PreloadedDataSplitter(model.adata_manager, train_size=0.5, seed=2).train_idx
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_reduce_lr_on_plateau_says_the_decay_is_dropped():
+    module = ETMModule(10, n_topics=2, n_emb=3)
+    with pytest.warns(UserWarning, match="lr_decay"):
+        ETMTrainingPlan(module, reduce_lr_on_plateau=True)

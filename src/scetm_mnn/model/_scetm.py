@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
+from lightning.pytorch import seed_everything
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
@@ -19,9 +20,9 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.model.base._save_load import _load_saved_files
 from scvi.utils import setup_anndata_dsp
 
-from .._validation import check_counts, check_finite, check_obs_key, get_matrix
-from ..module import ETMModule
-from ..train import ETMTrainingPlan, PreloadedDataSplitter, source_from_manager
+from .._validation import check_counts, check_finite, check_log_scale, check_obs_key, get_matrix
+from ..module import CORRECTED_KEY, ETMModule
+from ..train import ETMTrainingPlan, PreloadedDataSplitter, resolve_seed, source_from_manager
 
 logger = logging.getLogger(__name__)
 
@@ -31,16 +32,10 @@ DEFAULT_N_STEPS = 2000
 DEFAULT_MNN_WEIGHT = 1.0
 """Default weight of the MNN term when MNN pairs are registered.
 
-On ``benchmarks/pancreas.py`` the term (weight 1 vs 0) raised the scib-metrics Total from
-0.709 to 0.788 (Baron human) and from 0.741 to 0.779 (Baron mouse), and the best Leiden ARI
-from 0.916 to 0.925 and from 0.940 to 0.965.
-"""
-
-CORRECTED_MAX_KL_WEIGHT = 1e-4
-"""Default final KL weight when training on a corrected layer (counts: scETM's 1e-7).
-
-Chosen on ``benchmarks/pancreas.py``: with the corrector, 1e-4 gave a higher mean Leiden
-ARI than 1e-7 and 1e-3 on both Baron pancreas data sets.
+The scale-invariant terms of :func:`scetm_mnn.module.mnn_loss` are at most about 1 (pairs
+no closer than random cells), so weight 1 puts the term on the scale of the likelihood's
+changes late in training. Its effect, on and off, is measured in ``benchmarks/pancreas.py``
+(``benchmarks/results/pancreas.md``).
 """
 
 
@@ -59,11 +54,12 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
 
     Two modes follow from :meth:`setup_anndata`:
 
-    - **original scETM** (no ``corrected_layer``): the model reads raw counts and removes
-      batch effects with the per-batch gene bias ``λ`` (on when there are several batches);
-    - **corrected** (``corrected_layer`` written by :func:`scetm_mnn.pp.mnn_correct`):
-      encoder input and reconstruction target come from the corrected expression and ``λ``
-      is off by default.
+    - **original scETM** (no ``corrected_layer``): the encoder reads the counts, and the
+      per-batch gene bias ``λ`` absorbs batch effects in the decoder;
+    - **corrected** (``corrected_layer`` written by :func:`scetm_mnn.pp.mnn_correct`): the
+      encoder reads the corrected expression, so the topic mixtures come from batch-free
+      input. In both modes the decoder reconstructs the observed counts with ``λ`` (a
+      corrected layer is not count data, so it is never the likelihood's target).
 
     Parameters
     ----------
@@ -78,17 +74,20 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
     dropout_rate
         Encoder dropout.
     batch_bias
-        Use the per-batch gene bias ``λ``. ``None`` chooses: on for counts with more than one
-        batch, off with a corrected layer.
+        Use the per-batch gene bias ``λ``. ``None`` chooses: on with more than one batch.
     fixed_gene_embeddings
         Optional fixed gene-embedding rows (P × G array, or a DataFrame whose columns are
         ``adata.var_names``), e.g. a pathway × gene membership matrix, stacked under ``ρ``.
     encoder_input
-        ``"log"``: the encoder reads log-normalized expression; ``"proportions"``: it reads
-        expression / library size, as in scETM. The decoder models proportions either way.
-        ``None`` chooses: ``"log"`` with a corrected layer (the corrector's output is
-        log-expression with the batch effect removed), ``"proportions"`` with counts (scETM;
-        there the log input lets the batch effect into the encoder).
+        What the encoder reads of the counts in original mode: ``"proportions"`` (counts /
+        library size, scETM's default) or ``"log"`` (log-normalized counts). With a
+        corrected layer the encoder reads that layer as it is, and this must stay ``None``.
+    mnn_loss
+        Form of the MNN term used by ``train(mnn_weight=...)``
+        (:func:`scetm_mnn.module.mnn_loss`): ``"local"`` (default; pulls MNN pairs
+        together only until they share a neighbourhood), ``"normalized"``, or
+        ``"euclidean"`` (the original term, which collapses the topic space; for ablations
+        only).
     **module_kwargs
         Passed to :class:`~scetm_mnn.module.ETMModule`.
 
@@ -116,6 +115,7 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         batch_bias: bool | None = None,
         fixed_gene_embeddings: np.ndarray | pd.DataFrame | None = None,
         encoder_input: Literal["log", "proportions"] | None = None,
+        mnn_loss: Literal["local", "normalized", "euclidean"] = "local",
         **module_kwargs,
     ):
         super().__init__(adata)
@@ -123,24 +123,33 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         corrected = setup_args.get("corrected_layer") is not None
         n_batch = self.summary_stats.n_batch
         if batch_bias is None:
-            batch_bias = (not corrected) and n_batch > 1
-        if encoder_input is None:
-            encoder_input = "log" if corrected else "proportions"
+            batch_bias = n_batch > 1
+        if corrected and encoder_input is not None:
+            raise ValueError(
+                "encoder_input applies to counts; with a corrected layer the encoder reads "
+                "that layer as it is. Drop encoder_input, or register without corrected_layer."
+            )
         fixed = self._align_fixed_embeddings(fixed_gene_embeddings)
-        self.module = self._module_cls(
-            n_input=self.summary_stats.n_vars,
-            n_batch=n_batch,
-            n_topics=n_topics,
-            n_emb=n_emb,
-            hidden_sizes=tuple(hidden_sizes),
-            dropout_rate=dropout_rate,
-            batch_bias=batch_bias,
-            fixed_gene_embeddings=fixed,
-            input_is_log=corrected,
-            encoder_input=encoder_input,
-            **module_kwargs,
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(resolve_seed(None))  # the same seed gives the same init
+            self.module = self._module_cls(
+                n_input=self.summary_stats.n_vars,
+                n_batch=n_batch,
+                n_topics=n_topics,
+                n_emb=n_emb,
+                hidden_sizes=tuple(hidden_sizes),
+                dropout_rate=dropout_rate,
+                batch_bias=batch_bias,
+                fixed_gene_embeddings=fixed,
+                encoder_input=encoder_input or "proportions",
+                mnn_loss=mnn_loss,
+                **module_kwargs,
+            )
+        mode = (
+            f"encoder on corrected layer {setup_args['corrected_layer']!r}"
+            if corrected
+            else f"encoder on counts ({encoder_input or 'proportions'})"
         )
-        mode = f"corrected layer {setup_args['corrected_layer']!r}" if corrected else "counts"
         self._model_summary_string = (
             f"BatchCorrectedSCETM: {n_topics} topics, embedding {n_emb}, input {mode}, "
             f"batch bias {'on' if batch_bias else 'off'} ({n_batch} batches), "
@@ -182,13 +191,14 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         adata
             AnnData with raw counts in ``X`` or ``layers[layer]``.
         layer
-            Layer holding raw counts (``None``: ``X``). Always validated as count data.
+            Layer holding raw counts (``None``: ``X``). The decoder reconstructs these counts
+            in both modes, so they are validated as count data.
         batch_key
-            Column of ``obs`` with the batch of each cell.
+            Column of ``obs`` with the batch of each cell (for the batch bias ``λ``).
         corrected_layer
             Layer written by :func:`scetm_mnn.pp.mnn_correct` (log-scale corrected
-            expression over the same genes). When given, the model reads it instead of the
-            counts, and the batch bias is off by default.
+            expression over the same genes). When given, the encoder reads it instead of the
+            counts. It must be log-scale: raw counts there are refused.
         mnn_pairs_key
             Key of ``obsp`` holding an MNN pair matrix (e.g. ``"mnn_corrected_pairs"``
             written by :func:`scetm_mnn.pp.mnn_correct`), used by ``train(mnn_weight=...)``.
@@ -199,6 +209,10 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         check_counts(adata, layer)
         if batch_key is not None:
             check_obs_key(adata, batch_key, "batch_key")
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+        ]
         if corrected_layer is not None:
             if corrected_layer not in adata.layers:
                 available = ", ".join(map(repr, adata.layers.keys())) or "none"
@@ -207,17 +221,13 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
                     f"(available: {available}). Run scetm_mnn.pp.mnn_correct(adata, "
                     f"batch_key, key_added={corrected_layer!r}) first."
                 )
-            check_finite(get_matrix(adata, corrected_layer), f"adata.layers[{corrected_layer!r}]")
+            name = f"adata.layers[{corrected_layer!r}]"
+            corrected = get_matrix(adata, corrected_layer)
+            check_finite(corrected, name)
+            check_log_scale(corrected, name)
+            fields.append(LayerField(CORRECTED_KEY, corrected_layer, is_count_data=False))
         if mnn_pairs_key is not None:
             cls._check_pairs(adata, mnn_pairs_key)
-        fields = [
-            LayerField(
-                REGISTRY_KEYS.X_KEY,
-                corrected_layer if corrected_layer is not None else layer,
-                is_count_data=corrected_layer is None,
-            ),
-            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
-        ]
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
@@ -240,6 +250,7 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         mnn_weight: float | None = None,
         train_size: float | None = None,
         validation_size: float | None = None,
+        seed: int | None = None,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         plan_kwargs: dict | None = None,
@@ -254,54 +265,61 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
             Passes over the data. ``None`` gives about 2,000 optimizer steps
             (:func:`default_max_epochs`), which scETM needs on small data sets.
         batch_size
-            Cells per minibatch. scETM uses 2,000 (for GPUs); 256 reaches the same quality
-            in far fewer passes on a CPU.
+            Cells sampled per optimizer step. scETM uses 2,000 (for GPUs). With MNN pairs,
+            each sampled cell that has a partner in the training split brings one into the
+            step for the MNN term only, so up to ``2 × batch_size`` cells are encoded; the
+            likelihood averages over the sampled cells alone.
         lr
             Adam learning rate (default 5e-3, see :class:`~scetm_mnn.train.ETMTrainingPlan`).
         mnn_weight
-            Weight of the MNN term: the mean distance between the ``δ`` means of MNN-paired
-            cells, which are drawn into each minibatch. Needs ``mnn_pairs_key`` in
-            :meth:`setup_anndata`. ``0`` turns it off. ``None``: :data:`DEFAULT_MNN_WEIGHT`
-            (1.0) when ``mnn_pairs_key`` was registered, otherwise off.
+            Weight of the MNN term (:func:`scetm_mnn.module.mnn_loss` of the ``δ`` means of
+            MNN-paired cells). Needs ``mnn_pairs_key`` in :meth:`setup_anndata`. ``0`` turns
+            it off. ``None``: :data:`DEFAULT_MNN_WEIGHT` when ``mnn_pairs_key`` was
+            registered, otherwise off. Also accepted as ``plan_kwargs["mnn_weight"]``.
         train_size
-            Fraction of cells to train on (default all, no validation pass).
+            Fraction of cells to train on (default all, or ``1 - validation_size``).
         validation_size
-            Fraction of cells for validation (default: the rest).
+            Fraction of cells for validation (default: the rest). MNN partners are drawn
+            from the training cells only.
+        seed
+            Seed of the split, the minibatches, the partner draws and torch's sampling.
+            ``None`` takes ``scvi.settings.seed``, and 0 when that is unset. The same seed
+            gives the same model on CPU.
         accelerator
             Lightning accelerator.
         devices
             Lightning devices.
         plan_kwargs
-            Passed to :class:`~scetm_mnn.train.ETMTrainingPlan` (``max_kl_weight``,
-            ``kl_warmup_fraction``, ``lr_decay``, ``gradient_clip_norm``, ...).
-            ``max_kl_weight`` defaults to scETM's 1e-7 on counts and to
-            :data:`CORRECTED_MAX_KL_WEIGHT` (1e-4) on a corrected layer.
+            Passed to :class:`~scetm_mnn.train.ETMTrainingPlan` (``max_kl_weight``, default
+            scETM's 1e-7; ``kl_warmup_fraction``; ``n_epochs_kl_warmup``; ``lr_decay``;
+            ``gradient_clip_norm``; ...).
         datasplitter_kwargs
             Passed to :class:`~scetm_mnn.train.PreloadedDataSplitter`.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar``).
         """
         plan_kwargs = dict(plan_kwargs or {})
-        if self.module.input_is_log:  # trained on a corrected layer
-            plan_kwargs.setdefault("max_kl_weight", CORRECTED_MAX_KL_WEIGHT)
         datasplitter_kwargs = dict(datasplitter_kwargs or {})
         if lr is not None:
             plan_kwargs["lr"] = lr
-        if mnn_weight is None:
-            has_pairs = self.adata_manager.registry["setup_args"].get("mnn_pairs_key") is not None
-            mnn_weight = DEFAULT_MNN_WEIGHT if has_pairs else 0.0
+        mnn_weight = self._resolve_mnn_weight(mnn_weight, plan_kwargs.pop("mnn_weight", None))
         if mnn_weight:
             plan_kwargs["mnn_weight"] = mnn_weight
             datasplitter_kwargs["mnn_pairs"] = self._mnn_pairs()
+        seed = resolve_seed(seed)
+        datasplitter_kwargs.setdefault("seed", seed)
+        if train_size is None and validation_size is not None:
+            train_size = 1.0 - validation_size
         if max_epochs is None:
             n_train = self.adata.n_obs if train_size is None else train_size * self.adata.n_obs
             max_epochs = default_max_epochs(int(n_train), batch_size)
         steps_per_epoch = max(1, math.ceil(self.adata.n_obs / batch_size))
         trainer_kwargs.setdefault("log_every_n_steps", min(50, steps_per_epoch))
-        if validation_size is None and (train_size is None or train_size >= 1.0):
+        if train_size is None or train_size >= 1.0:
             trainer_kwargs.setdefault("limit_val_batches", 0)  # no validation pass
         else:
             trainer_kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
+        seed_everything(seed, verbose=False)
         return super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,
@@ -313,6 +331,21 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
             datasplitter_kwargs=datasplitter_kwargs,
             **trainer_kwargs,
         )
+
+    def _resolve_mnn_weight(self, argument: float | None, in_plan: float | None) -> float:
+        """The MNN weight to train with, from ``train()`` or ``plan_kwargs``; never silent."""
+        if argument is not None and in_plan is not None and argument != in_plan:
+            raise ValueError(
+                f"mnn_weight={argument} and plan_kwargs['mnn_weight']={in_plan} disagree; "
+                "pass one of them."
+            )
+        weight = argument if argument is not None else in_plan
+        if weight is None:
+            has_pairs = self.adata_manager.registry["setup_args"].get("mnn_pairs_key") is not None
+            return DEFAULT_MNN_WEIGHT if has_pairs else 0.0
+        if weight < 0:
+            raise ValueError(f"mnn_weight must be >= 0, got {weight}.")
+        return float(weight)
 
     def _mnn_pairs(self) -> sparse.csr_matrix:
         key = self.adata_manager.registry["setup_args"].get("mnn_pairs_key")
@@ -343,7 +376,12 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         self.module.eval()
         device = self.module.device
         mus = [
-            self.module.inference(tensors[REGISTRY_KEYS.X_KEY].to(device))["qz"].loc.cpu()
+            self.module.inference(
+                **{
+                    k: None if v is None else v.to(device)
+                    for k, v in self.module._get_inference_input(tensors).items()
+                }
+            )["qz"].loc.cpu()
             for tensors in source.iterate(indices, batch_size or 2000)
         ]
         return torch.cat(mus).numpy()

@@ -1,5 +1,6 @@
-"""Torch modules: the embedded topic model (scETM)."""
+"""Torch modules: the embedded topic model (scETM) and its MNN term."""
 
-from ._etm import MNN_PAIRS_KEY, ETMModule
+from ._etm import ANCHOR_KEY, CORRECTED_KEY, MNN_PAIRS_KEY, ETMModule
+from ._mnn_loss import MNN_LOSSES, mnn_loss
 
-__all__ = ["MNN_PAIRS_KEY", "ETMModule"]
+__all__ = ["ANCHOR_KEY", "CORRECTED_KEY", "MNN_LOSSES", "MNN_PAIRS_KEY", "ETMModule", "mnn_loss"]

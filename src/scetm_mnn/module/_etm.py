@@ -13,8 +13,18 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
+from ._mnn_loss import MNN_LOSSES, MNNLoss, mnn_loss
+
 MNN_PAIRS_KEY = "mnn_pairs"
 """Key of the minibatch tensor holding MNN pairs as row indices into the minibatch (P × 2)."""
+CORRECTED_KEY = "corrected"
+"""Registry and minibatch key of the corrected expression that the encoder reads."""
+ANCHOR_KEY = "anchor"
+"""Key of the minibatch mask of sampled cells (``False`` for MNN partners drawn in).
+
+Only the sampled cells enter the likelihood and the KL term, so that every training cell
+weighs the same however many MNN pairs it has; partners enter only the MNN term.
+"""
 
 LOG_SIGMA_BOUND = 10.0
 LOG_SCALE = 1e4
@@ -37,10 +47,17 @@ def _encoder_layers(n_input: int, hidden_sizes: Sequence[int], dropout_rate: flo
 class ETMModule(BaseModuleClass):
     """Embedded topic model with an optional batch bias on the decoder logits.
 
-    The encoder maps normalized expression to ``q(δ) = N(μ, σ)``; topic mixtures are
+    The encoder maps expression to ``q(δ) = N(μ, σ)``; topic mixtures are
     ``θ = softmax(δ)``. The decoder is linear: ``log p̂ = log_softmax(θ · α · ρ + λ_s)``,
     with topic embeddings ``α`` (K × L), gene embeddings ``ρ`` (L × G, optionally stacked
-    with fixed rows) and per-batch gene biases ``λ_s``.
+    with fixed rows) and per-batch gene biases ``λ_s``. The decoder always reconstructs the
+    observed counts, as scETM does: the loss is the multinomial negative log-likelihood of
+    each cell's count proportions.
+
+    The encoder reads either the counts (``encoder_input``) or, when the minibatch holds
+    ``tensors["corrected"]`` (a batch-corrected log-expression layer, e.g. from
+    :func:`scetm_mnn.pp.mnn_correct`), that layer as it is. The corrected layer is only ever
+    an input: it is not count data, so it is never a likelihood target.
 
     Parameters
     ----------
@@ -62,15 +79,14 @@ class ETMModule(BaseModuleClass):
         Optional ``(P, G)`` array of fixed gene-embedding rows (e.g. a pathway × gene
         membership matrix) stacked under the trainable ``ρ``; stored as a buffer, so it is
         saved with the model but never trained.
-    input_is_log
-        Whether the registered data are log-scale expression (the corrector's output) rather
-        than counts. Log data are mapped back with ``expm1`` (negatives clipped to 0).
     encoder_input
-        What the encoder sees: ``"log"`` (``log1p(10⁴ · proportions)``, the usual
-        log-normalized expression, which keeps highly expressed genes such as insulin from
-        dominating the encoder) or ``"proportions"`` (scETM: expression / library size).
-        The decoder always models the proportions. ``"log"`` gave higher Leiden ARI on
-        both Baron pancreas data sets (``benchmarks/pancreas.py``).
+        What the encoder sees of the counts when there is no corrected layer:
+        ``"proportions"`` (scETM: counts / library size) or ``"log"``
+        (``log1p(10⁴ · proportions)``, the usual log-normalized expression).
+    mnn_loss
+        Form of the MNN term (:func:`~scetm_mnn.module.mnn_loss`): ``"local"`` (the
+        default) or ``"normalized"``, both scale-invariant, or ``"euclidean"`` (the
+        original term, which collapses the topic space; kept for ablations).
     """
 
     def __init__(
@@ -83,8 +99,8 @@ class ETMModule(BaseModuleClass):
         dropout_rate: float = 0.1,
         batch_bias: bool = False,
         fixed_gene_embeddings: np.ndarray | torch.Tensor | None = None,
-        input_is_log: bool = False,
-        encoder_input: Literal["proportions", "log"] = "log",
+        encoder_input: Literal["proportions", "log"] = "proportions",
+        mnn_loss: MNNLoss = "local",
         **kwargs,
     ):
         super().__init__()
@@ -100,17 +116,19 @@ class ETMModule(BaseModuleClass):
         hidden_sizes = tuple(int(h) for h in hidden_sizes)
         if not hidden_sizes:
             raise ValueError("hidden_sizes needs at least one layer.")
+        if encoder_input not in ("proportions", "log"):
+            raise ValueError(
+                f"encoder_input must be 'proportions' or 'log', not {encoder_input!r}."
+            )
+        if mnn_loss not in MNN_LOSSES:
+            raise ValueError(f"mnn_loss must be one of {MNN_LOSSES}, not {mnn_loss!r}.")
         self.n_input = n_input
         self.n_batch = n_batch
         self.n_topics = n_topics
         self.n_emb = n_emb
         self.use_batch_bias = batch_bias
-        self.input_is_log = input_is_log
-        if encoder_input not in ("proportions", "log"):
-            raise ValueError(
-                f"encoder_input must be 'proportions' or 'log', not {encoder_input!r}."
-            )
         self.encoder_input = encoder_input
+        self.mnn_loss = mnn_loss
 
         self.encoder = _encoder_layers(n_input, hidden_sizes, dropout_rate)
         self.mu = nn.Linear(hidden_sizes[-1], n_topics)
@@ -142,27 +160,39 @@ class ETMModule(BaseModuleClass):
         """``β = α · ρ``: the topic × gene logits (K × G)."""
         return self.alpha @ self.gene_embeddings
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Expression as per-cell proportions: counts (or ``expm1`` of log data) / total."""
-        if self.input_is_log:
-            x = torch.expm1(x.clamp(min=0.0))
+    @staticmethod
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        """Counts as per-cell proportions (counts / library size)."""
         return x / x.sum(dim=-1, keepdim=True).clamp(min=1e-8)
 
     # ------------------------------------------------------------------ scvi interface
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
-        return {"x": tensors[REGISTRY_KEYS.X_KEY]}
+        return {"x": tensors[REGISTRY_KEYS.X_KEY], "corrected": tensors.get(CORRECTED_KEY)}
 
     def _get_generative_input(
         self, tensors: dict[str, torch.Tensor], inference_outputs: dict, **kwargs
     ) -> dict:
+        theta = inference_outputs["theta"]
         batch_index = tensors.get(REGISTRY_KEYS.BATCH_KEY)
-        return {"theta": inference_outputs["theta"], "batch_index": batch_index}
+        anchor = tensors.get(ANCHOR_KEY)
+        if anchor is not None:  # decode only the sampled cells, not the MNN partners
+            theta = theta[..., anchor, :]
+            batch_index = None if batch_index is None else batch_index[anchor]
+        return {"theta": theta, "batch_index": batch_index}
 
     @auto_move_data
-    def inference(self, x: torch.Tensor, n_samples: int = 1) -> dict:
-        """Encode expression into ``q(δ)``; sample ``δ`` and return ``θ = softmax(δ)``."""
+    def inference(
+        self, x: torch.Tensor, corrected: torch.Tensor | None = None, n_samples: int = 1
+    ) -> dict:
+        """Encode expression into ``q(δ)``; sample ``δ`` and return ``θ = softmax(δ)``.
+
+        ``x`` are counts; ``corrected``, when given, is what the encoder reads instead.
+        """
         p = self.normalize(x)
-        h = self.encoder(torch.log1p(LOG_SCALE * p) if self.encoder_input == "log" else p)
+        if corrected is not None:
+            h = self.encoder(corrected)
+        else:
+            h = self.encoder(torch.log1p(LOG_SCALE * p) if self.encoder_input == "log" else p)
         mu = self.mu(h)
         log_sigma = self.log_sigma(h).clamp(-LOG_SIGMA_BOUND, LOG_SIGMA_BOUND)
         qz = Normal(mu, log_sigma.exp())
@@ -189,24 +219,31 @@ class ETMModule(BaseModuleClass):
         kl_weight: float | torch.Tensor = 1.0,
         mnn_weight: float = 0.0,
     ) -> LossOutput:
-        """Multinomial NLL of the normalized expression + ``kl_weight`` · KL (+ MNN term).
+        """Multinomial NLL of the count proportions + ``kl_weight`` · KL (+ MNN term).
 
-        The MNN term is ``mnn_weight`` times the mean Euclidean distance between the
-        posterior means ``μ`` of the paired cells given in ``tensors["mnn_pairs"]``.
+        The likelihood and KL terms are averaged over the sampled cells only
+        (``tensors["anchor"]``); MNN partners drawn into the minibatch enter only the MNN
+        term, ``mnn_weight`` · :func:`~scetm_mnn.module.mnn_loss` of the posterior means
+        ``μ`` of the pairs in ``tensors["mnn_pairs"]``.
         """
-        p = inference_outputs["p"]
         qz = inference_outputs["qz"]
+        p = inference_outputs["p"]
+        loc, scale = qz.loc, qz.scale
+        anchor = tensors.get(ANCHOR_KEY)
+        if anchor is not None:
+            p, loc, scale = p[anchor], loc[anchor], scale[anchor]
         reconstruction = -(p * generative_outputs["log_px"]).sum(dim=-1)
-        kl = kl_divergence(qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale)))
+        kl = kl_divergence(
+            Normal(loc, scale), Normal(torch.zeros_like(loc), torch.ones_like(scale))
+        )
         kl = kl.sum(dim=-1)
         loss = torch.mean(reconstruction + kl_weight * kl)
         extra = {}
         pairs = tensors.get(MNN_PAIRS_KEY)
         if pairs is not None and pairs.numel() and mnn_weight > 0:
-            mu = qz.loc
-            mnn = (mu[pairs[:, 0]] - mu[pairs[:, 1]]).norm(dim=-1).mean()
-            loss = loss + mnn_weight * mnn
-            extra["mnn_distance"] = mnn.detach()
+            term = mnn_loss(qz.loc, pairs, self.mnn_loss, tensors.get(REGISTRY_KEYS.BATCH_KEY))
+            loss = loss + mnn_weight * term
+            extra["mnn_loss"] = term.detach()
         return LossOutput(
             loss=loss,
             reconstruction_loss=reconstruction,
@@ -216,7 +253,7 @@ class ETMModule(BaseModuleClass):
 
     @torch.inference_mode()
     def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
-        """Draw counts from the model's multinomial with each cell's observed library size.
+        """Draw counts from the model's multinomial at each cell's observed library size.
 
         Returns a tensor of shape ``(n_samples, n_cells, G)`` (or ``(n_cells, G)`` when
         ``n_samples == 1``).
@@ -226,8 +263,6 @@ class ETMModule(BaseModuleClass):
             "log_px"
         ]
         x = tensors[REGISTRY_KEYS.X_KEY].to(log_px.device)
-        if self.input_is_log:
-            x = torch.expm1(x.clamp(min=0.0))
         totals = x.sum(dim=-1).round().long().clamp(min=1)
         probs = log_px.exp()
         draws = torch.stack(

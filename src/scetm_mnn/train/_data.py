@@ -16,10 +16,24 @@ from scipy import sparse
 from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 
-from ..module import MNN_PAIRS_KEY
+from ..module import ANCHOR_KEY, CORRECTED_KEY, MNN_PAIRS_KEY
 
 DENSE_PRELOAD_BYTES = 256 * 2**20
 """Sparse data up to this dense size (float32) is densified once; larger stays CSR."""
+
+
+def _hold(x) -> np.ndarray | sparse.csr_matrix:
+    """``x`` as float32: dense when it fits in :data:`DENSE_PRELOAD_BYTES`, else CSR."""
+    if sparse.issparse(x) and np.prod(x.shape) * 4 <= DENSE_PRELOAD_BYTES:
+        return np.asarray(x.toarray(), dtype=np.float32)
+    if sparse.issparse(x):
+        return sparse.csr_matrix(x, dtype=np.float32)
+    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+
+
+def _rows(x, rows: np.ndarray) -> torch.Tensor:
+    chunk = x[rows]
+    return torch.from_numpy(chunk.toarray() if sparse.issparse(chunk) else chunk)
 
 
 class MinibatchSource:
@@ -28,23 +42,21 @@ class MinibatchSource:
     Parameters
     ----------
     x
-        Cells × genes, dense or sparse. Held as float32: dense when it fits in
+        Counts, cells × genes, dense or sparse. Held as float32: dense when it fits in
         :data:`DENSE_PRELOAD_BYTES`, else CSR with only each minibatch densified.
     batch_index
         Integer batch code per cell, or ``None``.
     mnn_pairs
-        Optional symmetric cells × cells matrix whose non-zeros are MNN pairs. When given,
-        each cell of a training minibatch that has partners brings one partner, drawn at
-        random, into the same minibatch, and the pairs are passed as ``tensors["mnn_pairs"]``.
+        Optional symmetric cells × cells matrix whose non-zeros are MNN pairs. Training
+        minibatches draw partners from it (:meth:`split_pairs`, :meth:`iterate`).
+    corrected
+        Optional corrected expression (same shape as ``x``) that the encoder reads, served
+        as ``tensors["corrected"]``.
     """
 
-    def __init__(self, x, batch_index: np.ndarray | None = None, mnn_pairs=None):
-        if sparse.issparse(x) and np.prod(x.shape) * 4 <= DENSE_PRELOAD_BYTES:
-            self.x = np.asarray(x.toarray(), dtype=np.float32)
-        elif sparse.issparse(x):
-            self.x = sparse.csr_matrix(x, dtype=np.float32)
-        else:
-            self.x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    def __init__(self, x, batch_index: np.ndarray | None = None, mnn_pairs=None, corrected=None):
+        self.x = _hold(x)
+        self.corrected = None if corrected is None else _hold(corrected)
         self.n_obs = self.x.shape[0]
         self.batch_index = (
             None
@@ -54,59 +66,86 @@ class MinibatchSource:
         self.pairs = None if mnn_pairs is None else sparse.csr_matrix(mnn_pairs)
 
     def tensors(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        """The minibatch for ``rows``: dense ``X`` and the batch index."""
-        chunk = self.x[rows]
-        dense = chunk.toarray() if sparse.issparse(chunk) else chunk
-        out = {REGISTRY_KEYS.X_KEY: torch.from_numpy(dense)}
+        """The minibatch for ``rows``: dense ``X``, the corrected layer and the batch index."""
+        out = {REGISTRY_KEYS.X_KEY: _rows(self.x, rows)}
+        if self.corrected is not None:
+            out[CORRECTED_KEY] = _rows(self.corrected, rows)
         if self.batch_index is not None:
             out[REGISTRY_KEYS.BATCH_KEY] = self.batch_index[torch.from_numpy(rows)]
         return out
 
+    def split_pairs(self, indices: np.ndarray) -> sparse.csr_matrix | None:
+        """The MNN pairs whose two cells are both in ``indices`` (``None`` without pairs).
+
+        A split's minibatches draw partners only from these, so no cell of another split
+        (e.g. a validation cell) ever enters them.
+        """
+        if self.pairs is None:
+            return None
+        inside = np.zeros(self.n_obs, dtype=np.float32)
+        inside[np.asarray(indices)] = 1.0
+        keep = sparse.diags(inside)
+        pairs = sparse.csr_matrix(keep @ self.pairs @ keep)
+        pairs.eliminate_zeros()
+        return pairs
+
+    @staticmethod
     def with_partners(
-        self, rows: np.ndarray, rng: np.random.Generator
+        rows: np.ndarray, rng: np.random.Generator, pairs: sparse.csr_matrix
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Add one random MNN partner per paired cell; return rows and (P × 2) pair positions."""
-        degree = np.diff(self.pairs.indptr)[rows]
+        """Add one random MNN partner per paired cell; return rows and (P × 2) pair positions.
+
+        The sampled ``rows`` come first; partners not among them are appended.
+        """
+        degree = np.diff(pairs.indptr)[rows]
         has = np.flatnonzero(degree > 0)
         if has.size == 0:
             return rows, np.zeros((0, 2), dtype=np.int64)
         offsets = (rng.random(has.size) * degree[has]).astype(np.int64)
-        partners = self.pairs.indices[self.pairs.indptr[rows[has]] + offsets]
-        position = np.full(self.n_obs, -1, dtype=np.int64)
+        partners = pairs.indices[pairs.indptr[rows[has]] + offsets]
+        position = np.full(pairs.shape[0], -1, dtype=np.int64)
         position[rows] = np.arange(rows.size)
         missing = np.unique(partners[position[partners] < 0])
         position[missing] = rows.size + np.arange(missing.size)
-        pairs = np.stack([has, position[partners]], axis=1)
-        return np.concatenate([rows, missing]), pairs
+        return np.concatenate([rows, missing]), np.stack([has, position[partners]], axis=1)
 
     def iterate(
         self,
         indices: np.ndarray,
         batch_size: int,
         rng: np.random.Generator | None = None,
-        with_pairs: bool = False,
+        pairs: sparse.csr_matrix | None = None,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Minibatches over ``indices``, shuffled when ``rng`` is given."""
+        """Minibatches over ``indices``, shuffled when ``rng`` is given.
+
+        With ``pairs`` (and ``rng``), each paired cell of a minibatch brings one partner,
+        drawn at random from ``pairs``; the minibatch then holds ``tensors["mnn_pairs"]``
+        and the mask ``tensors["anchor"]`` of its ``batch_size`` sampled cells.
+        """
         order = rng.permutation(indices) if rng is not None else np.asarray(indices)
         for start in range(0, order.size, batch_size):
             rows = order[start : start + batch_size]
             if rng is not None and rows.size < 2 and order.size >= 2:
                 continue  # BatchNorm cannot train on a single cell
-            if with_pairs and self.pairs is not None and rng is not None:
-                rows, pairs = self.with_partners(rows, rng)
-                batch = self.tensors(rows)
-                batch[MNN_PAIRS_KEY] = torch.from_numpy(pairs)
-                yield batch
-            else:
+            if pairs is None or rng is None:
                 yield self.tensors(rows)
+                continue
+            n_sampled = rows.size
+            rows, positions = self.with_partners(rows, rng, pairs)
+            batch = self.tensors(rows)
+            batch[MNN_PAIRS_KEY] = torch.from_numpy(positions)
+            anchor = torch.zeros(rows.size, dtype=torch.bool)
+            anchor[:n_sampled] = True
+            batch[ANCHOR_KEY] = anchor
+            yield batch
 
 
 class _Loader:
     """A re-iterable, sized view of one data split for Lightning."""
 
-    def __init__(self, source, indices, batch_size, rng=None, with_pairs=False):
+    def __init__(self, source, indices, batch_size, rng=None, pairs=None):
         self.source, self.indices, self.batch_size = source, indices, batch_size
-        self.rng, self.with_pairs = rng, with_pairs
+        self.rng, self.pairs = rng, pairs
 
     def __len__(self) -> int:
         n = len(self.indices)
@@ -114,19 +153,21 @@ class _Loader:
         return full + int(rest >= 2 or (rest == 1 and self.rng is None) or n == 1)
 
     def __iter__(self):
-        return self.source.iterate(self.indices, self.batch_size, self.rng, self.with_pairs)
+        return self.source.iterate(self.indices, self.batch_size, self.rng, self.pairs)
 
 
 def source_from_manager(adata_manager: AnnDataManager, mnn_pairs=None) -> MinibatchSource:
     """A :class:`MinibatchSource` over the data registered in ``adata_manager``."""
     registry = adata_manager.data_registry
-    batch = (
-        adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)
-        if REGISTRY_KEYS.BATCH_KEY in registry
-        else None
-    )
+
+    def get(key):
+        return adata_manager.get_from_registry(key) if key in registry else None
+
     return MinibatchSource(
-        adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY), batch, mnn_pairs=mnn_pairs
+        get(REGISTRY_KEYS.X_KEY),
+        get(REGISTRY_KEYS.BATCH_KEY),
+        mnn_pairs=mnn_pairs,
+        corrected=get(CORRECTED_KEY),
     )
 
 
@@ -141,15 +182,20 @@ class PreloadedDataSplitter(pl.LightningDataModule):
     adata_manager
         The model's registered AnnData manager.
     train_size
-        Fraction of cells to train on; ``None`` means all of them.
+        Fraction of cells to train on; ``None`` means ``1 - validation_size`` (all cells
+        when that is ``None`` too).
     validation_size
         Fraction for validation; ``None`` means the rest.
     shuffle_set_split
         Shuffle cells before splitting.
     batch_size
-        Cells per minibatch.
+        Cells sampled per minibatch (256, as :meth:`BatchCorrectedSCETM.train`).
     mnn_pairs
-        Optional MNN pair matrix; partners join each training minibatch.
+        Optional MNN pair matrix. Each training minibatch draws one partner per paired cell,
+        from the training cells only; the validation minibatches hold no partners.
+    seed
+        Seed of the split and of the minibatch order and partner draws; ``None`` takes
+        ``scvi.settings.seed``, and 0 when that is unset.
     **kwargs
         Loader options of scvi's splitter (``load_sparse_tensor``, ``pin_memory``, ...);
         accepted and ignored.
@@ -161,8 +207,9 @@ class PreloadedDataSplitter(pl.LightningDataModule):
         train_size: float | None = None,
         validation_size: float | None = None,
         shuffle_set_split: bool = True,
-        batch_size: int = 2000,
+        batch_size: int = 256,
         mnn_pairs=None,
+        seed: int | None = None,
         **kwargs,
     ):
         super().__init__()
@@ -170,27 +217,39 @@ class PreloadedDataSplitter(pl.LightningDataModule):
         self.batch_size = int(batch_size)
         self.source = source_from_manager(adata_manager, mnn_pairs=mnn_pairs)
         n = self.source.n_obs
-        train_size = 1.0 if train_size is None else float(train_size)
+        if train_size is None:
+            train_size = 1.0 if validation_size is None else 1.0 - float(validation_size)
+        train_size = float(train_size)
         if not 0.0 < train_size <= 1.0:
             raise ValueError(f"train_size must be in (0, 1], got {train_size}.")
         val_size = 1.0 - train_size if validation_size is None else float(validation_size)
         if val_size < 0 or train_size + val_size > 1.0 + 1e-9:
-            raise ValueError("train_size + validation_size must not exceed 1.")
-        seed = settings.seed
-        self._rng = np.random.default_rng(seed)
+            raise ValueError(
+                f"train_size ({train_size}) + validation_size ({val_size}) must not exceed 1."
+            )
+        self.seed = resolve_seed(seed)
+        self._rng = np.random.default_rng(self.seed)
         order = self._rng.permutation(n) if shuffle_set_split else np.arange(n)
         self.n_train = max(1, round(train_size * n))
         self.n_val = min(n - self.n_train, round(val_size * n))
         self.train_idx = np.sort(order[: self.n_train])
         self.val_idx = np.sort(order[self.n_train : self.n_train + self.n_val])
         self.test_idx = np.sort(order[self.n_train + self.n_val :])
+        self.train_pairs = self.source.split_pairs(self.train_idx)
 
     def train_dataloader(self) -> _Loader:
         """Shuffled minibatches over the training cells (with MNN partners if any)."""
-        return _Loader(self.source, self.train_idx, self.batch_size, self._rng, True)
+        return _Loader(self.source, self.train_idx, self.batch_size, self._rng, self.train_pairs)
 
     def val_dataloader(self) -> _Loader | list:
         """Minibatches over the validation cells; empty when there is no validation split."""
         if self.n_val == 0:
             return []
         return _Loader(self.source, self.val_idx, self.batch_size)
+
+
+def resolve_seed(seed: int | None) -> int:
+    """``seed``, else ``scvi.settings.seed``, else 0: the seed training runs with."""
+    if seed is not None:
+        return int(seed)
+    return 0 if settings.seed is None else int(settings.seed)

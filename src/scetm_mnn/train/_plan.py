@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pandas as pd
 import torch
@@ -40,7 +41,8 @@ class ETMTrainingPlan(TrainingPlan):
         KL weight at the first step.
     kl_warmup_fraction
         Fraction of all optimizer steps (``max_epochs`` × steps per epoch) over which the KL
-        weight rises linearly; constant afterwards.
+        weight rises linearly; constant afterwards. ``n_steps_kl_warmup`` or
+        ``n_epochs_kl_warmup`` (in ``kwargs``, as in scvi-tools) replace it when given.
     lr_decay
         Per-step exponential decay: the learning rate at step ``t`` is
         ``lr · exp(-lr_decay · t)``. ``0`` disables it.
@@ -74,6 +76,13 @@ class ETMTrainingPlan(TrainingPlan):
             raise ValueError(f"lr_decay must be >= 0, got {lr_decay}.")
         if mnn_weight < 0:
             raise ValueError(f"mnn_weight must be >= 0, got {mnn_weight}.")
+        if kwargs.get("reduce_lr_on_plateau") and lr_decay > 0:
+            warnings.warn(
+                "reduce_lr_on_plateau=True replaces the per-step lr decay "
+                f"(lr_decay={lr_decay} is not applied). Pass lr_decay=0 to silence this.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.kl_warmup_fraction = kl_warmup_fraction
         self.lr_decay = lr_decay
         self.gradient_clip_norm = gradient_clip_norm
@@ -99,6 +108,8 @@ class ETMTrainingPlan(TrainingPlan):
     def _count_warmup_steps(self) -> int:
         if self.n_steps_kl_warmup is not None:
             return int(self.n_steps_kl_warmup)
+        if self.n_epochs_kl_warmup is not None:
+            return round(self.n_epochs_kl_warmup * self.trainer.num_training_batches)
         total = self.trainer.estimated_stepping_batches
         return round(self.kl_warmup_fraction * total) if math.isfinite(total) else 0
 
