@@ -14,6 +14,7 @@ def simulate(
     n_batches: int = 2,
     n_cell_types: int = 5,
     batch_effect: float = 0.5,
+    type_batch_effect: float = 0.0,
     library_size: float = 1500.0,
     dispersion: float = 10.0,
     random_state: int = 0,
@@ -37,6 +38,10 @@ def simulate(
     batch_effect
         Standard deviation of the per-batch, per-gene log fold change. ``0`` gives no
         batch effect on gene expression.
+    type_batch_effect
+        Standard deviation of an extra log fold change per batch, cell type and gene: a
+        batch effect that differs between cell types, which a single per-batch shift
+        cannot remove. ``0`` (the default) adds none.
     library_size
         Median total counts per cell.
     dispersion
@@ -87,7 +92,11 @@ def simulate(
         types[: min(idx.size, n_cell_types)] = np.arange(min(idx.size, n_cell_types))
         cell_types[idx] = types
 
-    rates = base[None, :] * programmes[cell_types] * np.exp(batch_log_fold[batches])
+    log_fold = batch_log_fold[batches]
+    if type_batch_effect > 0:
+        per_type = rng.normal(0.0, type_batch_effect, size=(n_batches, n_cell_types, n_genes))
+        log_fold = log_fold + per_type[batches, cell_types]
+    rates = base[None, :] * programmes[cell_types] * np.exp(log_fold)
     rates /= rates.sum(axis=1, keepdims=True)
     lib = library_size * batch_lib[batches] * np.exp(rng.normal(0.0, 0.25, size=n_cells))
     mean = rates * lib[:, None]
@@ -114,6 +123,7 @@ def simulate(
         "n_batches": n_batches,
         "n_cell_types": n_cell_types,
         "batch_effect": batch_effect,
+        "type_batch_effect": type_batch_effect,
         "random_state": random_state,
     }
     return adata
