@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 __all__ = [
     "check_counts",
     "check_finite",
+    "check_log_scale",
     "check_obs_key",
     "get_matrix",
     "matrix_values",
@@ -26,17 +27,31 @@ def _describe(layer: str | None) -> str:
     return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
 
 
-def get_matrix(adata: AnnData, layer: str | None = None):
-    """Return ``adata.X`` or ``adata.layers[layer]``, with a clear error for a missing layer."""
+def get_matrix(adata: AnnData, layer: str | None = None, *, argument: str | None = None):
+    """Return ``adata.X`` or ``adata.layers[layer]``, with a clear error for a missing layer.
+
+    ``argument`` is the name of the caller's argument that selects the layer (e.g.
+    ``"layer"``, ``"counts_layer"``); the error messages name it, and only it. ``None``
+    means the caller reads ``adata.X`` only, or its argument is not known here.
+    """
     if layer is None:
         if adata.X is None:
-            raise ValueError("adata.X is empty; pass `layer=` to name the layer holding the data.")
+            hint = (
+                f"pass `{argument}=` to name the layer holding the data"
+                if argument is not None
+                else "put the data in adata.X"
+            )
+            raise ValueError(f"adata.X is empty; {hint}.")
         return adata.X
     if layer not in adata.layers:
         available = ", ".join(map(repr, adata.layers.keys())) or "none"
+        fix = (
+            f"Pass `{argument}=` the name of an existing layer, or None to use adata.X."
+            if argument is not None
+            else "Name an existing layer, or None to use adata.X."
+        )
         raise KeyError(
-            f"Layer {layer!r} not found in adata.layers (available: {available}). "
-            "Pass the name of an existing layer, or `layer=None` to use adata.X."
+            f"Layer {layer!r} not found in adata.layers (available: {available}). {fix}"
         )
     return adata.layers[layer]
 
@@ -61,26 +76,86 @@ def check_finite(x, name: str) -> None:
         )
 
 
-def check_counts(adata: AnnData, layer: str | None = None) -> None:
+def check_counts(
+    adata: AnnData, layer: str | None = None, *, argument: str | None = "layer"
+) -> None:
     """Raise ``ValueError`` unless ``adata.X``/``adata.layers[layer]`` holds raw counts.
 
     Counts must be finite, non-negative and integer-valued (any numeric dtype).
+    ``argument`` names the caller's argument that selects the layer, which the messages
+    suggest; ``None`` for a caller that reads ``adata.X`` only (the messages then say to
+    put raw counts in ``X``).
     """
     name = _describe(layer)
-    x = get_matrix(adata, layer)
+    x = get_matrix(adata, layer, argument=argument)
     check_finite(x, name)
+    if argument is None:
+        fix = (
+            "Put raw UMI counts in adata.X, e.g. `adata.X = adata.layers['counts'].copy()` "
+            "(the 'counts' layer written by `scetm_mnn.pp.preprocess`)."
+        )
+    else:
+        fix = (
+            f"Pass `{argument}=` naming the layer with raw UMI counts, e.g. the 'counts' "
+            "layer written by `scetm_mnn.pp.preprocess`."
+        )
     values = matrix_values(x)
     if values.size and values.min() < 0:
-        raise ValueError(
-            f"{name} contains negative values, so it does not hold raw counts. "
-            "Pass `layer=` naming the layer with raw UMI counts (e.g. 'counts')."
-        )
+        raise ValueError(f"{name} contains negative values, so it does not hold raw counts. {fix}")
     if values.size and not np.all(np.equal(np.mod(values, 1), 0)):
         raise ValueError(
             f"{name} contains non-integer values, so it does not hold raw counts "
-            "(it looks normalized or log-transformed). Pass `layer=` naming the layer with "
-            "raw UMI counts, e.g. the 'counts' layer written by `scetm_mnn.pp.preprocess`."
+            f"(it looks normalized or log-transformed). {fix}"
         )
+
+
+LOG_SCALE_MAX = 50.0
+"""Above this maximum, data are not log-normalized (log1p of 1e6-normalized data is < 14)."""
+INTEGER_COUNTS_MAX = 10.0
+"""Integer-valued data with a maximum above this look like raw counts."""
+_INTEGER_SAMPLE = 1 << 20
+"""Stored values (evenly spaced) inspected for integrality."""
+
+
+def check_log_scale(x, name: str) -> None:
+    """Raise ``ValueError`` when ``x`` looks like raw counts rather than log-scale data.
+
+    Log-normalized expression (``log1p`` of size-normalized counts) stays well below
+    ``LOG_SCALE_MAX`` (50) and is not integer-valued; raw counts reach hundreds and are
+    integers. ``x`` is refused when its maximum exceeds ``LOG_SCALE_MAX``, or when it
+    exceeds ``INTEGER_COUNTS_MAX`` (10) and the values (up to about a million, evenly
+    spaced, are inspected) are all integers. The check does not densify sparse input.
+
+    Parameters
+    ----------
+    x
+        Dense or sparse matrix (finite values).
+    name
+        How the message refers to ``x``, e.g. ``"adata.X"``.
+
+    Raises
+    ------
+    ValueError
+        ``x`` looks like raw counts.
+    """
+    values = matrix_values(x)
+    if values.size == 0:
+        return
+    values = values.reshape(-1)
+    maximum = float(values.max())
+    if maximum <= INTEGER_COUNTS_MAX:
+        return
+    if maximum > LOG_SCALE_MAX:
+        detail = f"maximum {maximum:g} > {LOG_SCALE_MAX:g}"
+    else:
+        sample = values[:: max(1, values.size // _INTEGER_SAMPLE)]
+        if not np.all(np.equal(np.mod(sample, 1), 0)):
+            return
+        detail = f"integer-valued, maximum {maximum:g}"
+    raise ValueError(
+        f"{name} ({detail}) looks like raw counts; run scetm_mnn.pp.preprocess(adata) first "
+        "(or sc.pp.normalize_total + sc.pp.log1p)."
+    )
 
 
 def check_obs_key(adata: AnnData, key: str, what: str = "batch_key") -> None:
