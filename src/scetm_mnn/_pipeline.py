@@ -73,7 +73,7 @@ def run_pipeline(
     source = adata.copy()
     if counts_layer is not None:
         source.X = get_matrix(source, counts_layer).copy()
-    data = pp.preprocess(source, n_top_genes=n_top_genes, batch_key=batch_key)
+    data = pp.preprocess(source, n_top_genes=n_top_genes, batch_key=batch_key, copy=True)
     pp.mnn_correct(data, batch_key, key_added=CORRECTED_KEY, random_state=random_state)
     BatchCorrectedSCETM.setup_anndata(
         data,
@@ -84,7 +84,7 @@ def run_pipeline(
     )
     model = BatchCorrectedSCETM(data)
     train_kwargs = {} if mnn_weight is None else {"mnn_weight": mnn_weight}
-    model.train(max_epochs=max_epochs, **train_kwargs)
+    model.train(max_epochs=max_epochs, seed=random_state, **train_kwargs)
     data.obsm[LATENT_KEY] = model.get_latent_representation()
     data.obsm[TOPICS_KEY] = model.get_topic_proportions()
     result = PipelineResult(adata=data, model=model)
