@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import sparse
 
@@ -12,10 +13,15 @@ from scetm_mnn import pp
 from scetm_mnn.pp import _pairs
 
 
-def reference_pairs(latent: np.ndarray, batches: np.ndarray, k: int) -> set[tuple[int, int]]:
-    """All MNN pairs ``(i, j)``, ``i < j``, from full cosine distance matrices."""
-    unit = latent / np.linalg.norm(latent, axis=1, keepdims=True)
-    dist = 1 - unit @ unit.T
+def reference_pairs(
+    latent: np.ndarray, batches: np.ndarray, k: int, cosine: bool = False
+) -> set[tuple[int, int]]:
+    """All MNN pairs ``(i, j)``, ``i < j``, from full Euclidean (or cosine) distance matrices."""
+    if cosine:
+        unit = latent / np.linalg.norm(latent, axis=1, keepdims=True)
+        dist = 1 - unit @ unit.T
+    else:
+        dist = np.linalg.norm(latent[:, None] - latent[None], axis=-1)
     labels = np.unique(batches)
     found = set()
     for a in labels:
@@ -47,11 +53,79 @@ def three_batches():
 
 
 def test_matches_brute_force(three_batches):
+    """One round is plain MNN: Euclidean by default, cosine with ``normalize=True``."""
     latent, batches = three_batches
-    pairs = pp.find_mnn_pairs(latent, batches, n_neighbors=5)
+    pairs = pp.find_mnn_pairs(latent, batches, n_neighbors=5, n_rounds=1)
     expected = reference_pairs(latent, batches, 5)
     assert len(expected) > 50
     assert as_set(pairs) == expected
+    cosine = pp.find_mnn_pairs(latent, batches, n_neighbors=5, n_rounds=1, normalize=True)
+    assert as_set(cosine) == reference_pairs(latent, batches, 5, cosine=True) != expected
+
+
+def test_later_rounds_search_with_the_batch_offsets_removed(three_batches):
+    """Round 2 is plain MNN on the latent minus the least-squares batch offsets of round 1."""
+    latent, batches = three_batches
+    first = pp.find_mnn_pairs(latent, batches, n_neighbors=5, n_rounds=1)
+    codes, _ = pd.factorize(batches)
+    rows, cols = sparse.triu(first, k=1).nonzero()
+    offsets = _pairs._batch_offsets(latent, codes, 3, rows, cols)
+
+    # The offsets solve the least-squares problem: no translation of them fits better.
+    def cost(o):
+        return np.sum((latent[rows] - o[codes[rows]] - latent[cols] + o[codes[cols]]) ** 2)
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        assert cost(offsets) <= cost(offsets + rng.normal(0, 0.05, offsets.shape))
+    np.testing.assert_allclose(offsets.sum(axis=0), 0, atol=1e-3)  # no common translation
+    shifted = (latent - offsets[codes]).astype(np.float32)
+    second = pp.find_mnn_pairs(latent, batches, n_neighbors=5, n_rounds=2)
+    assert as_set(second) == reference_pairs(shifted, batches, 5)
+
+
+def test_populations_on_one_ray_are_not_paired():
+    """Two types on one ray from the mean (one expresses a programme 3× more strongly):
+    cosine distance on centred scores sees one population and pairs them; Euclidean does
+    not."""
+    rng = np.random.default_rng(0)
+    radius = np.array([1.0, 3.0, -4.0])  # types 0 and 1 on one ray, type 2 opposite
+    types = np.tile(np.repeat([0, 1, 2], 40), 2)
+    batches = np.repeat(["a", "b"], 120)
+    direction = np.eye(6)[0]
+    # Noise proportional to the radius: the same angular spread for every type.
+    latent = radius[types, None] * (direction + rng.normal(0, 0.1, (240, 6)))
+    latent -= latent.mean(axis=0)
+
+    def cross_type(pairs):
+        rows, cols = sparse.triu(pairs, k=1).nonzero()
+        assert rows.size > 250
+        return np.mean(types[rows] != types[cols])
+
+    assert cross_type(pp.find_mnn_pairs(latent, batches, n_neighbors=5, normalize=True)) > 0.2
+    assert cross_type(pp.find_mnn_pairs(latent, batches, n_neighbors=5)) == 0
+
+
+def test_offset_rounds_pair_whole_populations_not_their_facing_edges():
+    """Batch b is a's three populations shifted by 3 (a blob's radius): round 1 pairs the
+    facing edges, whose vectors capture little of the shift; later rounds pair more cells
+    and their vectors approach the shift."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 8, (3, 5))
+    types = np.tile(np.repeat([0, 1, 2], 100), 2)
+    batches = np.repeat(["a", "b"], 300)
+    shift = np.r_[3.0, 0, 0, 0, 0]
+    latent = centres[types] + rng.normal(0, 1, (600, 5)) + (batches == "b")[:, None] * shift
+    captured, n_paired = [], []
+    for n_rounds in (1, 3, 8):
+        rows, cols = sparse.triu(
+            pp.find_mnn_pairs(latent, batches, 10, n_rounds=n_rounds)
+        ).nonzero()
+        assert (batches[rows] == "a").all() and (types[rows] == types[cols]).all()
+        captured.append(np.mean((latent[cols] - latent[rows]) @ shift) / (shift @ shift))
+        n_paired.append(np.unique(np.r_[rows, cols]).size)
+    assert captured[0] < 0.4 and captured[1] > 0.55 and captured[2] > 0.8  # 0.32, 0.63, 0.86
+    assert n_paired[0] < n_paired[1] < n_paired[2]
 
 
 def test_matrix_is_symmetric_binary_and_across_batches(three_batches):
@@ -75,7 +149,7 @@ def test_small_batch_reduces_k(three_batches, caplog):
     latent, batches = three_batches
     keep = np.r_[0:50, 50:56]  # b0 complete, 6 cells of b1
     with caplog.at_level(logging.INFO, logger="scetm_mnn"):
-        pairs = pp.find_mnn_pairs(latent[keep], batches[keep], n_neighbors=20)
+        pairs = pp.find_mnn_pairs(latent[keep], batches[keep], n_neighbors=20, n_rounds=1)
     assert "k reduced from 20 to 6" in caplog.text
     assert as_set(pairs) == reference_pairs(latent[keep], batches[keep], 20)
 
@@ -99,6 +173,8 @@ def test_one_batch_and_bad_shapes(three_batches):
         pp.find_mnn_pairs(latent, batches[:10])
     with pytest.raises(ValueError, match="n_neighbors"):
         pp.find_mnn_pairs(latent, batches, n_neighbors=0)
+    with pytest.raises(ValueError, match="n_rounds"):
+        pp.find_mnn_pairs(latent, batches, n_rounds=0)
 
 
 def test_approximate_search_agrees_with_exact(three_batches, monkeypatch):

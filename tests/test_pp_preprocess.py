@@ -11,12 +11,12 @@ from scetm_mnn import pp
 
 @pytest.fixture(scope="module")
 def processed(sim_adata):
-    return pp.preprocess(sim_adata, n_top_genes=100, batch_key="batch")
+    return pp.preprocess(sim_adata, n_top_genes=100, batch_key="batch", copy=True)
 
 
-def test_returns_new_object_and_leaves_input_alone(sim_adata, processed):
+def test_copy_returns_new_object_and_leaves_input_alone(sim_adata, processed):
     x_before = sim_adata.X.copy()
-    again = pp.preprocess(sim_adata, n_top_genes=100, batch_key="batch")
+    again = pp.preprocess(sim_adata, n_top_genes=100, batch_key="batch", copy=True)
     assert again is not sim_adata
     assert sim_adata.shape == (600, 300) and not sim_adata.layers
     assert (sim_adata.X != x_before).nnz == 0
@@ -39,23 +39,35 @@ def test_counts_layer_and_log_normalization(sim_adata, processed):
 def test_hvgs_are_batch_aware_and_capped(sim_adata, processed):
     assert processed.var["highly_variable"].all()
     assert "highly_variable_nbatches" in processed.var  # batch-aware selection
-    capped = pp.preprocess(sim_adata, n_top_genes=10_000)
+    capped = pp.preprocess(sim_adata, n_top_genes=10_000, copy=True)
     n_expressed = int((np.asarray((sim_adata.X > 0).sum(axis=0)).ravel() >= 3).sum())
     assert capped.n_vars == n_expressed
 
 
-def test_in_place_returns_none(sim_adata):
+def test_in_place_by_default(sim_adata, processed):
+    """Like scanpy: ``pp.preprocess(adata)`` transforms ``adata`` and returns None."""
     adata = sim_adata.copy()
-    assert pp.preprocess(adata, n_top_genes=50, copy=False) is None
-    assert adata.shape == (600, 50)
-    assert "counts" in adata.layers
+    assert pp.preprocess(adata, n_top_genes=100, batch_key="batch") is None
+    assert adata.shape == (600, 100)
     assert adata.X.max() < 15  # log scale
+    assert (adata.layers["counts"] != processed.layers["counts"]).nnz == 0
+    np.testing.assert_array_equal(adata.X.toarray(), processed.X.toarray())
+    assert list(adata.var_names) == list(processed.var_names)
+    assert adata.var["highly_variable"].all()
+    assert pp.preprocess(sim_adata.copy(), n_top_genes=50, copy=False) is None
+
+
+def test_in_place_on_a_view(sim_adata):
+    view = sim_adata[:300]
+    assert pp.preprocess(view, n_top_genes=50) is None
+    assert not view.is_view and view.shape == (300, 50) and "counts" in view.layers
+    assert sim_adata.shape == (600, 300) and not sim_adata.layers
 
 
 def test_filters(sim_adata):
     n_genes = np.asarray((sim_adata.X > 0).sum(axis=1)).ravel()
     threshold = int(np.median(n_genes))
-    out = pp.preprocess(sim_adata, n_top_genes=50, min_genes=threshold, min_cells=0)
+    out = pp.preprocess(sim_adata, n_top_genes=50, min_genes=threshold, min_cells=0, copy=True)
     assert out.n_obs == int((n_genes >= threshold).sum())
     assert 0 < out.n_obs < sim_adata.n_obs
 
@@ -63,14 +75,20 @@ def test_filters(sim_adata):
 def test_integer_counts_dtype(sim_adata):
     adata = sim_adata.copy()
     adata.X = sparse.csr_matrix(adata.X, dtype=np.int64)
-    out = pp.preprocess(adata, n_top_genes=50)
+    out = pp.preprocess(adata, n_top_genes=50, copy=True)
     assert np.issubdtype(out.X.dtype, np.floating)
     assert np.issubdtype(out.layers["counts"].dtype, np.integer)
 
 
 def test_rejects_bad_input(sim_adata, processed):
-    with pytest.raises(ValueError, match="non-integer"):
+    # preprocess has no `layer` argument: the message says to put counts in X instead.
+    with pytest.raises(ValueError, match="non-integer") as err:
         pp.preprocess(processed)
+    assert "Put raw UMI counts in adata.X" in str(err.value) and "layer=" not in str(err.value)
+    negative = sim_adata.copy()
+    negative.X = -negative.X
+    with pytest.raises(ValueError, match=r"negative.*Put raw UMI counts in adata\.X"):
+        pp.preprocess(negative)
     with pytest.raises(KeyError, match="Available columns"):
         pp.preprocess(sim_adata, batch_key="donor")
     bad = sim_adata.copy()

@@ -123,3 +123,19 @@ def fit_autoencoder(
         if step == n_steps - 1:
             logger.info("Autoencoder pretrained: %d steps, final MSE %.4f", n_steps, loss.item())
     return _freeze(encoder)
+
+
+def visible_basis(space: nn.Module) -> torch.Tensor:
+    """Orthonormal basis (genes × d) of the gene-space directions that ``space`` can see.
+
+    ``space`` maps expression through a first linear map (the PCA loadings, or the first
+    layer of the autoencoder's encoder); changes orthogonal to that map's row space do not
+    change the latent at all. For :class:`FrozenPCA` this is its loadings.
+    """
+    if isinstance(space, FrozenPCA):
+        weight = space.loadings
+    else:
+        first = next(m for m in space.modules() if isinstance(m, nn.Linear))
+        weight = first.weight.T  # genes × hidden
+    q, _ = torch.linalg.qr(weight.detach().to(torch.float64))
+    return q.to(torch.float32)

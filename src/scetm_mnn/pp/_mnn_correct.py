@@ -15,9 +15,9 @@ from anndata import AnnData
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from .._validation import check_finite, check_obs_key, get_matrix
-from ._latent import fit_autoencoder, fit_pca
-from ._network import ResidualCorrector
+from .._validation import check_finite, check_log_scale, check_obs_key, get_matrix
+from ._latent import FrozenPCA, fit_autoencoder, fit_pca, visible_basis
+from ._network import ResidualCorrector, SubspaceCorrector
 from ._pairs import find_mnn_pairs, pair_counts
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def _adam(params, lr: float) -> torch.optim.Adam:
 
 
 def _train(
-    net: ResidualCorrector,
+    net: torch.nn.Module,
     space: torch.nn.Module,
     x: torch.Tensor,
     pairs: torch.Tensor,
@@ -151,6 +151,19 @@ def _recalibrate_batchnorm(
     net.eval()
 
 
+def _search_latent(
+    x: np.ndarray, z: np.ndarray, space: torch.nn.Module, n_comps: int, random_state: int
+) -> np.ndarray:
+    """The latent in which ``mnn_correct`` searches MNN pairs: ``n_comps`` centred PCA scores.
+
+    With a PCA loss space of at least ``n_comps`` components, its leading ``n_comps``
+    scores ``z`` (no second fit); otherwise a PCA of ``x`` fitted for the search.
+    """
+    if isinstance(space, FrozenPCA) and z.shape[1] >= n_comps:
+        return np.ascontiguousarray(z[:, :n_comps])
+    return _apply(fit_pca(x, n_comps, random_state=random_state), x)
+
+
 def _write(adata: AnnData, key: str, corrected, latent, pairs, info: dict) -> None:
     adata.layers[key] = corrected
     adata.obsm[f"X_{key}"] = latent
@@ -164,6 +177,8 @@ def mnn_correct(
     *,
     layer: str | None = None,
     n_neighbors: int = 20,
+    n_search_comps: int = 30,
+    search_rounds: int = 10,
     n_comps: int = 50,
     latent: Literal["pca", "autoencoder"] = "pca",
     n_blocks: int = 2,
@@ -183,24 +198,36 @@ def mnn_correct(
 
     1. A frozen latent space is fitted on all cells: PCA (``z = (x − mean) @ W``) or the
        encoder of a small pretrained autoencoder.
-    2. Mutual nearest neighbours between every pair of batches are found in that space
-       (:func:`~scetm_mnn.pp.find_mnn_pairs`).
-    3. A residual network ``x ↦ x̂`` over the genes (``n_blocks`` blocks ``x + f(x)``) is
+    2. Mutual nearest neighbours between every pair of batches are found by Euclidean
+       distance in the leading ``n_search_comps`` centred PCA scores of the log-expression
+       (:func:`~scetm_mnn.pp.find_mnn_pairs`, at most ``search_rounds`` rounds: each
+       round after the first searches with the batch offsets estimated from the previous
+       round's pairs removed, so that pairs join the same states rather than the facing
+       edges of shifted populations).
+    3. A residual network ``f`` over the genes (``n_blocks`` blocks ``x + g(x)``) is
        trained so that the two cells of each pair land close together in the latent space
        while the output stays close to the input::
 
+           x̂ = x + P (f(x) − x)
            loss = batch_weight · d(z(x̂_a), z(x̂_b)) + rec_weight · d(x̂, x)
 
        where ``d`` is the mean absolute (``"l1"``) or mean squared (``"l2"``) difference
-       over the latent dimensions or genes, averaged over the minibatch.
+       over the latent dimensions or genes, averaged over the minibatch, and ``P``
+       projects onto the gene-space directions the latent map sees (the PCA loadings, or
+       the row space of the encoder's first layer). Outside them the loss is blind, and an
+       unconstrained network adds batch-specific changes there that grow with the data
+       (``benchmarks/results/corrector.md``); with ``P`` the expression is kept as it was.
     4. The BatchNorm statistics are re-estimated for the final weights, and all cells are
        corrected with the network in eval mode, in chunks.
 
     Training costs at most ``max_epochs × pairs_per_epoch`` pairs (10 240 by default)
-    whatever the number of cells, and correcting all cells costs about a sixth of a
-    training pair per cell: on 2 idle CPU cores, 100 000 cells × 2000 genes take about 70 s
-    (``benchmarks/corrector.py``). The network has ``4 · n_blocks · n_genes²`` weights, so
-    select genes first (e.g. 2000 HVGs).
+    whatever the number of cells or pairs: the pairs of a larger data set are more samples
+    of the same alignment problem, and the budget removes the same fraction of the batch
+    gap at 10 000, 100 000 and 300 000 simulated cells. The pair search grows about
+    quadratically with the batch sizes (exact) up to ``EXACT_SEARCH_MAX``, and correcting
+    all cells linearly; ``benchmarks/results/corrector.md`` has the measured times (e.g.
+    100 000 cells × 2000 genes on 2 CPU cores). The network has ``4 · n_blocks ·
+    n_genes²`` weights, so select genes first (e.g. 2000 HVGs).
 
     Parameters
     ----------
@@ -215,6 +242,15 @@ def mnn_correct(
     n_neighbors
         Neighbours per cell in the MNN search (reduced, with a log message, for batches
         smaller than that).
+    n_search_comps
+        Leading PCA components in which MNN pairs are searched (the loss space's own with
+        ``latent="pca"`` and ``n_comps >= n_search_comps``, else a PCA fitted for the
+        search). The default, 30, pairs fewer different cell types on the Baron pancreas
+        than 50 with more pairs (``benchmarks/results/pairs.md``).
+    search_rounds
+        Most rounds of the MNN search (``n_rounds`` of :func:`~scetm_mnn.pp.find_mnn_pairs`;
+        the offset rounds stop early once the offsets have converged); 1 searches once,
+        between the uncorrected batches.
     n_comps
         Dimensions of the latent space.
     latent
@@ -273,7 +309,9 @@ def mnn_correct(
     KeyError
         ``batch_key`` is not an ``obs`` column, or ``layer`` is not a layer.
     ValueError
-        Non-finite values, invalid parameters, or no MNN pairs between any batches.
+        Non-finite values; data that look like raw counts rather than log-scale (maximum
+        above 50, or integer-valued with maximum above 10); invalid parameters; or no MNN
+        pairs between any batches.
     """
     check_obs_key(adata, batch_key, "batch_key")
     if distance not in _DISTANCES:
@@ -282,6 +320,8 @@ def mnn_correct(
         raise ValueError(f"latent must be 'pca' or 'autoencoder', not {latent!r}.")
     for name, value, minimum in [
         ("n_neighbors", n_neighbors, 1),
+        ("n_search_comps", n_search_comps, 1),
+        ("search_rounds", search_rounds, 1),
         ("n_comps", n_comps, 1),
         ("max_epochs", max_epochs, 0),
         ("batch_size", batch_size, 1),
@@ -290,8 +330,10 @@ def mnn_correct(
     ]:
         if value < minimum:
             raise ValueError(f"{name} must be at least {minimum}, not {value}.")
-    matrix = get_matrix(adata, layer)
-    check_finite(matrix, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
+    matrix = get_matrix(adata, layer, argument="layer")
+    name = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    check_finite(matrix, name)
+    check_log_scale(matrix, name)
     x = _dense_float32(matrix)
     batches = adata.obs[batch_key].astype(str).to_numpy()
     if copy:
@@ -304,6 +346,8 @@ def mnn_correct(
         "batch_key": batch_key,
         "layer": "X" if layer is None else layer,
         "n_neighbors": n_neighbors,
+        "n_search_comps": n_search_comps,
+        "search_rounds": search_rounds,
         "n_comps": n_comps,
         "latent": latent,
         "n_blocks": n_blocks,
@@ -342,7 +386,14 @@ def mnn_correct(
         return adata if copy else None
 
     tic = time.perf_counter()
-    pairs = find_mnn_pairs(z, batches, n_neighbors=n_neighbors, random_state=random_state)
+    search = _search_latent(x, z, space, n_search_comps, random_state)
+    pairs = find_mnn_pairs(
+        search,
+        batches,
+        n_neighbors=n_neighbors,
+        random_state=random_state,
+        n_rounds=search_rounds,
+    )
     timing["pairs"] = time.perf_counter() - tic
     upper = sparse.triu(pairs, k=1).tocoo()
     if upper.nnz == 0:
@@ -357,7 +408,9 @@ def mnn_correct(
     tic = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_state)
-        net = ResidualCorrector(x.shape[1], n_blocks=n_blocks)
+        net = SubspaceCorrector(
+            ResidualCorrector(x.shape[1], n_blocks=n_blocks), visible_basis(space)
+        )
     x_t = torch.from_numpy(x)
     pairs_t = torch.from_numpy(np.stack([upper.row, upper.col], axis=1).astype(np.int64))
     generator = torch.Generator().manual_seed(random_state)

@@ -39,3 +39,22 @@ class ResidualCorrector(nn.Sequential):
         if n_blocks < 1:
             raise ValueError(f"n_blocks must be at least 1, not {n_blocks}.")
         super().__init__(*(ResidualBlock(n_features, width_factor) for _ in range(n_blocks)))
+
+
+class SubspaceCorrector(nn.Module):
+    """``x ↦ x + P (f(x) − x)``: a corrector ``f`` whose change is kept to a subspace.
+
+    ``P = B Bᵀ`` projects onto the span of the orthonormal columns of ``basis`` (genes ×
+    dimensions), e.g. the loadings of the frozen PCA in which the corrector's loss compares
+    MNN pairs. Outside that span the loss sees nothing, so any change there would be
+    unsupervised; with the projection the expression is left exactly as it was there.
+    """
+
+    def __init__(self, corrector: nn.Module, basis: torch.Tensor):
+        super().__init__()
+        self.corrector = corrector
+        self.register_buffer("basis", basis.to(torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Correct ``x`` within the subspace."""
+        return x + (self.corrector(x) - x) @ self.basis @ self.basis.T

@@ -79,6 +79,41 @@ def _mutual(a_to_b: np.ndarray, b_to_a: np.ndarray) -> tuple[np.ndarray, np.ndar
     return both.row, both.col
 
 
+OFFSET_SAMPLE = 5000
+"""Cells per batch (at most, a seeded subsample) searched in the rounds that only estimate
+the batch offsets; the last round always searches all cells."""
+
+OFFSET_TOL = 0.01
+"""The offset rounds stop once no batch offset changed by more than this fraction of the
+largest offset."""
+
+_OFFSET_RIDGE = 1e-3
+"""Ridge on the batch offsets: fixes their common translation (they sum to about zero)
+and leaves a batch without pairs unshifted; negligible next to ``min_pairs`` pairs."""
+
+
+def _batch_offsets(
+    latent: np.ndarray, codes: np.ndarray, n_batches: int, rows: np.ndarray, cols: np.ndarray
+) -> np.ndarray:
+    """Per-batch translations that best superimpose paired cells (least squares).
+
+    Minimizes ``Σ_pairs ‖(z_i − o_{b(i)}) − (z_j − o_{b(j)})‖² + ε Σ_b ‖o_b‖²``: the normal
+    equations are ``(L + εI) o = r`` with ``L`` the Laplacian of the batch graph weighted by
+    pair counts, an ``n_batches × n_batches`` system.
+    """
+    diff = latent[rows].astype(np.float64) - latent[cols]
+    bi, bj = codes[rows], codes[cols]
+    laplacian = np.zeros((n_batches, n_batches))
+    np.add.at(laplacian, (bi, bi), 1.0)
+    np.add.at(laplacian, (bj, bj), 1.0)
+    np.add.at(laplacian, (bi, bj), -1.0)
+    np.add.at(laplacian, (bj, bi), -1.0)
+    rhs = np.zeros((n_batches, latent.shape[1]))
+    np.add.at(rhs, bi, diff)
+    np.add.at(rhs, bj, -diff)
+    return np.linalg.solve(laplacian + _OFFSET_RIDGE * np.eye(n_batches), rhs)
+
+
 def find_mnn_pairs(
     latent: np.ndarray,
     batches: np.ndarray | pd.Series,
@@ -86,15 +121,34 @@ def find_mnn_pairs(
     random_state: int = 0,
     *,
     min_pairs: int = MIN_PAIRS,
+    n_rounds: int = 10,
+    normalize: bool = False,
 ) -> sparse.csr_matrix:
     """Mutual nearest neighbours across every pair of batches.
 
     For each pair of batches ``(A, B)``, the ``n_neighbors`` nearest cells of ``B`` are
-    found for every cell of ``A`` and vice versa, on the L2-normalized latent (cosine
-    geometry, as in MNN and deepMNN). ``(i, j)`` is a pair when ``j`` is among ``i``'s
-    neighbours and ``i`` among ``j``'s. Batch pairs with up to ``EXACT_SEARCH_MAX``
-    (50 000²) cell pairs are searched exactly; larger ones with a seeded
-    :class:`pynndescent.NNDescent` index per batch.
+    found for every cell of ``A`` and vice versa, by Euclidean distance in ``latent``.
+    ``(i, j)`` is a pair when ``j`` is among ``i``'s neighbours and ``i`` among ``j``'s.
+    Batch pairs with up to ``EXACT_SEARCH_MAX`` (50 000²) cell pairs are searched exactly;
+    larger ones with a seeded :class:`pynndescent.NNDescent` index per batch.
+
+    With ``n_rounds > 1``, each round but the last estimates every batch's offset from the
+    pairs it found (the per-batch translations that superimpose paired cells best, by least
+    squares) and the next round searches with those offsets removed. Pairs found between
+    shifted batches join the facing edges of each population, so their vectors
+    under-estimate the shift (and more so the denser the data); each round removes part of
+    what is left, and once the offsets are removed, mutual neighbours match cells of the
+    same state across whole populations, and more cells find partners. The offset rounds
+    search at most ``OFFSET_SAMPLE`` (5 000) cells per batch, one seeded subsample, and stop
+    early once no offset changes by more than ``OFFSET_TOL`` (1 %) of the largest; the last
+    round searches all cells. The offsets only steer the search: the pairs are cells.
+
+    ``latent`` is searched as given, typically centred PCA scores of the log-normalized
+    expression (as :func:`~scetm_mnn.pp.mnn_correct` does). Do not L2-normalize centred
+    scores: that maps populations lying on one ray from the global mean (e.g. one type
+    expressing a programme more strongly than another) onto the same point. MNN
+    (Haghverdi et al. 2018) and fastMNN cosine-normalize the *expression* before the PCA
+    instead.
 
     Parameters
     ----------
@@ -106,14 +160,20 @@ def find_mnn_pairs(
         Neighbours per cell. For a batch pair with a batch smaller than that, ``k`` is
         reduced to the smaller batch's size (logged).
     random_state
-        Seed of the approximate search.
+        Seed of the approximate search and of the subsample of the offset rounds.
     min_pairs
         Batch pairs with fewer MNN pairs than this are skipped (logged).
+    n_rounds
+        Most search rounds, the last included; ``1`` searches once, without estimating
+        offsets.
+    normalize
+        L2-normalize the rows of ``latent`` first (cosine distance). Off by default; see
+        above.
 
     Returns
     -------
     Symmetric ``n_cells × n_cells`` CSR matrix (float32) with 1 at ``(i, j)`` and ``(j, i)``
-    for each MNN pair. Only cells of different batches are ever paired.
+    for each MNN pair of the last round. Only cells of different batches are ever paired.
     """
     latent = np.asarray(latent, dtype=np.float32)
     batches = np.asarray(batches)
@@ -124,16 +184,75 @@ def find_mnn_pairs(
         )
     if n_neighbors < 1:
         raise ValueError(f"n_neighbors must be at least 1, not {n_neighbors}.")
-    latent = latent / np.maximum(np.linalg.norm(latent, axis=1, keepdims=True), 1e-12)
-    labels = pd.unique(batches).tolist()
-    members = {label: np.flatnonzero(batches == label) for label in labels}
+    if n_rounds < 1:
+        raise ValueError(f"n_rounds must be at least 1, not {n_rounds}.")
+    if normalize:
+        latent = latent / np.maximum(np.linalg.norm(latent, axis=1, keepdims=True), 1e-12)
+    codes, uniques = pd.factorize(batches)
+    labels = uniques.tolist()
+    members = {label: np.flatnonzero(codes == c) for c, label in enumerate(labels)}
+    offsets = np.zeros((len(labels), latent.shape[1]), dtype=np.float32)
+    rng = np.random.default_rng(random_state)
+    sample = {
+        label: np.sort(rng.choice(idx, OFFSET_SAMPLE, replace=False))
+        if idx.size > OFFSET_SAMPLE
+        else idx
+        for label, idx in members.items()
+    }
+    for round_ in range(1, n_rounds):
+        row, col = _search(
+            latent, sample, offsets, n_neighbors, random_state, min_pairs, verbose=False
+        )
+        if row.size == 0:
+            logger.info("Round %d found no MNN pairs; the batch offsets stay as they are.", round_)
+            break
+        new = _batch_offsets(latent, codes, len(labels), row, col).astype(np.float32)
+        change = float(np.linalg.norm(new - offsets, axis=1).max())
+        offsets = new
+        norms = np.linalg.norm(offsets, axis=1)
+        logger.info(
+            "Round %d: %d MNN pairs; batch offsets of norm %s (changed by %.3g).",
+            round_,
+            row.size,
+            ", ".join(f"{v:.3g}" for v in norms),
+            change,
+        )
+        if change <= OFFSET_TOL * norms.max():
+            break
+    row, col = _search(latent, members, offsets, n_neighbors, random_state, min_pairs, True)
+    n = batches.shape[0]
+    rows, cols = np.concatenate([row, col]), np.concatenate([col, row])
+    pairs = sparse.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(n, n))
+    pairs.sum_duplicates()
+    pairs.data[:] = 1.0
+    return pairs
+
+
+def _search(
+    latent: np.ndarray,
+    members: dict,
+    offsets: np.ndarray,
+    n_neighbors: int,
+    random_state: int,
+    min_pairs: int,
+    verbose: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One MNN search among the ``members`` of each batch, with ``offsets`` removed.
+
+    Returns the pairs ``(row, col)`` as global cell indices, each pair once. ``verbose``
+    logs reduced ``k`` and skipped batch pairs at INFO/WARNING (else at DEBUG).
+    """
+    labels = list(members)
     searchers = {label: _Searcher(latent[members[label]], random_state) for label in labels}
+    info = logging.INFO if verbose else logging.DEBUG
+    warning = logging.WARNING if verbose else logging.DEBUG
     rows, cols = [], []
-    for a, b in combinations(labels, 2):
+    for (ia, a), (ib, b) in combinations(enumerate(labels), 2):
         in_a, in_b = members[a], members[b]
         k = min(n_neighbors, in_a.size, in_b.size)
         if k < n_neighbors:
-            logger.info(
+            logger.log(
+                info,
                 "Batches %r (%d cells) and %r (%d cells): k reduced from %d to %d, the size "
                 "of the smaller batch.",
                 a,
@@ -144,11 +263,14 @@ def find_mnn_pairs(
                 k,
             )
         approximate = in_a.size * in_b.size > EXACT_SEARCH_MAX
-        a_to_b = searchers[b].query(latent[in_a], k, approximate)
-        b_to_a = searchers[a].query(latent[in_b], k, approximate)
+        # (z_i − o_a) − (z_j − o_b) = (z_i − o_a + o_b) − z_j: translate the queries only.
+        shift = offsets[ib] - offsets[ia]
+        a_to_b = searchers[b].query(latent[in_a] + shift, k, approximate)
+        b_to_a = searchers[a].query(latent[in_b] - shift, k, approximate)
         i, j = _mutual(a_to_b, b_to_a)
         if i.size < min_pairs:
-            logger.warning(
+            logger.log(
+                warning,
                 "Batches %r and %r: only %d MNN pairs (< min_pairs=%d); this batch pair is "
                 "skipped.",
                 a,
@@ -157,16 +279,12 @@ def find_mnn_pairs(
                 min_pairs,
             )
             continue
-        logger.info("Batches %r and %r: %d MNN pairs.", a, b, i.size)
-        rows += [in_a[i], in_b[j]]
-        cols += [in_b[j], in_a[i]]
-    n = batches.shape[0]
-    row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    col = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
-    pairs = sparse.csr_matrix((np.ones(row.size, dtype=np.float32), (row, col)), shape=(n, n))
-    pairs.sum_duplicates()
-    pairs.data[:] = 1.0
-    return pairs
+        logger.log(info, "Batches %r and %r: %d MNN pairs.", a, b, i.size)
+        rows.append(in_a[i])
+        cols.append(in_b[j])
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(rows), np.concatenate(cols)
 
 
 def pair_counts(pairs: sparse.spmatrix, batches: np.ndarray) -> dict[str, int]:

@@ -21,7 +21,7 @@ def preprocess(
     min_genes: int = 1,
     min_cells: int = 3,
     target_sum: float = 1e4,
-    copy: bool = True,
+    copy: bool = False,
 ) -> AnnData | None:
     """Filter, normalize, log-transform and keep the highly variable genes.
 
@@ -30,10 +30,16 @@ def preprocess(
     :func:`scanpy.pp.log1p` and :func:`scanpy.pp.highly_variable_genes`
     (``flavor="seurat"`` on the log data), then subsetting to the selected genes.
 
+    Like scanpy's functions, it modifies ``adata`` in place by default: afterwards ``X``
+    holds log-normalized expression over the kept cells and genes, and the raw counts are
+    in ``layers[counts_layer]``. Pass ``copy=True`` to get a new AnnData and leave
+    ``adata`` untouched.
+
     Parameters
     ----------
     adata
-        Raw counts in ``X`` (non-negative integers, dense or sparse).
+        Raw counts in ``X`` (non-negative integers, dense or sparse). Modified in place
+        unless ``copy=True``; a view is made an actual AnnData.
     n_top_genes
         Highly variable genes to keep; capped at the number of genes left after filtering.
     batch_key
@@ -49,14 +55,14 @@ def preprocess(
     target_sum
         Total counts per cell after normalization.
     copy
-        Return a new AnnData (the default) and leave ``adata`` untouched; with ``False``,
-        modify ``adata`` in place and return ``None``.
+        Return a new, preprocessed AnnData and leave ``adata`` untouched. By default
+        (``False``), ``adata`` itself is preprocessed and ``None`` is returned.
 
     Returns
     -------
-    With ``copy=True``, the preprocessed AnnData: log-normalized ``X`` over the selected
-    genes, raw counts in ``layers[counts_layer]``, the HVG statistics in ``var``;
-    otherwise ``None``.
+    ``None`` (``adata`` was preprocessed in place), or with ``copy=True`` the new AnnData.
+    Either way the result has log-normalized ``X`` over the selected genes, raw counts in
+    ``layers[counts_layer]`` and the HVG statistics in ``var``.
 
     Raises
     ------
@@ -65,7 +71,7 @@ def preprocess(
     KeyError
         ``batch_key`` is not an ``obs`` column.
     """
-    check_counts(adata)
+    check_counts(adata, argument=None)
     if batch_key is not None:
         check_obs_key(adata, batch_key, "batch_key")
     if copy:
