@@ -29,6 +29,7 @@ from pathlib import Path
 import _ours
 import _peers
 import pandas as pd
+import torch
 from _common import (
     BENCH_DIR,
     DATASETS,
@@ -124,6 +125,7 @@ def main() -> None:
 
     logging.getLogger("scib_metrics").setLevel(logging.WARNING)  # per-label "Skip." notes
     _peers.THREADS["n"] = args.threads
+    torch.set_num_threads(args.threads)  # ours too: spinning OpenMP workers on shared cores
     methods = dict(METHODS)
     methods["scetm"] = functools.partial(_peers.scetm, n_epochs=args.scetm_epochs)
     if args.methods:
