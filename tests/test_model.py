@@ -242,11 +242,12 @@ def _paired(sim_adata):
 def test_mnn_term_trains_with_pairs(sim_adata):
     adata = _paired(sim_adata)
     model = BatchCorrectedSCETM(adata, n_topics=5, n_emb=8)
-    model.train(max_epochs=1, batch_size=300, **FAST)  # registered pairs: still off by default
-    assert "mnn_weight" not in model.trainer.lightning_module.loss_kwargs
     model.train(max_epochs=3, batch_size=300, mnn_weight=1.0, **FAST)
     assert model.trainer.lightning_module.loss_kwargs["mnn_weight"] == 1.0
     assert "mnn_loss_train" in model.history
+    default = BatchCorrectedSCETM(adata, n_topics=5, n_emb=8)
+    default.train(max_epochs=1, batch_size=300, **FAST)  # registered pairs: off by default
+    assert "mnn_weight" not in default.trainer.lightning_module.loss_kwargs
     model.train(max_epochs=1, batch_size=300, mnn_weight=0.0, **FAST)
     assert "mnn_weight" not in model.trainer.lightning_module.loss_kwargs
     plain = _setup(sim_adata.copy(), batch_key="batch")
