@@ -375,14 +375,8 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         source = source_from_manager(self.get_anndata_manager(adata, required=True))
         indices = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
         self.module.eval()
-        device = self.module.device
-        mus = [
-            self.module.inference(
-                **{
-                    k: None if v is None else v.to(device)
-                    for k, v in self.module._get_inference_input(tensors).items()
-                }
-            )["qz"].loc.cpu()
+        mus = [  # inference is @auto_move_data: it moves the minibatch to the module
+            self.module.inference(**self.module._get_inference_input(tensors))["qz"].loc.cpu()
             for tensors in source.iterate(indices, batch_size or 2000)
         ]
         return torch.cat(mus).numpy()
