@@ -135,10 +135,6 @@ def main() -> None:
         methods = {m: methods[m] for m in methods if m in args.methods}
     args.out.mkdir(parents=True, exist_ok=True)
 
-    sections = []
-    for name in args.datasets:
-        sections.append(run_dataset(name, methods, args.seeds, args.out, args.scib))
-        print(sections[-1], flush=True)
     header = (
         "# Pancreas benchmark\n\n"
         f"Preprocessing: normalize_total 1e4, log1p, {N_TOP_GENES} batch-aware seurat HVGs. "
@@ -154,9 +150,12 @@ def main() -> None:
         f"Time: wall seconds of the method on the CPU, {args.threads} torch thread(s).\n\n"
         f"Versions: {_versions()}.\n\n"
     )
-    text = header + "\n".join(sections)
-    (args.out / "pancreas.md").write_text(text)
-    log(f"wrote {args.out / 'pancreas.md'}")
+    sections = []
+    for name in args.datasets:  # rewritten after each data set, so a long run keeps its part
+        sections.append(run_dataset(name, methods, args.seeds, args.out, args.scib))
+        print(sections[-1], flush=True)
+        (args.out / "pancreas.md").write_text(header + "\n".join(sections))
+        log(f"wrote {args.out / 'pancreas.md'}")
 
 
 if __name__ == "__main__":
