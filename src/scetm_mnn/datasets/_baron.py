@@ -24,6 +24,32 @@ _LABEL_COLUMNS = ("cell_type1", "assigned_cluster", "cell_type")
 _META_COLUMNS = ("barcode", "assigned_cluster")
 _SUBDIRS = ("baron_pancreas", ".", "GSE84133_RAW")
 _CHUNKSIZE = 256
+DONOR_CELLS = {
+    "human": {"human1": 1937, "human2": 1724, "human3": 3605, "human4": 1303},
+    "mouse": {"mouse1": 822, "mouse2": 1064},
+}
+"""Cells per donor in the GEO release, in GEO's order."""
+N_CELLS = {species: sum(donors.values()) for species, donors in DONOR_CELLS.items()}
+"""Cells in the GEO release: 8,569 human, 1,886 mouse."""
+
+
+def _is_draw(adata: ad.AnnData, species: str, positions: np.ndarray) -> bool:
+    """Whether a local subsample holds exactly the cells at ``positions`` of the release.
+
+    Its cells must sort (by name, i.e. in GEO's order) as the positions do, and each donor
+    must hold as many cells as the positions that fall in that donor's block.
+    """
+    names = np.asarray(adata.obs_names.astype(str))
+    if adata.n_obs != positions.size or not np.array_equal(
+        np.argsort(names, kind="stable"), np.argsort(positions, kind="stable")
+    ):
+        return False
+    edges = np.cumsum([0, *DONOR_CELLS[species].values()])
+    expected = np.histogram(positions, bins=edges)[0]
+    found = adata.obs["batch"].astype(str).value_counts()
+    return all(
+        int(found.get(donor, 0)) == int(n) for donor, n in zip(DONOR_CELLS[species], expected)
+    )
 
 
 def _search_dirs(data_dir: str | os.PathLike | None) -> list[Path]:
@@ -155,10 +181,61 @@ def _load_local(species: str, dirs: list[Path]) -> ad.AnnData | None:
     return None
 
 
+def _subsample_size(subsample: float | int, n_full: int) -> int:
+    if isinstance(subsample, bool) or not isinstance(subsample, int | float | np.number):
+        raise TypeError(
+            f"subsample must be a fraction in (0, 1] or a number of cells, not {subsample!r}."
+        )
+    if isinstance(subsample, float | np.floating):
+        if not 0.0 < subsample <= 1.0:
+            raise ValueError(
+                f"subsample={subsample!r}: a float is a fraction of the cells and must lie "
+                "in (0, 1]; pass an int for a number of cells."
+            )
+        return max(1, int(subsample * n_full))
+    if not 1 <= subsample <= n_full:
+        raise ValueError(f"subsample={subsample!r} cells: choose between 1 and {n_full}.")
+    return int(subsample)
+
+
+def _draw(
+    adata: ad.AnnData, species: str, subsample: float | int, random_state: int
+) -> ad.AnnData:
+    """The seeded subsample of ``adata`` (see :func:`baron_pancreas`), in draw order."""
+    n_full = max(N_CELLS[species], adata.n_obs)
+    n = _subsample_size(subsample, n_full)
+    positions = np.random.RandomState(random_state).choice(n_full, size=n, replace=False)
+    if adata.n_obs == n_full:
+        in_geo_order = adata[np.argsort(np.asarray(adata.obs_names.astype(str)), kind="stable")]
+        drawn = in_geo_order[positions].copy()
+    else:
+        # The local copy is itself a subsample (e.g. the shared baron_human_subset.h5ad): it
+        # is returned only when it is this very draw, i.e. its cells are the drawn positions.
+        if not _is_draw(adata, species, positions):
+            raise ValueError(
+                f"The local Baron {species} copy holds {adata.n_obs} of the {n_full} cells, "
+                f"and they are not the draw subsample={subsample!r}, "
+                f"random_state={random_state}. Pass the subsample and random_state it was "
+                "made with (the shared baron_human_subset.h5ad is subsample=0.25, "
+                "random_state=0), or point `data_dir=` at the full GEO files."
+            )
+        drawn = adata.copy()
+    drawn.uns["subsample"] = {
+        "subsample": subsample,
+        "random_state": random_state,
+        "n_obs": n,
+        "of": n_full,
+    }
+    return drawn
+
+
 def baron_pancreas(
     species: Literal["human", "mouse"] = "human",
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
+    *,
+    subsample: float | int | None = None,
+    random_state: int = 0,
 ) -> ad.AnnData:
     """Load the Baron et al. (2016) pancreas data (GEO GSE84133) with raw counts.
 
@@ -175,6 +252,13 @@ def baron_pancreas(
     The GEO files are read in chunks of cells, so parsing them needs little memory beyond
     the sparse result.
 
+    The GEO release holds 8,569 human and 1,886 mouse cells. A local copy may hold fewer:
+    the ``baron_human_subset.h5ad`` of the project's shared data folder is a random quarter
+    of the human cells (2,142), the one the README's benchmark table and the pancreas
+    tutorial use. It is exactly ``subsample=0.25, random_state=0``, so
+    ``baron_pancreas("human", subsample=0.25)`` gives the same cells, in the same order,
+    from that file and from the full GEO download.
+
     Parameters
     ----------
     species
@@ -183,17 +267,43 @@ def baron_pancreas(
         Directory to search first.
     download
         Whether to download from GEO when no local copy is found.
+    subsample
+        ``None`` (default): every cell of the copy found. A float in (0, 1]: that fraction
+        of the release's cells (``int(fraction × n)``, n = 8,569 human or 1,886 mouse); an
+        int: that many cells. The cells are drawn without replacement, seeded by
+        ``random_state``, from the release in GEO's order (donor, library, cell; the cell
+        names sort that way): the draw of ``scanpy.pp.subsample(adata, fraction,
+        random_state=random_state)``, returned in draw order. A local copy that is itself
+        a subsample is returned only when it is the requested draw; otherwise a
+        ``ValueError`` asks for the full data.
+    random_state
+        Seed of the subsample (unused without ``subsample``).
 
     Returns
     -------
     AnnData with raw counts in ``X`` (CSR, float32 holding integers), categorical
-    ``obs["batch"]`` (donor) and ``obs["cell_type"]`` (Baron's ``assigned_cluster``).
+    ``obs["batch"]`` (donor) and ``obs["cell_type"]`` (Baron's ``assigned_cluster``);
+    with ``subsample``, ``uns["subsample"]`` records the draw.
 
     Raises
     ------
     FileNotFoundError
         When no local copy exists and the download is disabled or fails (for example,
         offline); the message says where to put the files.
+    ValueError
+        For an unknown ``species``, a ``subsample`` out of range, or a local subsample
+        that is not the requested draw.
+
+    Examples
+    --------
+    The human cells of the README's table (needs the data, see above):
+
+    >>> import scetm_mnn as sm
+    >>> adata = sm.datasets.baron_pancreas("human", subsample=0.25, random_state=0)
+    >>> adata.n_obs, adata.obs["batch"].nunique()
+    (2142, 4)
+    >>> adata.obs["batch"].value_counts().sort_index().to_dict()
+    {'human1': 472, 'human2': 450, 'human3': 914, 'human4': 306}
     """
     if species not in ("human", "mouse"):
         raise ValueError(f"species must be 'human' or 'mouse', not {species!r}.")
@@ -217,4 +327,14 @@ def baron_pancreas(
                 raise FileNotFoundError(f"{_GEO_TAR} in {cache} holds no {species} files.")
             adata = _read_csvs(paths, species)
             adata.write_h5ad(cache / f"baron_{species}.h5ad", compression="gzip")
-    return _standardize(adata, species)
+    adata = _standardize(adata, species)
+    if adata.n_obs < N_CELLS[species]:
+        logger.info(
+            "This Baron %s copy holds %d of the %d cells of the GEO release (a subsample).",
+            species,
+            adata.n_obs,
+            N_CELLS[species],
+        )
+    if subsample is None:
+        return adata
+    return _draw(adata, species, subsample, random_state)
