@@ -43,7 +43,7 @@ def test_draw_is_scanpy_subsample_of_the_geo_order(release):
     geo_order = full[np.argsort(full.obs_names)].copy()
     expected = sc.pp.subsample(geo_order, fraction=0.5, random_state=3, copy=True)
 
-    drawn = baron_pancreas("human", data_dir=release, download=False, subsample=0.5, random_state=3)
+    drawn = baron_pancreas("human", data_dir=release, subsample=0.5, random_state=3)
     assert drawn.n_obs == int(0.5 * 21) == 10
     assert list(drawn.obs_names) == list(expected.obs_names)
     np.testing.assert_array_equal(drawn.X.toarray(), expected.X.toarray())
