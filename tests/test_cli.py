@@ -58,3 +58,89 @@ def test_run_missing_file(tmp_path, capsys):
     code = main(["run", str(tmp_path / "nope.h5ad"), "--batch-key", "b", "--out", str(tmp_path)])
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _subparsers():
+    import argparse
+
+    parser = build_parser()
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return parser, action.choices
+
+
+@pytest.mark.parametrize("argv", [["-v", "demo"], ["demo", "-v"], ["demo", "--verbose"]])
+def test_verbose_before_or_after_the_subcommand(argv):
+    assert build_parser().parse_args(argv).verbose is True
+
+
+def test_not_verbose_by_default():
+    assert build_parser().parse_args(["demo"]).verbose is False
+
+
+def test_version(capsys):
+    from scetm_mnn import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"scetm-mnn {__version__}"
+
+
+def test_every_option_has_help_with_its_default_or_required():
+    parser, subparsers = _subparsers()
+    for name, sub in {"scetm-mnn": parser, **subparsers}.items():
+        for action in sub._actions:
+            if action.dest in ("help", "version", "command"):
+                continue
+            text = (action.help or "").lower()
+            assert len(text) > 20, (name, action.dest)
+            if action.option_strings and action.dest != "verbose":
+                assert "default" in text or action.required, (name, action.dest)
+                if action.required:
+                    assert text.startswith("required"), (name, action.dest)
+
+
+def test_topic_model_only_options_say_so():
+    _, subparsers = _subparsers()
+    for sub in subparsers.values():
+        helps = {a.dest: a.help for a in sub._actions}
+        assert helps["max_epochs"].startswith("topic model only")
+        assert helps["mnn_weight"].startswith("topic model only")
+
+
+def test_options_reach_the_pipeline(monkeypatch, h5ad, tmp_path):
+    from scetm_mnn import cli
+
+    seen = {}
+
+    def fake_pipeline(adata, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(cli, "run_pipeline", fake_pipeline)
+    argv = [
+        "run", str(h5ad), "--batch-key", "batch", "--mnn-weight", "0.5", "--max-epochs", "3",
+        "--n-top-genes", "100", "--seed", "7", "--counts-layer", "counts", "--out", str(tmp_path),
+    ]  # fmt: skip
+    assert main(argv) == 2
+    assert seen == {
+        "batch_key": "batch",
+        "label_key": None,
+        "counts_layer": "counts",
+        "out": str(tmp_path),
+        "n_top_genes": 100,
+        "max_epochs": 3,
+        "mnn_weight": 0.5,
+        "random_state": 7,
+    }
+    seen.clear()
+    assert main(["demo", "--mnn-weight", "1", "--out", str(tmp_path)]) == 2
+    assert seen["mnn_weight"] == 1.0 and seen["batch_key"] == "batch"
+
+
+def test_errors_point_to_the_troubleshooting_page(tmp_path, capsys):
+    from scetm_mnn.cli import TROUBLESHOOTING_URL
+
+    main(["run", str(tmp_path / "nope.h5ad"), "--batch-key", "b", "--out", str(tmp_path)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("scetm-mnn: error: ") and TROUBLESHOOTING_URL in lines[-1]

@@ -1,4 +1,11 @@
-"""Command line: ``scetm-mnn demo`` and ``scetm-mnn run``."""
+"""Command line: ``scetm-mnn demo`` and ``scetm-mnn run``.
+
+Both run :func:`scetm_mnn._pipeline.run_pipeline`: preprocessing (normalize, log1p,
+batch-aware HVGs), the MNN corrector (:func:`scetm_mnn.pp.mnn_correct`), the topic model
+(:class:`scetm_mnn.model.BatchCorrectedSCETM` on the corrected layer), a Leiden sweep when
+labels exist, the figures and the saved model. Each option's help says which of these
+stages it affects and its default.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,8 @@ import anndata as ad
 from ._pipeline import LATENT_KEY, TOPICS_KEY, run_pipeline
 
 DATASETS = ("simulated", "baron-mouse", "baron-human")
+TROUBLESHOOTING_URL = "https://scetm-mnn.readthedocs.io/en/latest/troubleshooting.html"
+"""The documentation page that explains the error messages; printed with every error."""
 
 
 def _load_demo(name: str) -> ad.AnnData:
@@ -19,7 +28,9 @@ def _load_demo(name: str) -> ad.AnnData:
 
     if name == "simulated":
         return datasets.simulate(n_cells=2000, n_genes=1000, n_batches=3, n_cell_types=6)
-    return datasets.baron_pancreas(name.split("-", 1)[1])
+    species = name.split("-", 1)[1]
+    # The human cells of the README's table: a seeded quarter (see datasets.baron_pancreas).
+    return datasets.baron_pancreas(species, subsample=0.25 if species == "human" else None)
 
 
 def _print_summary(result, out: Path) -> None:
@@ -40,6 +51,7 @@ def _demo(args: argparse.Namespace) -> int:
         label_key="cell_type",
         out=args.out,
         max_epochs=args.max_epochs,
+        mnn_weight=args.mnn_weight,
         random_state=args.seed,
     )
     _print_summary(result, Path(args.out))
@@ -59,6 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         out=args.out,
         n_top_genes=args.n_top_genes,
         max_epochs=args.max_epochs,
+        mnn_weight=args.mnn_weight,
         random_state=args.seed,
     )
     result.files["h5ad"] = Path(args.out) / f"{path.stem}_scetm_mnn.h5ad"
@@ -68,37 +81,174 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_verbose(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="log each stage's progress (INFO messages) to stderr; accepted before or after "
+        "the subcommand",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``scetm-mnn`` argument parser."""
+    """Build the ``scetm-mnn`` argument parser, with its ``demo`` and ``run`` subcommands.
+
+    Returns
+    -------
+    The parser; :func:`main` runs the subcommand it parses.
+
+    Examples
+    --------
+    >>> from scetm_mnn.cli import build_parser
+    >>> parser = build_parser()
+    >>> args = parser.parse_args(
+    ...     ["run", "data.h5ad", "--batch-key", "donor", "--out", "res", "-v"]
+    ... )
+    >>> args.command, args.batch_key, args.label_key, args.out, args.verbose
+    ('run', 'donor', None, 'res', True)
+    >>> args.n_top_genes, args.max_epochs, args.mnn_weight, args.seed
+    (2000, None, None, 0)
+    """
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="scetm-mnn",
-        description="MNN batch correction + embedded topic model (scETM) for scRNA-seq.",
+        description="MNN batch correction + embedded topic model (scETM) for scRNA-seq. "
+        "Each subcommand runs the whole pipeline: preprocess (normalize, log1p, "
+        "batch-aware highly variable genes) -> MNN correction -> topic model -> Leiden "
+        "sweep (with labels) -> figures and saved model.",
+        epilog=f"Errors are explained at {TROUBLESHOOTING_URL}",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_verbose(parser, default=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,run}")
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--max-epochs", type=int, default=None, help="training epochs")
-    common.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    # SUPPRESS: a -v given before the subcommand is not reset by the subcommand's default.
+    _add_verbose(common, default=argparse.SUPPRESS)
+    common.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="topic model only: passes over the cells. Default: about 2,000 optimizer "
+        "steps of 256 cells (scetm_mnn.model.default_max_epochs), which topics need; "
+        "lower it only for a quick look. The corrector's budget is fixed",
+    )
+    common.add_argument(
+        "--mnn-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="topic model only: weight of the MNN term in its loss. Default: 0 (off). "
+        "1 pulls MNN-paired cells together in the latent; on the Baron pancreas it mixed "
+        "the donors less than the default (see the user guide)",
+    )
+    common.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the corrector, the topic model's training and the Leiden sweep; the "
+        "figures' UMAP always uses seed 0 (default: %(default)s)",
+    )
 
-    demo = sub.add_parser("demo", parents=[common], help="run the pipeline on a bundled dataset")
-    demo.add_argument("--dataset", choices=DATASETS, default="simulated")
-    demo.add_argument("--out", default="demo_output", help="output folder")
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="run the pipeline on a bundled data set",
+        description="Run the whole pipeline on a bundled data set and print its Leiden sweep.",
+    )
+    demo.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="simulated",
+        help="input: 'simulated' (2,000 cells, 3 batches, 6 types; needs nothing), "
+        "'baron-mouse' (1,886 cells, 2 mice) or 'baron-human' (the seeded quarter of the "
+        "4 donors' 8,569 cells, 2,142 cells); the Baron data are read from $SCETM_MNN_DATA "
+        "or downloaded (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--out",
+        default="demo_output",
+        metavar="DIR",
+        help="output folder: metrics, figures, model (default: %(default)s)",
+    )
     demo.set_defaults(func=_demo)
 
-    run = sub.add_parser("run", parents=[common], help="run the pipeline on your .h5ad file")
-    run.add_argument("input", help="input .h5ad with raw counts")
-    run.add_argument("--batch-key", required=True, help="obs column with batches")
-    run.add_argument("--label-key", default=None, help="obs column with cell types")
-    run.add_argument("--counts-layer", default=None, help="layer with raw counts (default X)")
-    run.add_argument("--n-top-genes", type=int, default=2000)
-    run.add_argument("--out", required=True, help="output folder")
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run the pipeline on your .h5ad file",
+        description="Run the whole pipeline on an .h5ad file and write the results to --out.",
+    )
+    run.add_argument(
+        "input",
+        help="input .h5ad with raw integer counts in X, or in the layer named by --counts-layer",
+    )
+    run.add_argument(
+        "--batch-key",
+        required=True,
+        metavar="COLUMN",
+        help="required: obs column whose categories are the batches to remove (donor, "
+        "sample, plate; not the condition you study). Used by every stage: batch-aware "
+        "HVGs, MNN pairs between batches, the topic model's per-batch bias",
+    )
+    run.add_argument(
+        "--label-key",
+        default=None,
+        metavar="COLUMN",
+        help="evaluation only: obs column with cell-type labels, for the Leiden sweep "
+        "(ARI/NMI against them) and the figures' colours; never used for training. "
+        "Default: none (no sweep; the figures use the batches)",
+    )
+    run.add_argument(
+        "--counts-layer",
+        default=None,
+        metavar="LAYER",
+        help="preprocessing: layer holding the raw counts, when X holds normalized "
+        "data (default: X)",
+    )
+    run.add_argument(
+        "--n-top-genes",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="preprocessing: highly variable genes kept; the corrector's and topic "
+        "model's size grows with it (default: %(default)s)",
+    )
+    run.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="required: output folder for the metrics, figures, model and "
+        "<input>_scetm_mnn.h5ad (created if missing)",
+    )
     run.set_defaults(func=_run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``scetm-mnn`` command."""
+    """Run the ``scetm-mnn`` command.
+
+    Parameters
+    ----------
+    argv
+        The arguments after ``scetm-mnn`` (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    The exit status: 0 on success, 2 for an error in the input (a missing file, ``obs``
+    column or layer, data that are not raw counts, no MNN pairs), printed as one line
+    ``scetm-mnn: error: ...`` followed by a pointer to the troubleshooting page.
+
+    Examples
+    --------
+    >>> from scetm_mnn.cli import main
+    >>> main(["run", "missing.h5ad", "--batch-key", "donor", "--out", "results"])
+    2
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -109,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError, FileNotFoundError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"scetm-mnn: error: {message}", file=sys.stderr)
+        print(
+            f"scetm-mnn: what it means and how to fix it: {TROUBLESHOOTING_URL}", file=sys.stderr
+        )
         return 2
 
 
