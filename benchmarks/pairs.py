@@ -36,7 +36,8 @@ from scipy import sparse
 from scetm_mnn.datasets import baron_pancreas
 from scetm_mnn.pp import find_mnn_pairs, preprocess
 from scetm_mnn.pp._latent import fit_pca
-from scetm_mnn.pp._mnn_correct import _apply, _dense_float32, _search_latent
+from scetm_mnn._rows import Rows
+from scetm_mnn.pp._mnn_correct import _apply, _search_latent
 from scetm_mnn.pp._pairs import pair_counts
 
 K = 20
@@ -71,7 +72,7 @@ def measure(species: str, data_dir: str | None) -> list[dict]:
     """One row per variant for one species."""
     adata = baron_pancreas(species, data_dir=data_dir)
     preprocess(adata, n_top_genes=2000, batch_key="batch")
-    x = _dense_float32(adata.X)
+    x = Rows(adata.X, preload=True).data  # dense float32 (Baron is small)
     batches = adata.obs["batch"].astype(str).to_numpy()
     types = adata.obs["cell_type"].astype(str).to_numpy()
     rows, before = [], None

@@ -51,9 +51,9 @@ def _source(n=10, pairs=None):
 
 @pytest.mark.parametrize("preload_bytes", [0, 2**20])
 def test_minibatches_cover_every_cell_once(monkeypatch, preload_bytes):
-    monkeypatch.setattr("scetm_mnn.train._data.DENSE_PRELOAD_BYTES", preload_bytes)
+    monkeypatch.setattr("scetm_mnn._rows.DENSE_PRELOAD_BYTES", preload_bytes)
     source = _source(10)
-    assert sparse.issparse(source.x) == (preload_bytes == 0)
+    assert source.x.is_sparse == (preload_bytes == 0)
     rng = np.random.default_rng(0)
     rows = [b["X"] for b in source.iterate(np.arange(10), 4, rng)]
     assert [r.shape[0] for r in rows] == [4, 4, 2]

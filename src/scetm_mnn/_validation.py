@@ -5,10 +5,13 @@ Every check raises an error that names the offending key or layer and says how t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import sparse
+
+from ._rows import Rows, is_on_disk
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -57,19 +60,29 @@ def get_matrix(adata: AnnData, layer: str | None = None, *, argument: str | None
 
 
 def matrix_values(x) -> np.ndarray:
-    """The stored values of a dense or sparse matrix, without densifying."""
+    """The stored values of a dense or sparse in-memory matrix, without densifying."""
     if sparse.issparse(x):
         return np.asarray(x.data)
     return np.asarray(x)
 
 
+def _value_blocks(x) -> Iterator[np.ndarray]:
+    """The stored values of ``x`` in blocks: all at once in memory, by chunks on disk."""
+    if not is_on_disk(x):
+        yield matrix_values(x)
+        return
+    for _, block in Rows(x).chunks(dense=False):
+        yield block.data
+
+
 def check_finite(x, name: str) -> None:
-    """Raise ``ValueError`` when ``x`` holds NaN or infinite values."""
-    values = matrix_values(x)
-    if not np.issubdtype(values.dtype, np.number):
-        raise TypeError(f"{name} has non-numeric dtype {values.dtype}; expected numbers.")
-    if not np.all(np.isfinite(values)):
-        n_bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    """Raise ``ValueError`` when ``x`` holds NaN or infinite values (on-disk: by chunks)."""
+    n_bad = 0
+    for values in _value_blocks(x):
+        if not np.issubdtype(values.dtype, np.number):
+            raise TypeError(f"{name} has non-numeric dtype {values.dtype}; expected numbers.")
+        n_bad += int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    if n_bad:
         raise ValueError(
             f"{name} contains {n_bad} NaN or infinite values. "
             "Remove or impute them before running scetm-mnn."
@@ -99,14 +112,16 @@ def check_counts(
             f"Pass `{argument}=` naming the layer with raw UMI counts, e.g. the 'counts' "
             "layer written by `scetm_mnn.pp.preprocess`."
         )
-    values = matrix_values(x)
-    if values.size and values.min() < 0:
-        raise ValueError(f"{name} contains negative values, so it does not hold raw counts. {fix}")
-    if values.size and not np.all(np.equal(np.mod(values, 1), 0)):
-        raise ValueError(
-            f"{name} contains non-integer values, so it does not hold raw counts "
-            f"(it looks normalized or log-transformed). {fix}"
-        )
+    for values in _value_blocks(x):
+        if values.size and values.min() < 0:
+            raise ValueError(
+                f"{name} contains negative values, so it does not hold raw counts. {fix}"
+            )
+        if values.size and not np.all(np.equal(np.mod(values, 1), 0)):
+            raise ValueError(
+                f"{name} contains non-integer values, so it does not hold raw counts "
+                f"(it looks normalized or log-transformed). {fix}"
+            )
 
 
 LOG_SCALE_MAX = 50.0
@@ -138,20 +153,24 @@ def check_log_scale(x, name: str) -> None:
     ValueError
         ``x`` looks like raw counts.
     """
-    values = matrix_values(x)
-    if values.size == 0:
-        return
-    values = values.reshape(-1)
-    maximum = float(values.max())
-    if maximum <= INTEGER_COUNTS_MAX:
+    maximum, integer, seen = -np.inf, True, False
+    for values in _value_blocks(x):
+        if values.size == 0:
+            continue
+        values = values.reshape(-1)
+        seen = True
+        maximum = max(maximum, float(values.max()))
+        if integer:
+            sample = values[:: max(1, values.size // _INTEGER_SAMPLE)]
+            integer = bool(np.all(np.equal(np.mod(sample, 1), 0)))
+    if not seen or maximum <= INTEGER_COUNTS_MAX:
         return
     if maximum > LOG_SCALE_MAX:
         detail = f"maximum {maximum:g} > {LOG_SCALE_MAX:g}"
-    else:
-        sample = values[:: max(1, values.size // _INTEGER_SAMPLE)]
-        if not np.all(np.equal(np.mod(sample, 1), 0)):
-            return
+    elif integer:
         detail = f"integer-valued, maximum {maximum:g}"
+    else:
+        return
     raise ValueError(
         f"{name} ({detail}) looks like raw counts; run scetm_mnn.pp.preprocess(adata) first "
         "(or sc.pp.normalize_total + sc.pp.log1p)."

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._rows import Rows
+
 logger = logging.getLogger(__name__)
 
 
@@ -45,24 +47,48 @@ def _freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-def fit_pca(x: np.ndarray, n_comps: int, random_state: int = 0) -> FrozenPCA:
-    """PCA of all cells (centred, seeded randomized SVD); the loadings are then frozen.
+def fit_pca(x, n_comps: int, random_state: int = 0, chunk_size: int | None = None) -> FrozenPCA:
+    """PCA of all cells (exact, centred); the loadings are then frozen.
+
+    One pass over the cells in chunks accumulates the gene means and the gene × gene
+    scatter matrix of the centred data (float64); its leading eigenvectors are the
+    loadings. The centring is implicit: sparse or on-disk input is never densified beyond
+    one chunk, and memory is ``O(genes²)`` whatever the number of cells. The result does
+    not depend on the chunk size (beyond float rounding), nor on a random seed.
 
     Parameters
     ----------
     x
-        Dense cells × genes (float32).
+        Cells × genes: dense, sparse, on disk, or :class:`~scetm_mnn._rows.Rows`.
     n_comps
         Components, capped at ``min(x.shape) - 1``.
     random_state
-        Seed of the randomized SVD.
+        Unused (the decomposition is exact); kept so that every latent space is fitted
+        with the same signature.
+    chunk_size
+        Cells per chunk (:data:`~scetm_mnn._rows.CHUNK_SIZE` by default).
     """
-    from sklearn.utils.extmath import randomized_svd
-
-    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
-    n_comps = max(1, min(n_comps, min(x.shape) - 1))
-    _, _, vt = randomized_svd(x - mean, n_comps, random_state=random_state)
-    return _freeze(FrozenPCA(mean, vt.T))
+    del random_state
+    rows = Rows(x)
+    n, n_genes = rows.shape
+    mean = rows.mean(chunk_size)
+    mean32 = mean.astype(np.float32)
+    scatter = np.zeros((n_genes, n_genes), dtype=np.float64)
+    for _, block in rows.chunks(chunk_size):
+        centred = block - mean32  # a dense chunk may be a view of the caller's data
+        scatter += centred.T @ centred
+    n_comps = max(1, min(n_comps, n_genes, n - 1))
+    values, vectors = np.linalg.eigh(scatter / max(n - 1, 1))
+    loadings = vectors[:, ::-1][:, :n_comps]
+    # Sign convention (as sklearn's svd_flip): the largest |loading| of each component > 0.
+    signs = np.sign(loadings[np.abs(loadings).argmax(axis=0), np.arange(n_comps)])
+    loadings = loadings * np.where(signs == 0, 1.0, signs)
+    logger.debug(
+        "PCA: %d components explain %.3f of the variance.",
+        n_comps,
+        values[::-1][:n_comps].sum() / max(values.sum(), 1e-12),
+    )
+    return _freeze(FrozenPCA(mean32, loadings.astype(np.float32)))
 
 
 def fit_autoencoder(
@@ -84,7 +110,8 @@ def fit_autoencoder(
     Parameters
     ----------
     x
-        Dense cells × genes (float32).
+        Cells × genes: dense, sparse, on disk, or :class:`~scetm_mnn._rows.Rows` (each step
+        reads its ``batch_size`` rows).
     n_comps
         Latent dimensions.
     random_state
@@ -98,11 +125,12 @@ def fit_autoencoder(
     lr
         Adam learning rate.
     """
-    n_genes = x.shape[1]
+    rows = Rows(x)
+    n_obs, n_genes = rows.shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_state)
         encoder = nn.Sequential(
-            Centering(x.mean(axis=0, dtype=np.float64).astype(np.float32)),
+            Centering(rows.mean().astype(np.float32)),
             nn.Linear(n_genes, n_hidden),
             nn.ReLU(),
             nn.Linear(n_hidden, n_comps),
@@ -111,11 +139,10 @@ def fit_autoencoder(
             nn.Linear(n_comps, n_hidden), nn.ReLU(), nn.Linear(n_hidden, n_genes)
         )
     generator = torch.Generator().manual_seed(random_state)
-    data = torch.from_numpy(x)
     optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=lr)
     for step in range(n_steps):
-        idx = torch.randint(data.shape[0], (min(batch_size, data.shape[0]),), generator=generator)
-        batch = data[idx]
+        idx = torch.randint(n_obs, (min(batch_size, n_obs),), generator=generator)
+        batch = torch.from_numpy(rows.take(idx.numpy()))
         loss = nn.functional.mse_loss(decoder(encoder(batch)), encoder[0](batch))
         optimizer.zero_grad()
         loss.backward()

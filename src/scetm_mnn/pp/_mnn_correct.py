@@ -15,6 +15,7 @@ from anndata import AnnData
 from scipy import sparse
 from tqdm.auto import tqdm
 
+from .._rows import Rows, map_chunks, rows_of
 from .._validation import check_finite, check_log_scale, check_obs_key, get_matrix
 from ._latent import FrozenPCA, fit_autoencoder, fit_pca, visible_basis
 from ._network import ResidualCorrector, SubspaceCorrector
@@ -29,31 +30,39 @@ _DISTANCES: dict[str, Distance] = {
     "l1": lambda a, b: (a - b).abs().mean(),
     "l2": lambda a, b: (a - b).pow(2).mean(),
 }
-_LATENTS = {"pca": fit_pca, "autoencoder": fit_autoencoder}
-_APPLY_CHUNK = 4096
 _RECALIBRATION_PAIRS = 2048
 """Pairs whose minibatches re-estimate the BatchNorm statistics after training."""
 _REL_TOL = 1e-3
 """An epoch improves on the best loss when it is lower by more than this fraction."""
 
 
-def _dense_float32(x) -> np.ndarray:
-    """A C-contiguous float32 ndarray of ``x`` (may share memory with a dense input)."""
-    if sparse.issparse(x):
-        return x.astype(np.float32).toarray()
-    return np.ascontiguousarray(np.asarray(x), dtype=np.float32)
+@torch.inference_mode()
+def _apply(module: torch.nn.Module, x, chunk_size: int | None = None) -> np.ndarray:
+    """``module(x)`` in eval mode, a chunk of cells at a time, as float32 numpy.
+
+    ``x`` is anything :class:`~scetm_mnn._rows.Rows` reads: dense, sparse or on disk.
+    """
+    module.eval()
+    return map_chunks(lambda block: module(torch.from_numpy(block)).numpy(), Rows(x), chunk_size)
 
 
 @torch.inference_mode()
-def _apply(module: torch.nn.Module, x: np.ndarray, chunk: int = _APPLY_CHUNK) -> np.ndarray:
-    """``module(x)`` in eval mode, ``chunk`` cells at a time, as float32 numpy."""
-    module.eval()
-    first = module(torch.from_numpy(x[:chunk])).numpy()
-    out = np.empty((x.shape[0], first.shape[1]), dtype=np.float32)
-    out[:chunk] = first
-    for start in range(chunk, x.shape[0], chunk):
-        out[start : start + chunk] = module(torch.from_numpy(x[start : start + chunk])).numpy()
-    return out
+def _correct_all(
+    net: torch.nn.Module, space: torch.nn.Module, rows: Rows, chunk_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Corrected expression and its latent for every cell, in one pass of chunks."""
+    net.eval()
+    corrected = np.empty(rows.shape, dtype=np.float32)
+    latent = None
+    for start, block in rows.chunks(chunk_size):
+        out = net(torch.from_numpy(block))
+        z = space(out).numpy()
+        if latent is None:
+            latent = np.empty((rows.n_obs, z.shape[1]), dtype=np.float32)
+        stop = start + block.shape[0]
+        corrected[start:stop] = out.numpy()
+        latent[start:stop] = z
+    return corrected, latent
 
 
 def _adam(params, lr: float) -> torch.optim.Adam:
@@ -65,10 +74,15 @@ def _adam(params, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr)
 
 
+def _pair_rows(rows: Rows, pairs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The cells of pairs ``idx``: all first cells, then all second cells (2m × genes)."""
+    return torch.from_numpy(rows.take(pairs[idx].T.reshape(-1).numpy()))
+
+
 def _train(
     net: torch.nn.Module,
     space: torch.nn.Module,
-    x: torch.Tensor,
+    rows: Rows,
     pairs: torch.Tensor,
     *,
     batch_weight: float,
@@ -100,7 +114,7 @@ def _train(
         total = 0.0
         for idx in torch.tensor_split(order, n_steps):
             m = idx.numel()
-            x_in = x[pairs[idx].T.reshape(-1)]  # the first cells of the pairs, then the second
+            x_in = _pair_rows(rows, pairs, idx)
             out = net(x_in)
             z = space(out)
             loss = batch_weight * distance(z[:m], z[m:]) + rec_weight * distance(out, x_in)
@@ -124,7 +138,7 @@ def _train(
 @torch.no_grad()
 def _recalibrate_batchnorm(
     net: torch.nn.Module,
-    x: torch.Tensor,
+    rows: Rows,
     pairs: torch.Tensor,
     batch_size: int,
     n_pairs: int,
@@ -145,14 +159,14 @@ def _recalibrate_batchnorm(
     net.train()
     order = torch.randperm(pairs.shape[0], generator=generator)[:n_pairs]
     for idx in torch.tensor_split(order, max(1, math.ceil(order.numel() / batch_size))):
-        net(x[pairs[idx].T.reshape(-1)])
+        net(_pair_rows(rows, pairs, idx))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     net.eval()
 
 
 def _search_latent(
-    x: np.ndarray, z: np.ndarray, space: torch.nn.Module, n_comps: int, random_state: int
+    x, z: np.ndarray, space: torch.nn.Module, n_comps: int, random_state: int
 ) -> np.ndarray:
     """The latent in which ``mnn_correct`` searches MNN pairs: ``n_comps`` centred PCA scores.
 
@@ -192,6 +206,7 @@ def mnn_correct(
     early_stopping_patience: int = 10,
     key_added: str = "mnn_corrected",
     random_state: int = 0,
+    chunk_size: int | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Remove batch effects with a residual network trained on MNN pairs (deepMNN).
@@ -287,6 +302,10 @@ def mnn_correct(
         Seed of the latent space, the pair search, the initialization and the minibatches.
         The global torch RNG is left untouched; the same seed gives the same result on the
         same machine and thread count.
+    chunk_size
+        Cells densified at a time when passing over all cells (PCA, correcting every cell);
+        :data:`~scetm_mnn._rows.CHUNK_SIZE` by default. It bounds the memory, not the
+        result: other chunk sizes give the same output up to float rounding.
     copy
         Return a new AnnData instead of writing into ``adata``.
 
@@ -318,7 +337,7 @@ def mnn_correct(
     check_obs_key(adata, batch_key, "batch_key")
     if distance not in _DISTANCES:
         raise ValueError(f"distance must be 'l1' or 'l2', not {distance!r}.")
-    if latent not in _LATENTS:
+    if latent not in ("pca", "autoencoder"):
         raise ValueError(f"latent must be 'pca' or 'autoencoder', not {latent!r}.")
     for name, value, minimum in [
         ("n_neighbors", n_neighbors, 1),
@@ -329,6 +348,7 @@ def mnn_correct(
         ("batch_size", batch_size, 1),
         ("pairs_per_epoch", pairs_per_epoch, 1),
         ("early_stopping_patience", early_stopping_patience, 1),
+        ("chunk_size", 1 if chunk_size is None else chunk_size, 1),
     ]:
         if value < minimum:
             raise ValueError(f"{name} must be at least {minimum}, not {value}.")
@@ -336,8 +356,14 @@ def mnn_correct(
     name = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     check_finite(matrix, name)
     check_log_scale(matrix, name)
-    x = _dense_float32(matrix)
+    x = rows_of(adata, layer)
     batches = adata.obs[batch_key].astype(str).to_numpy()
+    if copy and adata.isbacked:
+        raise ValueError(
+            "copy=True would load the whole backed AnnData into memory. Use copy=False: the "
+            "results are added to the (read-only) backed object in memory, and X stays on "
+            "disk; or load it first with `adata = adata.to_memory()`."
+        )
     if copy:
         adata = adata.copy()
     elif adata.is_view:
@@ -365,8 +391,11 @@ def mnn_correct(
     }
     timing: dict[str, float] = {}
     tic = time.perf_counter()
-    space = _LATENTS[latent](x, n_comps, random_state=random_state)
-    z = _apply(space, x)
+    if latent == "pca":
+        space = fit_pca(x, n_comps, random_state=random_state, chunk_size=chunk_size)
+    else:
+        space = fit_autoencoder(x, n_comps, random_state=random_state)
+    z = _apply(space, x, chunk_size)
     timing["latent"] = time.perf_counter() - tic
 
     if np.unique(batches).size < 2:
@@ -378,13 +407,13 @@ def mnn_correct(
         )
         info = {
             "params": params,
-            "pair_counts": pair_counts(sparse.csr_matrix((x.shape[0],) * 2), batches),
+            "pair_counts": pair_counts(sparse.csr_matrix((x.n_obs,) * 2), batches),
             "n_pairs": 0,
             "history": [],
             "timing": timing,
         }
-        empty = sparse.csr_matrix((x.shape[0], x.shape[0]), dtype=np.float32)
-        _write(adata, key_added, x.copy(), z, empty, info)
+        empty = sparse.csr_matrix((x.n_obs, x.n_obs), dtype=np.float32)
+        _write(adata, key_added, _apply(torch.nn.Identity(), x, chunk_size), z, empty, info)
         return adata if copy else None
 
     tic = time.perf_counter()
@@ -411,15 +440,14 @@ def mnn_correct(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_state)
         net = SubspaceCorrector(
-            ResidualCorrector(x.shape[1], n_blocks=n_blocks), visible_basis(space)
+            ResidualCorrector(x.n_vars, n_blocks=n_blocks), visible_basis(space)
         )
-    x_t = torch.from_numpy(x)
     pairs_t = torch.from_numpy(np.stack([upper.row, upper.col], axis=1).astype(np.int64))
     generator = torch.Generator().manual_seed(random_state)
     history = _train(
         net,
         space,
-        x_t,
+        x,
         pairs_t,
         batch_weight=batch_weight,
         rec_weight=rec_weight,
@@ -431,11 +459,10 @@ def mnn_correct(
         patience=early_stopping_patience,
         generator=generator,
     )
-    _recalibrate_batchnorm(net, x_t, pairs_t, batch_size, _RECALIBRATION_PAIRS, generator)
+    _recalibrate_batchnorm(net, x, pairs_t, batch_size, _RECALIBRATION_PAIRS, generator)
     timing["train"] = time.perf_counter() - tic
     tic = time.perf_counter()
-    corrected = _apply(net, x)
-    corrected_latent = _apply(space, corrected)
+    corrected, corrected_latent = _correct_all(net, space, x, chunk_size)
     timing["apply"] = time.perf_counter() - tic
     logger.info(
         "mnn_correct: %d epochs, loss %s; %s",

@@ -1,8 +1,11 @@
-"""A preloaded data path: whole minibatches sliced from CSR, no per-cell ``__getitem__``.
+"""A minibatch data path: whole minibatches sliced from the rows, no per-cell ``__getitem__``.
 
 scvi-tools' default loader builds each minibatch from per-cell lookups; for a small linear
-decoder that framework overhead dominates the step. Here the registered matrix is held
-once (sparse stays sparse) and each step slices its rows at once and densifies only them.
+decoder that framework overhead dominates the step. Here the registered matrices are
+served by :class:`scetm_mnn._rows.Rows` (the package's one row-access path, shared with
+:mod:`scetm_mnn.pp`): held once in memory (small sparse data densified, larger data kept
+CSR) or read from disk for a backed AnnData, and each step reads its rows at once and
+densifies only them.
 """
 
 from __future__ import annotations
@@ -16,24 +19,12 @@ from scipy import sparse
 from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 
+from .._rows import Rows, rows_of
 from ..module import ANCHOR_KEY, CORRECTED_KEY, MNN_PAIRS_KEY
 
-DENSE_PRELOAD_BYTES = 256 * 2**20
-"""Sparse data up to this dense size (float32) is densified once; larger stays CSR."""
 
-
-def _hold(x) -> np.ndarray | sparse.csr_matrix:
-    """``x`` as float32: dense when it fits in :data:`DENSE_PRELOAD_BYTES`, else CSR."""
-    if sparse.issparse(x) and np.prod(x.shape) * 4 <= DENSE_PRELOAD_BYTES:
-        return np.asarray(x.toarray(), dtype=np.float32)
-    if sparse.issparse(x):
-        return sparse.csr_matrix(x, dtype=np.float32)
-    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-
-
-def _rows(x, rows: np.ndarray) -> torch.Tensor:
-    chunk = x[rows]
-    return torch.from_numpy(chunk.toarray() if sparse.issparse(chunk) else chunk)
+def _tensor(rows: Rows, index: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(rows.take(index))
 
 
 class MinibatchSource:
@@ -42,8 +33,10 @@ class MinibatchSource:
     Parameters
     ----------
     x
-        Counts, cells × genes, dense or sparse. Held as float32: dense when it fits in
-        :data:`DENSE_PRELOAD_BYTES`, else CSR with only each minibatch densified.
+        Counts, cells × genes: dense, sparse, an on-disk array or a
+        :class:`~scetm_mnn._rows.Rows`. In memory it is held as float32, dense when it fits
+        in :data:`~scetm_mnn._rows.DENSE_PRELOAD_BYTES`, else CSR with only each
+        minibatch densified; on disk each minibatch reads its rows from the file.
     batch_index
         Integer batch code per cell, or ``None``.
     mnn_pairs
@@ -55,8 +48,8 @@ class MinibatchSource:
     """
 
     def __init__(self, x, batch_index: np.ndarray | None = None, mnn_pairs=None, corrected=None):
-        self.x = _hold(x)
-        self.corrected = None if corrected is None else _hold(corrected)
+        self.x = Rows(x, preload=True)
+        self.corrected = None if corrected is None else Rows(corrected, preload=True)
         self.n_obs = self.x.shape[0]
         self.batch_index = (
             None
@@ -67,9 +60,9 @@ class MinibatchSource:
 
     def tensors(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         """The minibatch for ``rows``: dense ``X``, the corrected layer and the batch index."""
-        out = {REGISTRY_KEYS.X_KEY: _rows(self.x, rows)}
+        out = {REGISTRY_KEYS.X_KEY: _tensor(self.x, rows)}
         if self.corrected is not None:
-            out[CORRECTED_KEY] = _rows(self.corrected, rows)
+            out[CORRECTED_KEY] = _tensor(self.corrected, rows)
         if self.batch_index is not None:
             out[REGISTRY_KEYS.BATCH_KEY] = self.batch_index[torch.from_numpy(rows)]
         return out
@@ -156,18 +149,36 @@ class _Loader:
         return self.source.iterate(self.indices, self.batch_size, self.rng, self.pairs)
 
 
+def registered_rows(adata_manager: AnnDataManager, key: str) -> Rows | None:
+    """:class:`~scetm_mnn._rows.Rows` of a registered matrix (``None`` if not registered).
+
+    ``X`` and layers are read through :func:`~scetm_mnn._rows.rows_of`, so the matrices of
+    a backed AnnData stay on disk.
+    """
+    registry = adata_manager.data_registry
+    if key not in registry:
+        return None
+    field = registry[key]
+    if field.attr_name == "X":
+        return rows_of(adata_manager.adata, None, preload=True)
+    if field.attr_name == "layers":
+        return rows_of(adata_manager.adata, field.attr_key, preload=True)
+    return Rows(adata_manager.get_from_registry(key), preload=True)
+
+
 def source_from_manager(adata_manager: AnnDataManager, mnn_pairs=None) -> MinibatchSource:
     """A :class:`MinibatchSource` over the data registered in ``adata_manager``."""
     registry = adata_manager.data_registry
-
-    def get(key):
-        return adata_manager.get_from_registry(key) if key in registry else None
-
+    batch = (
+        adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)
+        if REGISTRY_KEYS.BATCH_KEY in registry
+        else None
+    )
     return MinibatchSource(
-        get(REGISTRY_KEYS.X_KEY),
-        get(REGISTRY_KEYS.BATCH_KEY),
+        registered_rows(adata_manager, REGISTRY_KEYS.X_KEY),
+        batch,
         mnn_pairs=mnn_pairs,
-        corrected=get(CORRECTED_KEY),
+        corrected=registered_rows(adata_manager, CORRECTED_KEY),
     )
 
 
