@@ -33,10 +33,10 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from scetm_mnn._rows import Rows
 from scetm_mnn.datasets import baron_pancreas
 from scetm_mnn.pp import find_mnn_pairs, preprocess
 from scetm_mnn.pp._latent import fit_pca
-from scetm_mnn._rows import Rows
 from scetm_mnn.pp._mnn_correct import _apply, _search_latent
 from scetm_mnn.pp._pairs import pair_counts
 
