@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 
 import matplotlib.pyplot as plt
@@ -38,6 +39,8 @@ def leiden_sweep(
     df: pd.DataFrame | Mapping[str, pd.DataFrame],
     save: str | os.PathLike | None = None,
     title: str | None = None,
+    bari_reference: float | None = None,
+    *,
     bari_floor: float | None = None,
 ) -> Figure:
     """Plot a :func:`scetm_mnn.tl.leiden_sweep` table against the resolution.
@@ -52,14 +55,50 @@ def leiden_sweep(
         Path to write the figure to (format from the suffix, e.g. ``.png``, ``.pdf``).
     title
         Figure title.
+    bari_reference
+        If given (e.g. :func:`scetm_mnn.tl.label_batch_ari`, the bARI of the cell types
+        themselves), a dashed horizontal line marks it on the bARI axis. It is a reference,
+        not a floor: clusterings that merge or split cell types can go below it.
     bari_floor
-        If given (e.g. :func:`scetm_mnn.tl.label_batch_ari`), a dashed horizontal line
-        marks this lowest bARI reachable by a clustering that follows the cell types.
+        Deprecated name of ``bari_reference``.
 
     Returns
     -------
-    The figure.
+    The figure. Every axis runs from 0 to 1; ARI and NMI near 1 mean clusters that match
+    the cell types, a bARI near 0 (or near the reference) clusters that do not follow the
+    batches.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import pandas as pd
+    >>> import scetm_mnn as sm
+    >>> sweep = pd.DataFrame(
+    ...     {
+    ...         "resolution": [0.1, 0.5, 1.0],
+    ...         "n_clusters": [3, 5, 9],
+    ...         "ARI": [0.6, 0.9, 0.7],
+    ...         "NMI": [0.7, 0.85, 0.8],
+    ...         "bARI": [0.05, 0.02, 0.01],
+    ...     }
+    ... )
+    >>> fig = sm.pl.leiden_sweep(sweep, bari_reference=0.03, title="one method")
+    >>> len(fig.axes)
+    1
+    >>> fig = sm.pl.leiden_sweep({"pca": sweep, "ours": sweep.assign(ARI=0.95)})
+    >>> [ax.get_ylabel() for ax in fig.axes]
+    ['ARI (higher is better)', 'NMI (higher is better)', 'bARI (lower is better)']
     """
+    if bari_floor is not None:
+        warnings.warn(
+            "bari_floor is deprecated: the bARI of the cell types is a reference, not a "
+            "floor. Pass bari_reference instead.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        if bari_reference is None:
+            bari_reference = bari_floor
     if isinstance(df, pd.DataFrame):
         _check(df, "df")
         fig, ax = plt.subplots(figsize=(5.0, 3.6), layout="constrained")
@@ -69,8 +108,14 @@ def leiden_sweep(
             )
         best = df.loc[df["ARI"].idxmax(), "resolution"]
         ax.axvline(best, color="grey", linestyle=":", linewidth=1, label=f"best ARI ({best:g})")
-        if bari_floor is not None:
-            ax.axhline(bari_floor, color="grey", linestyle="--", linewidth=1, label="bARI floor")
+        if bari_reference is not None:
+            ax.axhline(
+                bari_reference,
+                color="grey",
+                linestyle="--",
+                linewidth=1,
+                label="bARI of the cell types",
+            )
         _style(ax, "score")
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
     else:
@@ -90,9 +135,13 @@ def leiden_sweep(
                     color=color,
                     label=name,
                 )
-            if metric == "bARI" and bari_floor is not None:
+            if metric == "bARI" and bari_reference is not None:
                 ax.axhline(
-                    bari_floor, color="grey", linestyle="--", linewidth=1, label="bARI floor"
+                    bari_reference,
+                    color="grey",
+                    linestyle="--",
+                    linewidth=1,
+                    label="bARI of the cell types",
                 )
             _style(ax, label)
         axes[-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)

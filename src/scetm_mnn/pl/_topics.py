@@ -138,11 +138,30 @@ def topic_heatmap(
     -------
     The figure: two heatmap axes followed by their two colour-bar axes.
 
+    How to read it. Left, the colour is the topic-gene weight ``β = α·ρ`` (a logit: only
+    differences within a topic's row matter, and red genes are those the topic raises).
+    Right, with the default ``normalize="topic"``, 1 (yellow) marks the cell type that uses
+    a topic most and 0 (purple) one that does not use it; a topic specific to one cell type
+    is a single bright cell, a background topic a bright row. Name a topic from its top
+    genes on the left (e.g. INS, IAPP: beta cells) and check the name against the right
+    panel; :func:`scetm_mnn.tl.topic_specificity` gives the same reading as a table.
+
     Examples
     --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
     >>> import scetm_mnn as sm
-    >>> fig = sm.pl.topic_heatmap(model, label_key="cell_type", n_top=5)  # doctest: +SKIP
-    >>> raw = sm.pl.topic_heatmap(model, normalize=None, order=False)  # doctest: +SKIP
+    >>> adata = sm.datasets.simulate(n_cells=300, n_genes=200, n_batches=2, n_cell_types=3)
+    >>> sm.pp.preprocess(adata, n_top_genes=200, batch_key="batch")
+    >>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, layer="counts", batch_key="batch")
+    >>> model = sm.model.BatchCorrectedSCETM(adata, n_topics=6, n_emb=16)
+    >>> model.train(max_epochs=5, enable_progress_bar=False)  # a few steps: a quick look
+    >>> fig = sm.pl.topic_heatmap(model, label_key="cell_type", n_top=3)
+    >>> [ax.get_title() for ax in fig.axes[:2]]
+    ['Top 3 genes per topic', 'Mean topic proportion by cell_type']
+    >>> raw = sm.pl.topic_heatmap(model, normalize=None, order=False, topics=[0, 1])
+    >>> raw.axes[3].get_ylabel()
+    'mean θ'
     """
     if n_top < 1:
         raise ValueError(f"n_top must be at least 1, not {n_top}.")

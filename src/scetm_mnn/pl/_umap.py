@@ -78,7 +78,26 @@ def integration_umap(
 
     Returns
     -------
-    The figure, with three scatter axes (clusters, batch, cell type).
+    The figure, with three scatter axes (clusters, batch, cell type). The colours are
+    categories, not a scale: each panel has its own legend. A good integration shows the
+    batch colours interleaved within each cell-type island, and clusters that coincide
+    with the cell types. UMAP distances between islands mean little; judge the mixing with
+    :func:`scetm_mnn.tl.integration_metrics` rather than by eye.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import scanpy as sc
+    >>> import scetm_mnn as sm
+    >>> adata = sm.datasets.simulate(n_cells=300, n_genes=200, n_batches=2, n_cell_types=3)
+    >>> sm.pp.preprocess(adata, n_top_genes=200, batch_key="batch")
+    >>> sc.pp.pca(adata, n_comps=10, random_state=0)
+    >>> fig = sm.pl.integration_umap(adata, "X_pca", "batch", "cell_type", title="PCA")
+    >>> [ax.get_title() for ax in fig.axes]
+    ['Leiden clusters (resolution 0.5)', 'Batch (batch)', 'Cell type (cell_type)']
+    >>> "X_umap" in adata.obsm  # nothing was written to adata
+    False
     """
     keys = {batch_key: "batch_key", label_key: "label_key"}
     if cluster_key is not None:

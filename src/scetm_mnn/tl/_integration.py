@@ -55,7 +55,7 @@ def _silhouette_batch(x: np.ndarray, batches: np.ndarray, labels: np.ndarray) ->
 def integration_metrics(
     adata: ad.AnnData,
     use_rep: str,
-    label_key: str,
+    label_key: str | None,
     batch_key: str,
     n_neighbors: int = 50,
     alpha: float = 0.05,
@@ -72,7 +72,9 @@ def integration_metrics(
     use_rep
         Key of ``adata.obsm`` holding the embedding (or ``"X"``).
     label_key
-        ``obs`` column with cell-type labels.
+        ``obs`` column with cell-type labels, or ``None`` when there are none: the batch
+        entropy, kBET and the batch silhouette need no labels; the label silhouettes and
+        scib's batch ASW (computed per cell type) are then NaN.
     batch_key
         ``obs`` column with batch labels (at least two batches).
     n_neighbors
@@ -99,11 +101,41 @@ def integration_metrics(
     - ``asw_batch``: scib's batch ASW, per cell type the mean of ``1 - |s|`` with ``s`` the
       per-cell batch silhouettes, averaged over cell types (those in one batch are
       skipped); 1 is perfect mixing.
+
+    The batch entropy is the one to read first: it is what the README's benchmark reports
+    (with ``n_neighbors=30``). Its value depends on the batch sizes (a small batch cannot
+    fill half of every neighbourhood), so compare embeddings of the same cells rather than
+    data sets.
+
+    Examples
+    --------
+    >>> import scanpy as sc
+    >>> import scetm_mnn as sm
+    >>> adata = sm.datasets.simulate(n_cells=300, n_genes=200, n_batches=2, n_cell_types=3)
+    >>> sm.pp.preprocess(adata, n_top_genes=200, batch_key="batch")
+    >>> sc.pp.pca(adata, n_comps=10, random_state=0)
+    >>> metrics = sm.tl.integration_metrics(adata, "X_pca", "cell_type", "batch", n_neighbors=30)
+    >>> metrics.index.tolist()  # doctest: +NORMALIZE_WHITESPACE
+    ['batch_entropy', 'kbet_acceptance', 'silhouette_label', 'silhouette_batch',
+     'asw_label', 'asw_batch']
+    >>> bool(0 <= metrics["batch_entropy"] <= 1)
+    True
+
+    Without labels, pass ``None``; the label-based scores are NaN:
+
+    >>> unlabelled = sm.tl.integration_metrics(adata, "X_pca", None, "batch", n_neighbors=30)
+    >>> bool(unlabelled["batch_entropy"] == metrics["batch_entropy"])
+    True
+    >>> bool(unlabelled[["silhouette_label", "asw_batch"]].isna().all())
+    True
     """
-    tmp = light_copy(adata, use_rep, {label_key: "label_key", batch_key: "batch_key"})
+    keys = {batch_key: "batch_key"}
+    if label_key is not None:
+        keys[label_key] = "label_key"
+    tmp = light_copy(adata, use_rep, keys)
     x = tmp.obsm[use_rep]
     batch_codes = tmp.obs[batch_key].cat.codes.to_numpy()
-    labels = tmp.obs[label_key].to_numpy()
+    labels = None if label_key is None else tmp.obs[label_key].to_numpy()
     batches = tmp.obs[batch_key].to_numpy()
     n_batches = len(tmp.obs[batch_key].cat.categories)
     if n_batches < 2:
@@ -113,7 +145,9 @@ def integration_metrics(
     counts = _knn_batch_counts(x, batch_codes, n_neighbors)
     batch_freq = np.bincount(batch_codes, minlength=n_batches) / tmp.n_obs
     sil_label = (
-        float(silhouette_score(x, labels)) if 1 < len(np.unique(labels)) < tmp.n_obs else np.nan
+        float(silhouette_score(x, labels))
+        if labels is not None and 1 < len(np.unique(labels)) < tmp.n_obs
+        else np.nan
     )
     return pd.Series(
         {
@@ -122,6 +156,6 @@ def integration_metrics(
             "silhouette_label": sil_label,
             "silhouette_batch": float(silhouette_score(x, batches)),
             "asw_label": (sil_label + 1.0) / 2.0,
-            "asw_batch": _silhouette_batch(x, batches, labels),
+            "asw_batch": np.nan if labels is None else _silhouette_batch(x, batches, labels),
         }
     )

@@ -96,6 +96,31 @@ def scib_benchmark(
     ------
     ImportError
         When scib-metrics is not installed (``pip install "scetm-mnn[bench]"``).
+
+    Examples
+    --------
+    Two embeddings of simulated cells, with the slowest metrics turned off (needs the
+    ``bench`` extra):
+
+    >>> import scanpy as sc
+    >>> import scetm_mnn as sm
+    >>> adata = sm.datasets.simulate(n_cells=300, n_genes=200, n_batches=2, n_cell_types=3)
+    >>> sm.pp.preprocess(adata, n_top_genes=200, batch_key="batch")
+    >>> sc.pp.pca(adata, n_comps=10, random_state=0)
+    >>> adata.obsm["X_pca_5"] = adata.obsm["X_pca"][:, :5]
+    >>> table = sm.tl.scib_benchmark(
+    ...     adata,
+    ...     ["X_pca", "X_pca_5"],
+    ...     "cell_type",
+    ...     "batch",
+    ...     pre_integrated="X_pca",
+    ...     bio_conservation={"isolated_labels": False, "clisi_knn": False},
+    ...     batch_correction={"kbet_per_label": False, "ilisi_knn": False, "bras": False},
+    ... )
+    >>> table.index.tolist()
+    ['X_pca', 'X_pca_5', 'Metric Type']
+    >>> table.columns[-3:].tolist()
+    ['Batch correction', 'Bio conservation', 'Total']
     """
     if not embeddings:
         raise ValueError("embeddings is empty; pass the obsm keys to benchmark.")

@@ -184,15 +184,39 @@ def topic_specificity(
 
     Examples
     --------
+    Four topics on simulated cells of three types, each type using "its" topic (θ = 0.7)
+    and the others a little (0.1); topic ``k`` weighs the marker genes of ``type_k``:
+
+    >>> import numpy as np
+    >>> import pandas as pd
     >>> import scetm_mnn as sm
-    >>> adata.obsm["X_topics"] = model.get_topic_proportions(adata)  # doctest: +SKIP
-    >>> table = sm.tl.topic_specificity(  # doctest: +SKIP
-    ...     adata,
-    ...     "cell_type",
-    ...     topic_gene=model.get_topic_gene_matrix(),
-    ...     markers=sm.datasets.pancreas_markers("human"),
+    >>> adata = sm.datasets.simulate(n_cells=300, n_genes=200, n_batches=2, n_cell_types=3)
+    >>> types = adata.obs["cell_type"].cat.codes.to_numpy()
+    >>> theta = np.full((adata.n_obs, 4), 0.1)
+    >>> theta[np.arange(adata.n_obs), types] = 0.7
+    >>> adata.obsm["X_topics"] = theta
+    >>> marker_of = adata.var["marker_of"].astype(str)
+    >>> topic_gene = pd.DataFrame(
+    ...     [(marker_of == f"type_{k}").to_numpy(float) for k in range(4)],
+    ...     index=[f"topic_{k}" for k in range(4)],
+    ...     columns=adata.var_names,
     ... )
-    >>> table[["topic", "ratio", "marker_hit"]].head()  # doctest: +SKIP
+    >>> markers = {t: list(marker_of.index[marker_of == t]) for t in ("type_0", "type_1")}
+    >>> table = sm.tl.topic_specificity(
+    ...     adata, "cell_type", topic_gene=topic_gene, markers=markers, n_top=5
+    ... )
+    >>> columns = ["n_cells", "topic", "ratio", "marker_hit"]
+    >>> table[columns].round(2)  # doctest: +NORMALIZE_WHITESPACE
+               n_cells    topic  ratio  marker_hit
+    cell_type
+    type_1         133  topic_1    7.0        True
+    type_0         106  topic_0    7.0        True
+    type_2          61  topic_2    7.0        <NA>
+
+    A ratio of 7 means the type uses its topic seven times as much as the other cells;
+    ``marker_hit`` is ``<NA>`` for a type without listed markers. With a trained model,
+    use ``adata.obsm["X_topics"] = model.get_topic_proportions()`` and
+    ``topic_gene=model.get_topic_gene_matrix()``.
     """
     if min_cells < 1:
         raise ValueError(f"min_cells must be at least 1, not {min_cells}.")
@@ -362,13 +386,26 @@ def topic_summary(
 
     Examples
     --------
+    Topic proportions that follow the cell types exactly (θ = 1 on the type's own topic):
+
+    >>> import numpy as np
+    >>> import pandas as pd
     >>> import scetm_mnn as sm
-    >>> sm.tl.topic_summary(  # doctest: +SKIP
-    ...     adata,
-    ...     "cell_type",
-    ...     topic_gene=model.get_topic_gene_matrix(),
-    ...     markers=sm.datasets.pancreas_markers("mouse"),
+    >>> adata = sm.datasets.simulate(n_cells=300, n_genes=200, n_batches=2, n_cell_types=3)
+    >>> adata.obsm["X_topics"] = np.eye(3)[adata.obs["cell_type"].cat.codes.to_numpy()]
+    >>> marker_of = adata.var["marker_of"].astype(str)
+    >>> topic_gene = pd.DataFrame(
+    ...     [(marker_of == f"type_{k}").to_numpy(float) for k in range(3)],
+    ...     columns=adata.var_names,
     ... )
+    >>> markers = {t: list(marker_of.index[marker_of == t]) for t in ("type_0", "type_1")}
+    >>> summary = sm.tl.topic_summary(adata, "cell_type", topic_gene=topic_gene, markers=markers)
+    >>> summary[["mean_max_theta", "n_types_ratio_ge_10", "marker_hits", "n_marker_types"]]
+    mean_max_theta         1.0
+    n_types_ratio_ge_10    3.0
+    marker_hits            2.0
+    n_marker_types         2.0
+    Name: topics, dtype: float64
     """
     table = topic_specificity(
         adata,
