@@ -15,14 +15,21 @@ from lightning.pytorch import seed_everything
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
-from scvi.data.fields import CategoricalObsField, LayerField
+from scvi.data.fields import CategoricalObsField, LayerField, ObsmField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.model.base._save_load import _load_saved_files
 from scvi.utils import setup_anndata_dsp
 
 from .._validation import check_counts, check_finite, check_log_scale, check_obs_key, get_matrix
 from ..module import CORRECTED_KEY, ETMModule
-from ..train import ETMTrainingPlan, PreloadedDataSplitter, resolve_seed, source_from_manager
+from ..pp._corrected import corrected_source, shift_key
+from ..train import (
+    CORRECTED_SHIFT_KEY,
+    ETMTrainingPlan,
+    PreloadedDataSplitter,
+    resolve_seed,
+    source_from_manager,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -198,9 +205,12 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         batch_key
             Column of ``obs`` with the batch of each cell (for the batch bias ``λ``).
         corrected_layer
-            Layer written by :func:`scetm_mnn.pp.mnn_correct` (log-scale corrected
+            The ``key_added`` of :func:`scetm_mnn.pp.mnn_correct` (log-scale corrected
             expression over the same genes). When given, the encoder reads it instead of the
-            counts. It must be log-scale: raw counts there are refused.
+            counts. It is either a dense layer, or, for large data, the exact low-rank form
+            ``x + C Bᵀ`` that ``mnn_correct`` always stores: each minibatch is then
+            corrected from its own rows, and the dense matrix is never formed. It must be
+            log-scale: raw counts there are refused.
         mnn_pairs_key
             Key of ``obsp`` holding an MNN pair matrix (e.g. ``"mnn_corrected_pairs"``
             written by :func:`scetm_mnn.pp.mnn_correct`), used by ``train(mnn_weight=...)``.
@@ -216,18 +226,18 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
         ]
         if corrected_layer is not None:
-            if corrected_layer not in adata.layers:
-                available = ", ".join(map(repr, adata.layers.keys())) or "none"
-                raise KeyError(
-                    f"corrected_layer={corrected_layer!r} not found in adata.layers "
-                    f"(available: {available}). Run scetm_mnn.pp.mnn_correct(adata, "
-                    f"batch_key, key_added={corrected_layer!r}) first."
-                )
-            name = f"adata.layers[{corrected_layer!r}]"
-            corrected = get_matrix(adata, corrected_layer)
+            source, low_rank = corrected_source(adata, corrected_layer)
+            name = f"corrected expression {corrected_layer!r}" + (
+                f" (low-rank form over {'adata.X' if source is None else repr(source)})"
+                if low_rank
+                else ""
+            )
+            corrected = get_matrix(adata, source)
             check_finite(corrected, name)
             check_log_scale(corrected, name)
-            fields.append(LayerField(CORRECTED_KEY, corrected_layer, is_count_data=False))
+            fields.append(LayerField(CORRECTED_KEY, source, is_count_data=False))
+            if low_rank:
+                fields.append(ObsmField(CORRECTED_SHIFT_KEY, shift_key(corrected_layer)))
         if mnn_pairs_key is not None:
             cls._check_pairs(adata, mnn_pairs_key)
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)

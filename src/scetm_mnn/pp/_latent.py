@@ -16,6 +16,10 @@ from .._rows import Rows
 
 logger = logging.getLogger(__name__)
 
+SCATTER_BLOCK = 4096
+"""Cells per block of the PCA's scatter matrix (fixed, so that results do not depend on
+the chunk size a caller passes; 4096 × 2000 genes dense is 32 MiB)."""
+
 
 class Centering(nn.Module):
     """Subtract a fixed per-gene mean."""
@@ -47,14 +51,15 @@ def _freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-def fit_pca(x, n_comps: int, random_state: int = 0, chunk_size: int | None = None) -> FrozenPCA:
+def fit_pca(x, n_comps: int, random_state: int = 0) -> FrozenPCA:
     """PCA of all cells (exact, centred); the loadings are then frozen.
 
     One pass over the cells in chunks accumulates the gene means and the gene × gene
     scatter matrix of the centred data (float64); its leading eigenvectors are the
     loadings. The centring is implicit: sparse or on-disk input is never densified beyond
-    one chunk, and memory is ``O(genes²)`` whatever the number of cells. The result does
-    not depend on the chunk size (beyond float rounding), nor on a random seed.
+    one block of :data:`SCATTER_BLOCK` cells, and memory is ``O(genes²)`` whatever the
+    number of cells. The blocks are fixed, so callers' chunk sizes cannot change the
+    result, and no random seed enters it.
 
     Parameters
     ----------
@@ -65,16 +70,14 @@ def fit_pca(x, n_comps: int, random_state: int = 0, chunk_size: int | None = Non
     random_state
         Unused (the decomposition is exact); kept so that every latent space is fitted
         with the same signature.
-    chunk_size
-        Cells per chunk (:data:`~scetm_mnn._rows.CHUNK_SIZE` by default).
     """
     del random_state
     rows = Rows(x)
     n, n_genes = rows.shape
-    mean = rows.mean(chunk_size)
+    mean = rows.mean(SCATTER_BLOCK)
     mean32 = mean.astype(np.float32)
     scatter = np.zeros((n_genes, n_genes), dtype=np.float64)
-    for _, block in rows.chunks(chunk_size):
+    for _, block in rows.chunks(SCATTER_BLOCK):
         centred = block - mean32  # a dense chunk may be a view of the caller's data
         scatter += centred.T @ centred
     n_comps = max(1, min(n_comps, n_genes, n - 1))

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .._rows import Rows, map_chunks, rows_of
 from .._validation import check_finite, check_log_scale, check_obs_key, get_matrix
+from ._corrected import DENSE_LAYER_MAX_BYTES, basis_key, shift_key
 from ._latent import FrozenPCA, fit_autoencoder, fit_pca, visible_basis
 from ._network import ResidualCorrector, SubspaceCorrector
 from ._pairs import find_mnn_pairs, pair_counts
@@ -48,21 +49,35 @@ def _apply(module: torch.nn.Module, x, chunk_size: int | None = None) -> np.ndar
 
 @torch.inference_mode()
 def _correct_all(
-    net: torch.nn.Module, space: torch.nn.Module, rows: Rows, chunk_size: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Corrected expression and its latent for every cell, in one pass of chunks."""
+    net: SubspaceCorrector,
+    space: torch.nn.Module,
+    rows: Rows,
+    dense: bool,
+    chunk_size: int | None = None,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Correct every cell in one pass of chunks: ``(x̂ or None, latent of x̂, C)``.
+
+    ``x̂ = x + C Bᵀ`` with ``C = (f(x) − x) B`` (see :mod:`scetm_mnn.pp._corrected`); the
+    dense ``x̂`` is only assembled when ``dense``.
+    """
     net.eval()
-    corrected = np.empty(rows.shape, dtype=np.float32)
+    basis = net.basis
+    corrected = np.empty(rows.shape, dtype=np.float32) if dense else None
+    shift = np.empty((rows.n_obs, basis.shape[1]), dtype=np.float32)
     latent = None
     for start, block in rows.chunks(chunk_size):
-        out = net(torch.from_numpy(block))
+        x = torch.from_numpy(block)
+        c = (net.corrector(x) - x) @ basis
+        out = x + c @ basis.T
         z = space(out).numpy()
         if latent is None:
             latent = np.empty((rows.n_obs, z.shape[1]), dtype=np.float32)
         stop = start + block.shape[0]
-        corrected[start:stop] = out.numpy()
+        shift[start:stop] = c.numpy()
         latent[start:stop] = z
-    return corrected, latent
+        if corrected is not None:
+            corrected[start:stop] = out.numpy()
+    return corrected, latent, shift
 
 
 def _adam(params, lr: float) -> torch.optim.Adam:
@@ -178,9 +193,12 @@ def _search_latent(
     return _apply(fit_pca(x, n_comps, random_state=random_state), x)
 
 
-def _write(adata: AnnData, key: str, corrected, latent, pairs, info: dict) -> None:
-    adata.layers[key] = corrected
+def _write(adata: AnnData, key: str, corrected, latent, shift, basis, pairs, info: dict) -> None:
+    if corrected is not None:
+        adata.layers[key] = corrected
     adata.obsm[f"X_{key}"] = latent
+    adata.obsm[shift_key(key)] = shift
+    adata.varm[basis_key(key)] = np.asarray(basis, dtype=np.float32)
     adata.obsp[f"{key}_pairs"] = pairs
     adata.uns[key] = info
 
@@ -206,6 +224,7 @@ def mnn_correct(
     early_stopping_patience: int = 10,
     key_added: str = "mnn_corrected",
     random_state: int = 0,
+    dense_layer: bool | None = None,
     chunk_size: int | None = None,
     copy: bool = False,
 ) -> AnnData | None:
@@ -302,6 +321,12 @@ def mnn_correct(
         Seed of the latent space, the pair search, the initialization and the minibatches.
         The global torch RNG is left untouched; the same seed gives the same result on the
         same machine and thread count.
+    dense_layer
+        Also write the corrected matrix densely to ``layers[key_added]``. ``None`` (the
+        default) writes it when it takes at most
+        :data:`~scetm_mnn.pp._corrected.DENSE_LAYER_MAX_BYTES` (128 MiB, about 16 000 cells
+        × 2000 genes). Either way the exact low-rank form is stored, which the model reads
+        per minibatch and :func:`~scetm_mnn.pp.corrected_expression` exports in chunks.
     chunk_size
         Cells densified at a time when passing over all cells (PCA, correcting every cell);
         :data:`~scetm_mnn._rows.CHUNK_SIZE` by default. It bounds the memory, not the
@@ -315,7 +340,13 @@ def mnn_correct(
     modified; these keys are added:
 
     ``layers[key_added]``
-        Corrected expression (dense float32, cells × genes).
+        Corrected expression (dense float32, cells × genes), when ``dense_layer`` (by
+        default for data up to 128 MiB dense).
+    ``obsm[key_added + "_shift"]``, ``varm[key_added + "_basis"]``
+        The same corrected expression, exactly, in low-rank form: ``x̂ = x + C Bᵀ``, with
+        ``C`` (cells × d) and the orthonormal basis ``B`` (genes × d) of the gene-space
+        directions the corrector changes (the PCA loadings). See
+        :func:`~scetm_mnn.pp.corrected_expression`.
     ``obsm["X_" + key_added]``
         Latent of the corrected expression in the frozen space (cells × ``n_comps``).
     ``obsp[key_added + "_pairs"]``
@@ -389,10 +420,13 @@ def mnn_correct(
         "early_stopping_patience": early_stopping_patience,
         "random_state": random_state,
     }
+    if dense_layer is None:
+        dense_layer = x.n_obs * x.n_vars * 4 <= DENSE_LAYER_MAX_BYTES
+    params["dense_layer"] = bool(dense_layer)
     timing: dict[str, float] = {}
     tic = time.perf_counter()
     if latent == "pca":
-        space = fit_pca(x, n_comps, random_state=random_state, chunk_size=chunk_size)
+        space = fit_pca(x, n_comps, random_state=random_state)
     else:
         space = fit_autoencoder(x, n_comps, random_state=random_state)
     z = _apply(space, x, chunk_size)
@@ -413,7 +447,10 @@ def mnn_correct(
             "timing": timing,
         }
         empty = sparse.csr_matrix((x.n_obs, x.n_obs), dtype=np.float32)
-        _write(adata, key_added, _apply(torch.nn.Identity(), x, chunk_size), z, empty, info)
+        basis = visible_basis(space).numpy()
+        unchanged = _apply(torch.nn.Identity(), x, chunk_size) if dense_layer else None
+        shift = np.zeros((x.n_obs, basis.shape[1]), dtype=np.float32)
+        _write(adata, key_added, unchanged, z, shift, basis, empty, info)
         return adata if copy else None
 
     tic = time.perf_counter()
@@ -462,7 +499,7 @@ def mnn_correct(
     _recalibrate_batchnorm(net, x, pairs_t, batch_size, _RECALIBRATION_PAIRS, generator)
     timing["train"] = time.perf_counter() - tic
     tic = time.perf_counter()
-    corrected, corrected_latent = _correct_all(net, space, x, chunk_size)
+    corrected, corrected_latent, shift = _correct_all(net, space, x, dense_layer, chunk_size)
     timing["apply"] = time.perf_counter() - tic
     logger.info(
         "mnn_correct: %d epochs, loss %s; %s",
@@ -477,5 +514,5 @@ def mnn_correct(
         "history": [float(v) for v in history],
         "timing": timing,
     }
-    _write(adata, key_added, corrected, corrected_latent, pairs, info)
+    _write(adata, key_added, corrected, corrected_latent, shift, net.basis.numpy(), pairs, info)
     return adata if copy else None

@@ -19,11 +19,23 @@ from scipy import sparse
 from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 
-from .._rows import Rows, rows_of
+from .._rows import Rows, ShiftedRows, rows_of
 from ..module import ANCHOR_KEY, CORRECTED_KEY, MNN_PAIRS_KEY
+from ..pp._corrected import basis_key
+
+CORRECTED_SHIFT_KEY = "corrected_shift"
+"""Registry key of the low-rank coefficients of a corrected layer kept in low-rank form.
+
+With it registered, ``CORRECTED_KEY`` names the uncorrected log-expression, and each
+minibatch is corrected as ``x + C Bᵀ`` (:class:`~scetm_mnn._rows.ShiftedRows`).
+"""
 
 
-def _tensor(rows: Rows, index: np.ndarray) -> torch.Tensor:
+def _as_rows(x) -> Rows | ShiftedRows:
+    return x if isinstance(x, Rows | ShiftedRows) else Rows(x, preload=True)
+
+
+def _tensor(rows: Rows | ShiftedRows, index: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(rows.take(index))
 
 
@@ -48,8 +60,8 @@ class MinibatchSource:
     """
 
     def __init__(self, x, batch_index: np.ndarray | None = None, mnn_pairs=None, corrected=None):
-        self.x = Rows(x, preload=True)
-        self.corrected = None if corrected is None else Rows(corrected, preload=True)
+        self.x = _as_rows(x)
+        self.corrected = None if corrected is None else _as_rows(corrected)
         self.n_obs = self.x.shape[0]
         self.batch_index = (
             None
@@ -174,11 +186,19 @@ def source_from_manager(adata_manager: AnnDataManager, mnn_pairs=None) -> Miniba
         if REGISTRY_KEYS.BATCH_KEY in registry
         else None
     )
+    corrected = registered_rows(adata_manager, CORRECTED_KEY)
+    if CORRECTED_SHIFT_KEY in registry:
+        key = adata_manager.registry["setup_args"]["corrected_layer"]
+        corrected = ShiftedRows(
+            corrected,
+            adata_manager.get_from_registry(CORRECTED_SHIFT_KEY),
+            adata_manager.adata.varm[basis_key(key)],
+        )
     return MinibatchSource(
         registered_rows(adata_manager, REGISTRY_KEYS.X_KEY),
         batch,
         mnn_pairs=mnn_pairs,
-        corrected=registered_rows(adata_manager, CORRECTED_KEY),
+        corrected=corrected,
     )
 
 
