@@ -68,10 +68,14 @@ def pancreas_markers(
 
     Examples
     --------
+    With ``$SCETM_MNN_DATA`` pointing at the folder that holds ``baron_pancreas/``:
+
     >>> import scetm_mnn as sm
-    >>> markers = sm.datasets.pancreas_markers("human")  # doctest: +SKIP
-    >>> markers["beta"][:2]  # doctest: +SKIP
+    >>> markers = sm.datasets.pancreas_markers("human")
+    >>> markers["beta"][:2]
     ['INS', 'IAPP']
+    >>> sm.datasets.pancreas_markers("mouse")["beta"][:2]
+    ['Ins1', 'Ins2']
     """
     path = _find_markers_file(data_dir)
     logger.info("Reading %s", path)
