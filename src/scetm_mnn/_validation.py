@@ -26,6 +26,10 @@ __all__ = [
 ]
 
 
+_HELP = "https://scetm-mnn.readthedocs.io/en/latest/troubleshooting.html"
+"""The troubleshooting page; the messages link to its sections."""
+
+
 def _describe(layer: str | None) -> str:
     return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
 
@@ -54,7 +58,8 @@ def get_matrix(adata: AnnData, layer: str | None = None, *, argument: str | None
             else "Name an existing layer, or None to use adata.X."
         )
         raise KeyError(
-            f"Layer {layer!r} not found in adata.layers (available: {available}). {fix}"
+            f"Layer {layer!r} not found in adata.layers (available: {available}). {fix} "
+            f"See {_HELP}#missing-layer"
         )
     return adata.layers[layer]
 
@@ -173,7 +178,7 @@ def check_log_scale(x, name: str) -> None:
         return
     raise ValueError(
         f"{name} ({detail}) looks like raw counts; run scetm_mnn.pp.preprocess(adata) first "
-        "(or sc.pp.normalize_total + sc.pp.log1p)."
+        f"(or sc.pp.normalize_total + sc.pp.log1p). See {_HELP}#counts-where-log-data-belong"
     )
 
 
@@ -182,7 +187,8 @@ def check_obs_key(adata: AnnData, key: str, what: str = "batch_key") -> None:
     if key not in adata.obs.columns:
         available = ", ".join(map(repr, adata.obs.columns)) or "none"
         raise KeyError(
-            f"{what}={key!r} is not a column of adata.obs. Available columns: {available}."
+            f"{what}={key!r} is not a column of adata.obs. Available columns: {available}. "
+            f"See {_HELP}#missing-obs-column"
         )
     if adata.obs[key].isna().any():
         n = int(adata.obs[key].isna().sum())
