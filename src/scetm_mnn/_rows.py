@@ -34,8 +34,8 @@ __all__ = [
     "rows_of",
 ]
 
-CHUNK_SIZE = 8192
-"""Cells per chunk of a pass over all cells (8192 × 2000 genes dense is 64 MiB)."""
+CHUNK_SIZE = 2048
+"""Cells per chunk of a pass over all cells (2048 × 2000 genes dense is 16 MiB)."""
 DENSE_PRELOAD_BYTES = 256 * 2**20
 """In-memory sparse data up to this dense size (float32) is densified once; larger stays CSR."""
 
@@ -162,6 +162,7 @@ class Rows:
         total = np.zeros(self.n_vars, dtype=np.float64)
         for _, block in self.chunks(chunk_size, dense=False):
             total += np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
+            del block
         return total / max(self.n_obs, 1)
 
 
@@ -246,6 +247,7 @@ def map_chunks(
         if out is None:
             out = np.empty((rows.n_obs, *result.shape[1:]), dtype=np.float32)
         out[start : start + block.shape[0]] = result
+        del block, result  # before the next chunk is read, not after
     if out is None:  # no cells
         out = np.empty((0, 0), dtype=np.float32)
     return out

@@ -77,6 +77,7 @@ def _correct_all(
         latent[start:stop] = z
         if corrected is not None:
             corrected[start:stop] = out.numpy()
+        del block, x, out  # before the next chunk is read
     return corrected, latent, shift
 
 

@@ -20,6 +20,13 @@ while finding only 57 % of the exact pairs on simulated data; exact search is pr
 until its quadratic cost overtakes that.
 """
 
+SEARCH_WORKING_MEMORY_MB = 64
+"""Memory of one block of the exact search's query × batch distance matrix (MiB).
+
+scikit-learn splits the queries into chunks whose distances fit in this; its default,
+1 GiB, would make the search the largest allocation of ``mnn_correct``.
+"""
+
 MIN_PAIRS = 5
 """Default of ``min_pairs``: batch pairs with fewer MNN pairs are skipped."""
 
@@ -44,10 +51,12 @@ class _Searcher:
     def query(self, query: np.ndarray, k: int, approximate: bool) -> np.ndarray:
         """Indices (into this batch) of the ``k`` nearest cells of each row of ``query``."""
         if not approximate:
+            from sklearn import config_context
             from sklearn.neighbors import NearestNeighbors
 
             search = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(self.data)
-            return search.kneighbors(query, return_distance=False)
+            with config_context(working_memory=SEARCH_WORKING_MEMORY_MB):  # query chunks
+                return search.kneighbors(query, return_distance=False)
         if self._index is None:
             from pynndescent import NNDescent
 
