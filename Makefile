@@ -10,7 +10,7 @@ export SCETM_MNN_DATA := $(SHARED_DATA)
 endif
 endif
 
-.PHONY: demo test lint docs bench-env bench clean
+.PHONY: demo test lint docs docs-offline docs-cli bench-env bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,8 +40,18 @@ lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
+# Warnings are errors and every cross-reference must resolve (nitpicky). Intersphinx links
+# to python, numpy, scanpy, scvi-tools, ... when their sites can be reached (docs/conf.py
+# probes once); docs-offline skips the probe, as on machines without internet.
 docs: $(VENV)/.installed-docs
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+docs-offline: $(VENV)/.installed-docs
+	SCETM_MNN_DOCS_OFFLINE=1 $(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+# Rewrite the help texts kept in docs/cli.md from the parser (tests/test_docs.py checks them).
+docs-cli: $(VENV)/.installed
+	$(PY) docs/_scripts/cli_help.py
 
 # The original scETM 0.5.0 lives in its own venv so that it cannot change ours. These are
 # the packages it imports (tensorboard for torch.utils.tensorboard), at a tested working set;
