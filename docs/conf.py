@@ -95,7 +95,7 @@ intersphinx_mapping = {} if OFFLINE else INTERSPHINX
 # the entry: tests/test_docs.py checks that each has one.
 _EXTERNAL = (
     r"(anndata|ad|scanpy|sc|scvi|numpy|np|pandas|pd|scipy|torch|typing|collections"
-    r"|os|pathlib|argparse|builtins)(\..*)?"
+    r"|os|pathlib|argparse|subprocess|builtins)(\..*)?"
 )
 NITPICK_IGNORE = [
     (

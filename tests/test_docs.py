@@ -219,13 +219,16 @@ def public_names() -> set[str]:
 
 
 def api_entries() -> list[str]:
-    entries, in_autosummary = [], False
+    """``"sub.name"`` for every autosummary entry of docs/api.rst, under its ``.. module::``."""
+    entries, module, in_autosummary = [], None, False
     for line in (DOCS / "api.rst").read_text().splitlines():
-        if line.startswith(".. autosummary::"):
+        if line.startswith((".. module:: ", ".. currentmodule:: ")):
+            module = line.split("::", 1)[1].strip().removeprefix("scetm_mnn").lstrip(".")
+        elif line.startswith(".. autosummary::"):
             in_autosummary = True
         elif in_autosummary and line.startswith("   "):
             if not line.strip().startswith(":"):  # options such as :toctree:
-                entries.append(line.strip())
+                entries.append(".".join(filter(None, [module, line.strip()])))
         elif line.strip():
             in_autosummary = False
     return entries

@@ -171,7 +171,7 @@ def leiden_sweep(
 
 
 def sweep_summary(df: pd.DataFrame) -> pd.Series:
-    """Summarise a :func:`leiden_sweep` table.
+    """Summarise a :func:`~scetm_mnn.tl.leiden_sweep` table.
 
     Parameters
     ----------
