@@ -71,8 +71,9 @@ def integration_umap(
         used when ``uns["neighbors"]`` says it was computed from ``use_rep``; otherwise a
         UMAP is computed.
     resolution
-        Leiden resolution when ``cluster_key`` is ``None``. 0.5 gives roughly as many
-        clusters as cell types on pancreas-sized data; scanpy's 1.0 over-splits them.
+        Leiden resolution when ``cluster_key`` is ``None``; below scanpy's 1.0, for a
+        coarser clustering in the overview panel. Pass ``cluster_key`` to show a clustering
+        you chose, e.g. the best-ARI one of :func:`scetm_mnn.tl.leiden_sweep`.
     n_neighbors
         Neighbours of the kNN graph used for UMAP and Leiden.
 

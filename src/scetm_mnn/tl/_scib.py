@@ -75,8 +75,8 @@ def scib_benchmark(
         Threads of the neighbour search.
     neighbors
         ``"exact"`` (default): exact kNN with :class:`sklearn.neighbors.NearestNeighbors`,
-        deterministic and fast up to ~10^5 cells, and free of pynndescent's numba
-        compilation; ``"pynndescent"``: scib-metrics' approximate default, for large data.
+        deterministic and free of pynndescent's numba compilation; ``"pynndescent"``:
+        scib-metrics' approximate default, which scales better to large data.
         (kBET per label always uses pynndescent for its diffusion neighbours.)
     bio_conservation
         Overrides of the :class:`~scib_metrics.benchmark.BioConservation` fields, e.g.
