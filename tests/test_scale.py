@@ -148,6 +148,13 @@ def test_backed_h5ad_gives_the_in_memory_result(small, tmp_path):
     np.testing.assert_allclose(latents[1], latents[0], atol=1e-5)
 
 
+def test_preprocess_refuses_a_backed_anndata_with_the_way_out(small):
+    _, path = small
+    backed = ad.read_h5ad(path, backed="r")
+    with pytest.raises(ValueError, match=r"adata.to_memory\(\)"):
+        sm.pp.preprocess(backed)
+
+
 def test_simulate_in_chunks_is_seeded_and_can_go_to_disk(monkeypatch, tmp_path):
     kwargs = {"n_cells": 900, "n_genes": 120, "n_batches": 3, "random_state": 5}
     whole = sm.datasets.simulate(**kwargs)  # one chunk: the data of an unchunked draw

@@ -67,10 +67,19 @@ def preprocess(
     Raises
     ------
     ValueError
-        ``X`` does not hold raw counts, or no cells or genes pass the filters.
+        ``X`` does not hold raw counts, no cells or genes pass the filters, or ``adata``
+        is backed (read-only on disk).
     KeyError
         ``batch_key`` is not an ``obs`` column.
     """
+    if adata.isbacked:
+        raise ValueError(
+            f"preprocess rewrites X, and this AnnData is backed by {adata.filename} "
+            "(read-only). Load it with `adata = adata.to_memory()` (sparse counts of a few "
+            "hundred thousand cells fit), or preprocess once in memory and write the "
+            "result to an h5ad that later steps open backed: mnn_correct, "
+            "BatchCorrectedSCETM.train and get_latent_representation read it from disk."
+        )
     check_counts(adata, argument=None)
     if batch_key is not None:
         check_obs_key(adata, batch_key, "batch_key")
