@@ -45,11 +45,7 @@ MISSING_EXAMPLES = {
 
 #: Examples that do not pass yet, in files whose owners fix them. Strict xfail: once one
 #: passes, its test fails until the name is removed here.
-PENDING_FIXES = {
-    # model.train() prints a progress bar (pass enable_progress_bar=False) and runs the full
-    # default training (pass a small max_epochs); the key should be X_scetm_mnn.
-    "scetm_mnn.model.BatchCorrectedSCETM": "the Example prints a progress bar",
-}
+PENDING_FIXES: dict[str, str] = {}
 
 
 def public_objects() -> dict[str, object]:

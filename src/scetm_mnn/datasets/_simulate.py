@@ -64,7 +64,7 @@ def simulate(
 
     Notes
     -----
-    Cells are generated in chunks of :data:`SIMULATE_CHUNK` straight into CSR, so memory
+    Cells are generated in chunks of ``SIMULATE_CHUNK`` (10 000) straight into CSR, so memory
     beyond the result is bounded by one chunk; up to that many cells the data are the same
     as from one unchunked draw. A million cells × 2000 genes (about 650 non-zeros per cell
     at the default library size) take about 5 GB in memory as CSR; with ``filename`` the

@@ -34,7 +34,7 @@ from ..train import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_N_STEPS = 2000
-"""Optimizer steps that :meth:`BatchCorrectedSCETM.train` aims for when ``max_epochs=None``."""
+"""Optimizer steps that ``BatchCorrectedSCETM.train`` aims for when ``max_epochs=None``."""
 
 DEFAULT_MNN_WEIGHT = 0.0
 """Default weight of the MNN term: off, even when MNN pairs are registered.
@@ -102,12 +102,14 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
 
     Examples
     --------
-    >>> import scetm_mnn
-    >>> adata = scetm_mnn.datasets.simulate()
-    >>> scetm_mnn.model.BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
-    >>> model = scetm_mnn.model.BatchCorrectedSCETM(adata)
-    >>> model.train()
-    >>> adata.obsm["X_scETM"] = model.get_latent_representation()
+    >>> import scetm_mnn as sm
+    >>> adata = sm.datasets.simulate(n_cells=400, n_genes=200, random_state=0)
+    >>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
+    >>> model = sm.model.BatchCorrectedSCETM(adata, n_topics=10)
+    >>> model.train(max_epochs=5, enable_progress_bar=False)
+    >>> adata.obsm["X_scetm_mnn"] = model.get_latent_representation()
+    >>> adata.obsm["X_scetm_mnn"].shape
+    (400, 10)
     """
 
     _module_cls = ETMModule
@@ -286,7 +288,7 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         mnn_weight
             Weight of the MNN term (:func:`scetm_mnn.module.mnn_loss` of the ``δ`` means of
             MNN-paired cells). Needs ``mnn_pairs_key`` in :meth:`setup_anndata`. ``0`` turns
-            it off. ``None``: :data:`DEFAULT_MNN_WEIGHT` (0, off). Also accepted as
+            it off. ``None``: ``DEFAULT_MNN_WEIGHT`` (0, off). Also accepted as
             ``plan_kwargs["mnn_weight"]``.
         train_size
             Fraction of cells to train on (default all, or ``1 - validation_size``).
@@ -422,7 +424,7 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
 
     @property
     def topic_names(self) -> list[str]:
-        """Names of the topics: ``topic_0`` … ``topic_{K-1}``."""
+        """The topics' names, ``topic_0`` … ``topic_{K-1}``."""
         return [f"topic_{k}" for k in range(self.module.n_topics)]
 
     @torch.inference_mode()
@@ -466,7 +468,7 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         Parameters
         ----------
         dir_path
-            Folder written by :meth:`save`.
+            Folder written by :meth:`~scetm_mnn.model.BatchCorrectedSCETM.save`.
         adata
             AnnData to attach (default: the one saved with the model, if any).
         prefix

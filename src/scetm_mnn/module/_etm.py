@@ -153,7 +153,7 @@ class ETMModule(BaseModuleClass):
     # ------------------------------------------------------------------ parameters
     @property
     def gene_embeddings(self) -> torch.Tensor:
-        """All gene-embedding rows: trainable ``ρ`` stacked over the fixed rows, (L + P) × G."""
+        """The trainable gene embeddings ``ρ`` stacked over the fixed rows, (L + P) × G."""
         return torch.cat([self.rho, self.rho_fixed], dim=0)
 
     def topic_gene_logits(self) -> torch.Tensor:
@@ -253,7 +253,7 @@ class ETMModule(BaseModuleClass):
 
     @torch.inference_mode()
     def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
-        """Draw counts from the model's multinomial at each cell's observed library size.
+        """Draw counts from the multinomial at the total of each cell's registered counts.
 
         Returns a tensor of shape ``(n_samples, n_cells, G)`` (or ``(n_cells, G)`` when
         ``n_samples == 1``).

@@ -8,7 +8,7 @@ a low-rank term::
 
 ``mnn_correct`` always stores ``C`` in ``obsm[key + "_shift"]`` and ``B`` in
 ``varm[key + "_basis"]`` (``4·d`` bytes per cell; 50 dimensions are 200 MB for a million
-cells). Up to :data:`DENSE_LAYER_MAX_BYTES` it also writes the dense matrix to
+cells). Up to ``DENSE_LAYER_MAX_BYTES`` (128 MiB) it also writes the dense matrix to
 ``layers[key]``, which is what small-data users expect; above it, the dense matrix (8 GB
 for a million cells × 2000 genes) is never formed, and every reader computes the rows it
 needs from ``x``, ``C`` and ``B``: the model's minibatches, and
@@ -102,7 +102,7 @@ def corrected_expression(
     key
         Its ``key_added``.
     chunk_size
-        Cells per chunk (:data:`scetm_mnn._rows.CHUNK_SIZE` by default).
+        Cells per chunk (2048 by default).
 
     Yields
     ------

@@ -57,14 +57,14 @@ def fit_pca(x, n_comps: int, random_state: int = 0) -> FrozenPCA:
     One pass over the cells in chunks accumulates the gene means and the gene × gene
     scatter matrix of the centred data (float64); its leading eigenvectors are the
     loadings. The centring is implicit: sparse or on-disk input is never densified beyond
-    one block of :data:`SCATTER_BLOCK` cells, and memory is ``O(genes²)`` whatever the
+    one block of ``SCATTER_BLOCK`` (1024) cells, and memory is ``O(genes²)`` whatever the
     number of cells. The blocks are fixed, so callers' chunk sizes cannot change the
     result, and no random seed enters it.
 
     Parameters
     ----------
     x
-        Cells × genes: dense, sparse, on disk, or :class:`~scetm_mnn._rows.Rows`.
+        Cells × genes: dense, sparse, on disk, or ``Rows`` (``scetm_mnn._rows``).
     n_comps
         Components, capped at ``min(x.shape) - 1``.
     random_state
@@ -125,7 +125,7 @@ def fit_autoencoder(
     Parameters
     ----------
     x
-        Cells × genes: dense, sparse, on disk, or :class:`~scetm_mnn._rows.Rows` (each step
+        Cells × genes: dense, sparse, on disk, or ``Rows`` (``scetm_mnn._rows``) (each step
         reads its ``batch_size`` rows).
     n_comps
         Latent dimensions.

@@ -41,7 +41,7 @@ _REL_TOL = 1e-3
 def _apply(module: torch.nn.Module, x, chunk_size: int | None = None) -> np.ndarray:
     """``module(x)`` in eval mode, a chunk of cells at a time, as float32 numpy.
 
-    ``x`` is anything :class:`~scetm_mnn._rows.Rows` reads: dense, sparse or on disk.
+    ``x`` is anything ``Rows`` (``scetm_mnn._rows``) reads: dense, sparse or on disk.
     """
     module.eval()
     return map_chunks(lambda block: module(torch.from_numpy(block)).numpy(), Rows(x), chunk_size)
@@ -57,7 +57,7 @@ def _correct_all(
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Correct every cell in one pass of chunks: ``(x̂ or None, latent of x̂, C)``.
 
-    ``x̂ = x + C Bᵀ`` with ``C = (f(x) − x) B`` (see :mod:`scetm_mnn.pp._corrected`); the
+    ``x̂ = x + C Bᵀ`` with ``C = (f(x) − x) B`` (see ``scetm_mnn.pp._corrected``); the
     dense ``x̂`` is only assembled when ``dense``.
     """
     net.eval()
@@ -325,12 +325,12 @@ def mnn_correct(
     dense_layer
         Also write the corrected matrix densely to ``layers[key_added]``. ``None`` (the
         default) writes it when it takes at most
-        :data:`~scetm_mnn.pp._corrected.DENSE_LAYER_MAX_BYTES` (128 MiB, about 16 000 cells
+        ``DENSE_LAYER_MAX_BYTES`` (128 MiB, about 16 000 cells
         × 2000 genes). Either way the exact low-rank form is stored, which the model reads
         per minibatch and :func:`~scetm_mnn.pp.corrected_expression` exports in chunks.
     chunk_size
         Cells densified at a time when passing over all cells (PCA, correcting every cell);
-        :data:`~scetm_mnn._rows.CHUNK_SIZE` by default. It bounds the memory, not the
+        2048 (``scetm_mnn._rows.CHUNK_SIZE``) by default. It bounds the memory, not the
         result: other chunk sizes give the same output up to float rounding.
     copy
         Return a new AnnData instead of writing into ``adata``.

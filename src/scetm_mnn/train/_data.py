@@ -2,7 +2,7 @@
 
 scvi-tools' default loader builds each minibatch from per-cell lookups; for a small linear
 decoder that framework overhead dominates the step. Here the registered matrices are
-served by :class:`scetm_mnn._rows.Rows` (the package's one row-access path, shared with
+served by ``scetm_mnn._rows.Rows`` (the package's one row-access path, shared with
 :mod:`scetm_mnn.pp`): held once in memory (small sparse data densified, larger data kept
 CSR) or read from disk for a backed AnnData, and each step reads its rows at once and
 densifies only them.
@@ -10,7 +10,7 @@ densifies only them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import lightning.pytorch as pl
 import numpy as np
@@ -27,7 +27,7 @@ CORRECTED_SHIFT_KEY = "corrected_shift"
 """Registry key of the low-rank coefficients of a corrected layer kept in low-rank form.
 
 With it registered, ``CORRECTED_KEY`` names the uncorrected log-expression, and each
-minibatch is corrected as ``x + C Bᵀ`` (:class:`~scetm_mnn._rows.ShiftedRows`).
+minibatch is corrected as ``x + C Bᵀ`` (``ShiftedRows`` (``scetm_mnn._rows``)).
 """
 
 
@@ -46,8 +46,8 @@ class MinibatchSource:
     ----------
     x
         Counts, cells × genes: dense, sparse, an on-disk array or a
-        :class:`~scetm_mnn._rows.Rows`. In memory it is held as float32, dense when it fits
-        in :data:`~scetm_mnn._rows.DENSE_PRELOAD_BYTES`, else CSR with only each
+        ``Rows`` (``scetm_mnn._rows``). In memory it is held as float32, dense when it fits
+        in ``DENSE_PRELOAD_BYTES`` (256 MiB), else CSR with only each
         minibatch densified; on disk each minibatch reads its rows from the file.
     batch_index
         Integer batch code per cell, or ``None``.
@@ -162,9 +162,9 @@ class _Loader:
 
 
 def registered_rows(adata_manager: AnnDataManager, key: str) -> Rows | None:
-    """:class:`~scetm_mnn._rows.Rows` of a registered matrix (``None`` if not registered).
+    """``Rows`` (``scetm_mnn._rows``) of a registered matrix (``None`` if not registered).
 
-    ``X`` and layers are read through :func:`~scetm_mnn._rows.rows_of`, so the matrices of
+    ``X`` and layers are read through ``scetm_mnn._rows.rows_of``, so the matrices of
     a backed AnnData stay on disk.
     """
     registry = adata_manager.data_registry
@@ -220,7 +220,7 @@ class PreloadedDataSplitter(pl.LightningDataModule):
     shuffle_set_split
         Shuffle cells before splitting.
     batch_size
-        Cells sampled per minibatch (256, as :meth:`BatchCorrectedSCETM.train`).
+        Cells sampled per minibatch (256, as :meth:`~scetm_mnn.model.BatchCorrectedSCETM.train`).
     mnn_pairs
         Optional MNN pair matrix. Each training minibatch draws one partner per paired cell,
         from the training cells only; the validation minibatches hold no partners.
@@ -268,11 +268,11 @@ class PreloadedDataSplitter(pl.LightningDataModule):
         self.test_idx = np.sort(order[self.n_train + self.n_val :])
         self.train_pairs = self.source.split_pairs(self.train_idx)
 
-    def train_dataloader(self) -> _Loader:
+    def train_dataloader(self) -> Iterable[dict[str, torch.Tensor]]:
         """Shuffled minibatches over the training cells (with MNN partners if any)."""
         return _Loader(self.source, self.train_idx, self.batch_size, self._rng, self.train_pairs)
 
-    def val_dataloader(self) -> _Loader | list:
+    def val_dataloader(self) -> Iterable[dict[str, torch.Tensor]]:
         """Minibatches over the validation cells; empty when there is no validation split."""
         if self.n_val == 0:
             return []
