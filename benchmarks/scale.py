@@ -1,0 +1,177 @@
+"""Seconds per phase and peak memory of the whole pipeline on simulated atlases.
+
+For each size (cells × 2000 genes, 4 batches, 8 types, ``scetm_mnn.datasets.simulate``
+with seed 0), a fresh subprocess runs, timing each phase:
+
+``simulate`` → ``preprocess`` (normalize, log1p, HVGs; all 2000 genes are kept) →
+``mnn_correct`` split into its own phases (``pca``, ``pairs``, ``corrector`` training,
+``apply``) → ``train`` (the topic model on the corrected input, a fixed 2000 steps of 256
+cells) → ``latent`` (``get_latent_representation`` of every cell).
+
+After each phase it records the process's peak resident memory so far (``ru_maxrss``),
+so the last column is the peak of the whole run. With ``--peers``, harmonypy on the same
+50-component PCA and scVI (the same 2000 steps of 256) run in the same process after ours,
+with their own seconds (their memory adds to the same process's peak; they run last).
+The table ends with t(largest)/t(100k) per phase where both sizes ran.
+
+Run: ``.venv/bin/python benchmarks/scale.py [--sizes 10000 100000 300000 1000000]
+[--peers] [--threads 1] [--out benchmarks/results/scale.md]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STEPS, BATCH = 2000, 256
+PHASES = ("simulate", "preprocess", "pca", "pairs", "corrector", "apply", "train", "latent")
+PEERS = ("harmony", "scvi")
+
+
+def _peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def run_one(n_cells: int, peers: bool, threads: int) -> dict:
+    """All phases for one size, in this process; returns seconds and peak GiB per phase."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    import scetm_mnn as sm
+    from scetm_mnn.model import BatchCorrectedSCETM
+
+    row: dict = {"cells": n_cells}
+
+    def phase(name, seconds):
+        row[f"{name} s"] = round(seconds, 1)
+        row[f"{name} GiB"] = round(_peak_gib(), 2)
+
+    tic = time.perf_counter()
+    adata = sm.datasets.simulate(
+        n_cells=n_cells, n_genes=2000, n_batches=4, n_cell_types=8, random_state=0
+    )
+    phase("simulate", time.perf_counter() - tic)
+    tic = time.perf_counter()
+    sm.pp.preprocess(adata, n_top_genes=2000, batch_key="batch")
+    phase("preprocess", time.perf_counter() - tic)
+    sm.pp.mnn_correct(adata, "batch")
+    timing = adata.uns["mnn_corrected"]["timing"]
+    for ours, name in (("latent", "pca"), ("pairs", "pairs"), ("train", "corrector")):
+        phase(name, timing[ours])
+    phase("apply", timing["apply"])
+    row["pairs n"] = int(adata.uns["mnn_corrected"]["n_pairs"])
+    row["dense layer"] = "mnn_corrected" in adata.layers
+
+    BatchCorrectedSCETM.setup_anndata(
+        adata, layer="counts", batch_key="batch", corrected_layer="mnn_corrected"
+    )
+    model = BatchCorrectedSCETM(adata)
+    epochs = max(1, round(STEPS * BATCH / n_cells))
+    tic = time.perf_counter()
+    model.train(max_epochs=epochs, batch_size=BATCH, seed=0, enable_progress_bar=False)
+    phase("train", time.perf_counter() - tic)
+    row["train steps"] = epochs * int(np.ceil(n_cells / BATCH))
+    tic = time.perf_counter()
+    model.get_latent_representation()
+    phase("latent", time.perf_counter() - tic)
+
+    if peers:
+        import harmonypy
+        import scvi
+
+        from scetm_mnn.pp._latent import fit_pca
+        from scetm_mnn.pp._mnn_correct import _apply
+
+        pca = _apply(fit_pca(adata.X, 50), adata.X)  # the uncorrected 50-component PCA
+        tic = time.perf_counter()
+        harmonypy.run_harmony(pca, adata.obs, "batch", random_state=0, verbose=False)
+        row["harmony s"] = round(time.perf_counter() - tic, 1)
+        scvi.settings.seed = 0
+        scvi.settings.num_threads = threads
+        scvi.model.SCVI.setup_anndata(adata, layer="counts", batch_key="batch")
+        peer = scvi.model.SCVI(adata, n_latent=10)
+        tic = time.perf_counter()
+        peer.train(max_epochs=epochs, batch_size=BATCH, train_size=1.0, enable_progress_bar=False)
+        row["scvi s"] = round(time.perf_counter() - tic, 1)
+        row["peak with peers GiB"] = round(_peak_gib(), 2)
+    return row
+
+
+def _table(rows: list[dict]) -> str:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows).set_index("cells")
+    seconds = frame[[f"{p} s" for p in PHASES]]
+    total = seconds.sum(axis=1).round(1)
+    out = seconds.copy()
+    out["total s"] = total
+    out["peak GiB"] = frame["latent GiB"]
+    for extra in ("pairs n", "train steps", "dense layer", "harmony s", "scvi s"):
+        if extra in frame:
+            out[extra] = frame[extra]
+    text = out.reset_index().to_markdown(index=False)
+    memory = frame[[f"{p} GiB" for p in PHASES]].reset_index().to_markdown(index=False)
+    text += "\n\nPeak resident memory after each phase (GiB, running maximum):\n\n" + memory
+    if 100_000 in out.index and out.index.max() > 100_000:
+        big = out.index.max()
+        ratio = (
+            out.loc[big, [*seconds.columns, "total s"]]
+            / out.loc[100_000, [*seconds.columns, "total s"]]
+        )
+        text += (
+            f"\n\nt({big:,})/t(100,000) per phase (linear scaling is {big / 100_000:g}):\n\n"
+            + ratio.round(2).to_frame("ratio").T.to_markdown(index=False)
+        )
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[10_000, 100_000, 300_000, 1_000_000]
+    )
+    parser.add_argument("--peers", action="store_true", help="also time harmonypy and scVI")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale.md")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # worker: one size
+    args = parser.parse_args(argv)
+    if args.one is not None:
+        print(json.dumps(run_one(args.one, args.peers, args.threads)))
+        return
+    rows = []
+    for size in args.sizes:
+        cmd = [sys.executable, __file__, "--one", str(size), "--threads", str(args.threads)]
+        cmd += ["--peers"] if args.peers else []
+        print(f"{size:,} cells ...", file=sys.stderr, flush=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(done.stderr[-3000:], file=sys.stderr)
+            print(f"{size:,} cells failed (exit {done.returncode}); stopping.", file=sys.stderr)
+            break
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    if not rows:
+        return
+    header = (
+        "# Scale: the pipeline on simulated atlases\n\n"
+        "Made by `benchmarks/scale.py` (see its docstring for the phases). Simulated counts, "
+        "2000 genes, 4 batches, 8 types, seed 0; each size in a fresh process; "
+        f"{args.threads} torch thread(s); {os.cpu_count()} CPU cores ({platform.machine()}); "
+        f"load average at the end {os.getloadavg()[0]:.1f} (above ~{os.cpu_count()} "
+        "means other jobs shared the cores and the seconds are upper bounds).\n\n"
+    )
+    text = header + _table(rows) + "\n"
+    print(text)
+    args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
