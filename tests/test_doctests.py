@@ -29,17 +29,10 @@ OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 #: in files whose owners add them; :func:`test_missing_examples_list_is_current` keeps
 #: this list from going stale, so delete a name once its Examples exist.
 MISSING_EXAMPLES = {
-    "datasets.simulate",
-    "pp.find_mnn_pairs",
-    "pp.mnn_correct",
-    "pp.preprocess",
-    "model.default_max_epochs",
     "module.ETMModule",
     "train.ETMTrainingPlan",
     "train.MinibatchSource",
     "train.PreloadedDataSplitter",
-    "train.linear_warmup",
-    "train.resolve_seed",
     "train.source_from_manager",
 }
 

@@ -77,6 +77,13 @@ def simulate(
     ``obs["batch"]`` and ``obs["cell_type"]``; ``var["marker_of"]`` naming the cell type a
     gene marks (empty for housekeeping genes); and ``varm["batch_log_fold"]``, the true
     batch effect per gene.
+
+    Examples
+    --------
+    >>> import scetm_mnn as sm
+    >>> adata = sm.datasets.simulate(n_cells=600, n_genes=100, n_batches=3, random_state=0)
+    >>> adata.shape, adata.obs["batch"].nunique(), adata.obs["cell_type"].nunique()
+    ((600, 100), 3, 5)
     """
     if n_batches < 1 or n_cell_types < 1:
         raise ValueError("n_batches and n_cell_types must be at least 1.")

@@ -49,7 +49,14 @@ of the latent from about 0.78 (no term, seed 0) to 0.64 and 0.64, with mean ARI 
 
 
 def default_max_epochs(n_obs: int, batch_size: int, n_steps: int = DEFAULT_N_STEPS) -> int:
-    """Epochs giving about ``n_steps`` optimizer steps (scETM trains for thousands of steps)."""
+    """Epochs giving about ``n_steps`` optimizer steps (scETM trains for thousands of steps).
+
+    Examples
+    --------
+    >>> from scetm_mnn.model import default_max_epochs
+    >>> default_max_epochs(2142, 256)  # 9 steps per epoch: 223 epochs, 2,007 steps
+    223
+    """
     steps_per_epoch = max(1, math.ceil(n_obs / batch_size))
     return max(1, math.ceil(n_steps / steps_per_epoch))
 

@@ -367,6 +367,17 @@ def mnn_correct(
         Non-finite values; data that look like raw counts rather than log-scale (maximum
         above 50, or integer-valued with maximum above 10); invalid parameters; or no MNN
         pairs between any batches.
+
+    Examples
+    --------
+    >>> import scetm_mnn as sm
+    >>> adata = sm.datasets.simulate(n_cells=600, n_genes=200, n_batches=3, random_state=0)
+    >>> sm.pp.preprocess(adata, n_top_genes=200, batch_key="batch")
+    >>> sm.pp.mnn_correct(adata, "batch", max_epochs=2)
+    >>> adata.layers["mnn_corrected"].shape, adata.obsm["X_mnn_corrected"].shape
+    ((600, 200), (600, 50))
+    >>> adata.uns["mnn_corrected"]["n_pairs"] > 0
+    True
     """
     check_obs_key(adata, batch_key, "batch_key")
     if distance not in _DISTANCES:

@@ -183,6 +183,16 @@ def find_mnn_pairs(
     -------
     Symmetric ``n_cells × n_cells`` CSR matrix (float32) with 1 at ``(i, j)`` and ``(j, i)``
     for each MNN pair of the last round. Only cells of different batches are ever paired.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import scetm_mnn as sm
+    >>> latent = np.array([[0.0, 0.0], [5.0, 5.0], [0.1, 0.0], [5.1, 5.0]])
+    >>> batches = np.array(["a", "a", "b", "b"])
+    >>> pairs = sm.pp.find_mnn_pairs(latent, batches, n_neighbors=1, min_pairs=1)
+    >>> sorted((int(i), int(j)) for i, j in zip(*pairs.nonzero()))  # twins across batches
+    [(0, 2), (1, 3), (2, 0), (3, 1)]
     """
     latent = np.asarray(latent, dtype=np.float32)
     batches = np.asarray(batches)

@@ -71,6 +71,14 @@ def preprocess(
         is backed (read-only on disk).
     KeyError
         ``batch_key`` is not an ``obs`` column.
+
+    Examples
+    --------
+    >>> import scetm_mnn as sm
+    >>> adata = sm.datasets.simulate(n_cells=500, n_genes=300, random_state=0)
+    >>> sm.pp.preprocess(adata, n_top_genes=100, batch_key="batch")
+    >>> adata.n_vars, "counts" in adata.layers
+    (100, True)
     """
     if adata.isbacked:
         raise ValueError(

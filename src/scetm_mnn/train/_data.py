@@ -280,7 +280,14 @@ class PreloadedDataSplitter(pl.LightningDataModule):
 
 
 def resolve_seed(seed: int | None) -> int:
-    """``seed``, else ``scvi.settings.seed``, else 0: the seed training runs with."""
+    """``seed``, else ``scvi.settings.seed``, else 0: the seed training runs with.
+
+    Examples
+    --------
+    >>> from scetm_mnn.train import resolve_seed
+    >>> resolve_seed(7)
+    7
+    """
     if seed is not None:
         return int(seed)
     return 0 if settings.seed is None else int(settings.seed)

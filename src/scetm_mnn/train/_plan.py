@@ -16,6 +16,12 @@ def linear_warmup(step: int, warmup_steps: int, min_weight: float, max_weight: f
     """Weight rising linearly from ``min_weight`` at step 0 to ``max_weight`` at ``warmup_steps``.
 
     Constant at ``max_weight`` afterwards (and immediately when ``warmup_steps <= 0``).
+
+    Examples
+    --------
+    >>> from scetm_mnn.train import linear_warmup
+    >>> [linear_warmup(step, 4, 0.0, 1e-7) for step in (0, 2, 4, 9)]
+    [0.0, 5e-08, 1e-07, 1e-07]
     """
     if warmup_steps <= 0 or step >= warmup_steps:
         return max_weight
