@@ -28,13 +28,7 @@ OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 #: Public functions and classes whose docstrings still lack an Examples section. They live
 #: in files whose owners add them; :func:`test_missing_examples_list_is_current` keeps
 #: this list from going stale, so delete a name once its Examples exist.
-MISSING_EXAMPLES = {
-    "module.ETMModule",
-    "train.ETMTrainingPlan",
-    "train.MinibatchSource",
-    "train.PreloadedDataSplitter",
-    "train.source_from_manager",
-}
+MISSING_EXAMPLES: set[str] = set()
 
 #: Examples that do not pass yet, in files whose owners fix them. Strict xfail: once one
 #: passes, its test fails until the name is removed here.

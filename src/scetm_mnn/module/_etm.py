@@ -87,6 +87,16 @@ class ETMModule(BaseModuleClass):
         Form of the MNN term (:func:`~scetm_mnn.module.mnn_loss`): ``"local"`` (the
         default) or ``"normalized"``, both scale-invariant, or ``"euclidean"`` (the
         original term, which collapses the topic space; kept for ablations).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scetm_mnn.module import ETMModule
+    >>> module = ETMModule(n_input=30, n_batch=2, n_topics=4, n_emb=8, batch_bias=True)
+    >>> x = torch.poisson(torch.full((5, 30), 2.0))
+    >>> out = module.inference(x)
+    >>> out["theta"].shape, bool(torch.allclose(out["theta"].sum(-1), torch.ones(5)))
+    (torch.Size([5, 4]), True)
     """
 
     def __init__(

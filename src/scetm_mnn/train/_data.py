@@ -57,6 +57,16 @@ class MinibatchSource:
     corrected
         Optional corrected expression (same shape as ``x``) that the encoder reads, served
         as ``tensors["corrected"]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy import sparse
+    >>> from scetm_mnn.train import MinibatchSource
+    >>> counts = sparse.random(10, 6, density=0.5, format="csr", random_state=0)
+    >>> source = MinibatchSource(counts, batch_index=np.arange(10) % 2)
+    >>> [b["X"].shape[0] for b in source.iterate(np.arange(10), 4)]
+    [4, 4, 2]
     """
 
     def __init__(self, x, batch_index: np.ndarray | None = None, mnn_pairs=None, corrected=None):
@@ -179,7 +189,18 @@ def registered_rows(adata_manager: AnnDataManager, key: str) -> Rows | None:
 
 
 def source_from_manager(adata_manager: AnnDataManager, mnn_pairs=None) -> MinibatchSource:
-    """A :class:`MinibatchSource` over the data registered in ``adata_manager``."""
+    """A :class:`MinibatchSource` over the data registered in ``adata_manager``.
+
+    Examples
+    --------
+    >>> import scetm_mnn as sm
+    >>> from scetm_mnn.train import source_from_manager
+    >>> adata = sm.datasets.simulate(n_cells=200, n_genes=50, random_state=0)
+    >>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
+    >>> model = sm.model.BatchCorrectedSCETM(adata, n_topics=4)
+    >>> source_from_manager(model.adata_manager).n_obs
+    200
+    """
     registry = adata_manager.data_registry
     batch = (
         adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)
@@ -230,6 +251,17 @@ class PreloadedDataSplitter(pl.LightningDataModule):
     **kwargs
         Loader options of scvi's splitter (``load_sparse_tensor``, ``pin_memory``, ...);
         accepted and ignored.
+
+    Examples
+    --------
+    >>> import scetm_mnn as sm
+    >>> from scetm_mnn.train import PreloadedDataSplitter
+    >>> adata = sm.datasets.simulate(n_cells=200, n_genes=50, random_state=0)
+    >>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
+    >>> manager = sm.model.BatchCorrectedSCETM(adata, n_topics=4).adata_manager
+    >>> splitter = PreloadedDataSplitter(manager, train_size=0.9, seed=0)
+    >>> splitter.n_train, splitter.n_val
+    (180, 20)
     """
 
     def __init__(

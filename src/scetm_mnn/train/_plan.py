@@ -59,6 +59,14 @@ class ETMTrainingPlan(TrainingPlan):
         Weight of the MNN term in the module's loss (needs MNN pairs in the minibatches).
     **kwargs
         Passed to :class:`scvi.train.TrainingPlan`.
+
+    Examples
+    --------
+    >>> from scetm_mnn.module import ETMModule
+    >>> from scetm_mnn.train import ETMTrainingPlan
+    >>> plan = ETMTrainingPlan(ETMModule(n_input=30, n_topics=4, n_emb=8), lr=5e-3)
+    >>> type(plan.configure_optimizers()["optimizer"]).__name__
+    'Adam'
     """
 
     def __init__(
