@@ -28,6 +28,16 @@ def small(tmp_path_factory):
     return adata, path
 
 
+def _pipeline_latent(data: ad.AnnData) -> np.ndarray:
+    """The latent of a small seeded model on ``data``'s corrected expression."""
+    BatchCorrectedSCETM.setup_anndata(
+        data, layer="counts", batch_key="batch", corrected_layer="mnn_corrected"
+    )
+    model = BatchCorrectedSCETM(data, n_topics=8)
+    model.train(max_epochs=3, seed=0, enable_progress_bar=False)
+    return model.get_latent_representation()
+
+
 def test_every_storage_serves_the_same_rows(small, tmp_path):
     adata, path = small
     dense = adata.X.toarray()
@@ -101,14 +111,7 @@ def test_low_rank_form_is_the_dense_layer_exactly(small):
     exported = np.vstack([block for _, block in sm.pp.corrected_expression(low, chunk_size=100)])
     np.testing.assert_allclose(exported, dense.layers["mnn_corrected"], atol=1e-5)
     # The model reads the low-rank form per minibatch and learns the same latent.
-    latents = []
-    for data in (dense, low):
-        BatchCorrectedSCETM.setup_anndata(
-            data, layer="counts", batch_key="batch", corrected_layer="mnn_corrected"
-        )
-        model = BatchCorrectedSCETM(data, n_topics=8)
-        model.train(max_epochs=3, seed=0, enable_progress_bar=False)
-        latents.append(model.get_latent_representation())
+    latents = [_pipeline_latent(data) for data in (dense, low)]
     np.testing.assert_allclose(latents[0], latents[1], atol=1e-4)
 
 
@@ -136,14 +139,7 @@ def test_backed_h5ad_gives_the_in_memory_result(small, tmp_path):
     # Train on the backed file (counts layer and corrected input read from disk) and in memory.
     memory.write_h5ad(tmp_path / "corrected.h5ad")
     on_disk = ad.read_h5ad(tmp_path / "corrected.h5ad", backed="r")
-    latents = []
-    for data in (memory, on_disk):
-        BatchCorrectedSCETM.setup_anndata(
-            data, layer="counts", batch_key="batch", corrected_layer="mnn_corrected"
-        )
-        model = BatchCorrectedSCETM(data, n_topics=8)
-        model.train(max_epochs=3, seed=0, enable_progress_bar=False)
-        latents.append(model.get_latent_representation())
+    latents = [_pipeline_latent(data) for data in (memory, on_disk)]
     assert rows_of(on_disk, "counts").on_disk
     np.testing.assert_allclose(latents[1], latents[0], atol=1e-5)
 

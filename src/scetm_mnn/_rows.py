@@ -50,7 +50,37 @@ def is_on_disk(x) -> bool:
     return module.startswith(("h5py", "zarr"))
 
 
-class Rows:
+class _RowAccess:
+    """What :class:`Rows` and :class:`ShiftedRows` share: a shape and chunked passes."""
+
+    shape: tuple[int, int]
+
+    def chunk(self, start: int, stop: int, dense: bool = True):  # pragma: no cover - abstract
+        """Cells ``start:stop``."""
+        raise NotImplementedError
+
+    @property
+    def n_obs(self) -> int:
+        """Number of cells (rows)."""
+        return self.shape[0]
+
+    @property
+    def n_vars(self) -> int:
+        """Number of genes (columns)."""
+        return self.shape[1]
+
+    def chunks(
+        self, chunk_size: int | None = None, dense: bool = True
+    ) -> Iterator[tuple[int, np.ndarray | sparse.csr_matrix]]:
+        """Consecutive chunks ``(start, rows start:start + chunk_size)`` over all cells."""
+        size = CHUNK_SIZE if chunk_size is None else int(chunk_size)
+        if size < 1:
+            raise ValueError(f"chunk_size must be at least 1, not {size}.")
+        for start in range(0, self.n_obs, size):
+            yield start, self.chunk(start, min(start + size, self.n_obs), dense)
+
+
+class Rows(_RowAccess):
     """Rows of a cells × genes matrix, in memory or on disk, served as float32.
 
     Parameters
@@ -102,16 +132,6 @@ class Rows:
         self.shape: tuple[int, int] = (int(x.shape[0]), int(x.shape[1]))
 
     @property
-    def n_obs(self) -> int:
-        """Number of cells (rows)."""
-        return self.shape[0]
-
-    @property
-    def n_vars(self) -> int:
-        """Number of genes (columns)."""
-        return self.shape[1]
-
-    @property
     def is_sparse(self) -> bool:
         """Whether the rows are stored sparse (in memory or on disk)."""
         from anndata.abc import CSRDataset
@@ -147,16 +167,6 @@ class Rows:
         """
         return _as_float32(self.data[start:stop], dense)
 
-    def chunks(
-        self, chunk_size: int | None = None, dense: bool = True
-    ) -> Iterator[tuple[int, np.ndarray | sparse.csr_matrix]]:
-        """Consecutive chunks ``(start, rows start:start + chunk_size)`` over all cells."""
-        size = CHUNK_SIZE if chunk_size is None else int(chunk_size)
-        if size < 1:
-            raise ValueError(f"chunk_size must be at least 1, not {size}.")
-        for start in range(0, self.n_obs, size):
-            yield start, self.chunk(start, min(start + size, self.n_obs), dense)
-
     def mean(self, chunk_size: int | None = None) -> np.ndarray:
         """Per-gene mean over all cells (float64 accumulation), one pass in chunks."""
         total = np.zeros(self.n_vars, dtype=np.float64)
@@ -166,7 +176,7 @@ class Rows:
         return total / max(self.n_obs, 1)
 
 
-class ShiftedRows:
+class ShiftedRows(_RowAccess):
     """Rows of ``x + shift · basisᵀ``: a matrix plus a low-rank change, never stored dense.
 
     The corrector of :func:`scetm_mnn.pp.mnn_correct` changes expression only within a
@@ -201,16 +211,6 @@ class ShiftedRows:
         self.on_disk = self.rows.on_disk
         self.is_sparse = False
 
-    @property
-    def n_obs(self) -> int:
-        """Number of cells (rows)."""
-        return self.shape[0]
-
-    @property
-    def n_vars(self) -> int:
-        """Number of genes (columns)."""
-        return self.shape[1]
-
     def take(self, rows: np.ndarray, dense: bool = True) -> np.ndarray:
         """The rows ``rows`` in the given order (always dense float32)."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -219,8 +219,6 @@ class ShiftedRows:
     def chunk(self, start: int, stop: int, dense: bool = True) -> np.ndarray:
         """Cells ``start:stop`` (always dense float32)."""
         return self.rows.chunk(start, stop) + self.shift[start:stop] @ self.basis_t
-
-    chunks = Rows.chunks
 
 
 def _as_float32(block, dense: bool):

@@ -20,6 +20,11 @@ _METRICS = (
 )
 
 
+def _reference_line(ax, value: float) -> None:
+    """The dashed line of the cell types' own bARI."""
+    ax.axhline(value, color="grey", linestyle="--", linewidth=1, label="bARI of the cell types")
+
+
 def _check(df: pd.DataFrame, name: str) -> None:
     missing = [c for c in SWEEP_COLUMNS if c not in df.columns]
     if missing:
@@ -109,13 +114,7 @@ def leiden_sweep(
         best = df.loc[df["ARI"].idxmax(), "resolution"]
         ax.axvline(best, color="grey", linestyle=":", linewidth=1, label=f"best ARI ({best:g})")
         if bari_reference is not None:
-            ax.axhline(
-                bari_reference,
-                color="grey",
-                linestyle="--",
-                linewidth=1,
-                label="bARI of the cell types",
-            )
+            _reference_line(ax, bari_reference)
         _style(ax, "score")
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
     else:
@@ -136,13 +135,7 @@ def leiden_sweep(
                     label=name,
                 )
             if metric == "bARI" and bari_reference is not None:
-                ax.axhline(
-                    bari_reference,
-                    color="grey",
-                    linestyle="--",
-                    linewidth=1,
-                    label="bARI of the cell types",
-                )
+                _reference_line(ax, bari_reference)
             _style(ax, label)
         axes[-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
     if title is not None:
