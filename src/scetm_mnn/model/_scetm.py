@@ -475,7 +475,7 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         Parameters
         ----------
         dir_path
-            Folder written by :meth:`~scetm_mnn.model.BatchCorrectedSCETM.save`.
+            Folder written by ``model.save(dir_path)``.
         adata
             AnnData to attach (default: the one saved with the model, if any).
         prefix
