@@ -26,6 +26,7 @@ from ..pp._corrected import corrected_source, shift_key
 from ..train import (
     CORRECTED_SHIFT_KEY,
     ETMTrainingPlan,
+    HistoryLogger,
     PreloadedDataSplitter,
     resolve_seed,
     source_from_manager,
@@ -274,6 +275,7 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         seed: int | None = None,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
+        early_stopping: bool = False,
         plan_kwargs: dict | None = None,
         datasplitter_kwargs: dict | None = None,
         **trainer_kwargs,
@@ -300,16 +302,24 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         train_size
             Fraction of cells to train on (default all, or ``1 - validation_size``).
         validation_size
-            Fraction of cells for validation (default: the rest). MNN partners are drawn
-            from the training cells only.
+            Fraction of cells for validation (default: the rest; 0.1 with
+            ``early_stopping``). MNN partners are drawn from the training cells only. The
+            validation ELBO (``elbo_validation``) is logged in :attr:`history`.
         seed
             Seed of the split, the minibatches, the partner draws and torch's sampling.
             ``None`` takes ``scvi.settings.seed``, and 0 when that is unset. The same seed
             gives the same model on CPU.
         accelerator
-            Lightning accelerator.
+            Lightning accelerator (``"cpu"``, ``"gpu"``, ``"auto"``, ...).
         devices
-            Lightning devices.
+            Lightning devices. With ``devices=N`` and ``strategy="ddp"`` (in
+            ``trainer_kwargs``) training runs data-parallel over N processes, each on its own
+            shard of the cells (see the user guide, "Training on many machines").
+        early_stopping
+            Stop when the validation ELBO has not improved for ``early_stopping_patience``
+            validation passes (scvi-tools' default 45; pass it in ``trainer_kwargs`` with
+            ``early_stopping_monitor`` / ``early_stopping_min_delta``). Validates every epoch
+            on ``validation_size`` of the cells (default 0.1).
         plan_kwargs
             Passed to :class:`~scetm_mnn.train.ETMTrainingPlan` (``max_kl_weight``, default
             scETM's 1e-7; ``kl_warmup_fraction``; ``n_epochs_kl_warmup``; ``lr_decay``;
@@ -317,7 +327,10 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         datasplitter_kwargs
             Passed to :class:`~scetm_mnn.train.PreloadedDataSplitter`.
         **trainer_kwargs
-            Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar``).
+            Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar``,
+            ``strategy``, ``callbacks``, ``ckpt_path`` to resume from a Lightning checkpoint:
+            the resumed run gives the model the uninterrupted run would have). The default
+            logger is :class:`~scetm_mnn.train.HistoryLogger`.
         """
         plan_kwargs = dict(plan_kwargs or {})
         datasplitter_kwargs = dict(datasplitter_kwargs or {})
@@ -329,6 +342,8 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
             datasplitter_kwargs["mnn_pairs"] = self._mnn_pairs()
         seed = resolve_seed(seed)
         datasplitter_kwargs.setdefault("seed", seed)
+        if early_stopping and train_size is None and validation_size is None:
+            validation_size = 0.1
         if train_size is None and validation_size is not None:
             train_size = 1.0 - validation_size
         if max_epochs is None:
@@ -339,7 +354,9 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         if train_size is None or train_size >= 1.0:
             trainer_kwargs.setdefault("limit_val_batches", 0)  # no validation pass
         else:
-            trainer_kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
+            every = 1 if early_stopping else max(1, max_epochs // 20)
+            trainer_kwargs.setdefault("check_val_every_n_epoch", every)
+        trainer_kwargs.setdefault("logger", HistoryLogger())
         seed_everything(seed, verbose=False)
         return super().train(
             max_epochs=max_epochs,
@@ -348,6 +365,7 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
             validation_size=validation_size,
             accelerator=accelerator,
             devices=devices,
+            early_stopping=early_stopping,
             plan_kwargs=plan_kwargs,
             datasplitter_kwargs=datasplitter_kwargs,
             **trainer_kwargs,
@@ -466,6 +484,26 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         )
 
     # ------------------------------------------------------------------ save / load
+    def save(self, dir_path: str, *args, **kwargs) -> None:
+        """Save the model (see :meth:`scvi.model.base.BaseModelClass.save`); rank 0 only.
+
+        After data-parallel training every process holds the same model; only the process
+        of global rank 0 writes, so that N processes do not write one folder at once.
+
+        Parameters
+        ----------
+        dir_path
+            Folder to save to.
+        *args, **kwargs
+            Passed to :meth:`scvi.model.base.BaseModelClass.save` (``overwrite``,
+            ``save_anndata``, ...).
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and not trainer.is_global_zero:
+            logger.info("Not saving on rank %d; rank 0 saves the model.", trainer.global_rank)
+            return
+        super().save(dir_path, *args, **kwargs)
+
     @classmethod
     def load(
         cls, dir_path: str, adata: AnnData | None = None, prefix: str | None = None, **kwargs

@@ -4,16 +4,20 @@ from ._data import (
     CORRECTED_SHIFT_KEY,
     MinibatchSource,
     PreloadedDataSplitter,
+    epoch_order,
     resolve_seed,
     source_from_manager,
 )
+from ._logger import HistoryLogger
 from ._plan import ETMTrainingPlan, linear_warmup
 
 __all__ = [
     "CORRECTED_SHIFT_KEY",
     "ETMTrainingPlan",
+    "HistoryLogger",
     "MinibatchSource",
     "PreloadedDataSplitter",
+    "epoch_order",
     "linear_warmup",
     "resolve_seed",
     "source_from_manager",

@@ -10,6 +10,7 @@ densifies only them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 
 import lightning.pytorch as pl
@@ -22,6 +23,9 @@ from scvi.data import AnnDataManager
 from .._rows import Rows, ShiftedRows, rows_of
 from ..module import ANCHOR_KEY, CORRECTED_KEY, MNN_PAIRS_KEY
 from ..pp._corrected import basis_key
+from ._device import DeviceRows, device_budget, device_bytes
+
+logger = logging.getLogger(__name__)
 
 CORRECTED_SHIFT_KEY = "corrected_shift"
 """Registry key of the low-rank coefficients of a corrected layer kept in low-rank form.
@@ -35,8 +39,11 @@ def _as_rows(x) -> Rows | ShiftedRows:
     return x if isinstance(x, Rows | ShiftedRows) else Rows(x, preload=True)
 
 
-def _tensor(rows: Rows | ShiftedRows, index: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(rows.take(index))
+def _tensor(rows: Rows | ShiftedRows | DeviceRows, index: np.ndarray, pin: bool) -> torch.Tensor:
+    if isinstance(rows, DeviceRows):
+        return rows.take(torch.from_numpy(index))
+    out = torch.from_numpy(rows.take(index))
+    return out.pin_memory() if pin else out
 
 
 class MinibatchSource:
@@ -79,14 +86,62 @@ class MinibatchSource:
             else torch.as_tensor(np.asarray(batch_index).reshape(-1, 1), dtype=torch.long)
         )
         self.pairs = None if mnn_pairs is None else sparse.csr_matrix(mnn_pairs)
+        self.placement = "host"
+        self._pin = False
+
+    def place(self, device: torch.device | str, budget_bytes: int | None = None) -> str:
+        """Serve minibatches for ``device``: from data held there when they fit, else pinned.
+
+        Parameters
+        ----------
+        device
+            The training device.
+        budget_bytes
+            Bytes the data may take on ``device``; ``None``: half its free memory
+            (:data:`~scetm_mnn.train._device.DEVICE_DATA_FRACTION`; 0 for the CPU).
+
+        Returns
+        -------
+        ``"device"`` (the registered matrices were moved to ``device``; minibatches are
+        sliced and densified there), ``"pinned"`` (built on the host in pinned memory, for
+        an asynchronous copy; CUDA only) or ``"host"``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import torch
+        >>> from scetm_mnn.train import MinibatchSource
+        >>> source = MinibatchSource(np.ones((6, 3)), batch_index=np.zeros(6))
+        >>> source.place(torch.device("cpu"), budget_bytes=10**6)
+        'device'
+        >>> source.place(torch.device("cpu"), budget_bytes=0)
+        'host'
+        """
+        device = torch.device(device)
+        if self.placement == "device":
+            return self.placement
+        budget = device_budget(device) if budget_bytes is None else int(budget_bytes)
+        sizes = [device_bytes(m) for m in (self.x, self.corrected) if m is not None]
+        if all(size is not None for size in sizes) and sum(sizes) <= budget:
+            self.x = DeviceRows(self.x, device)
+            if self.corrected is not None:
+                self.corrected = DeviceRows(self.corrected, device)
+            if self.batch_index is not None:
+                self.batch_index = self.batch_index.to(device)
+            self.placement, self._pin = "device", False
+        else:
+            pinned = device.type == "cuda" and torch.cuda.is_available()
+            self.placement, self._pin = ("pinned", True) if pinned else ("host", False)
+        return self.placement
 
     def tensors(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         """The minibatch for ``rows``: dense ``X``, the corrected layer and the batch index."""
-        out = {REGISTRY_KEYS.X_KEY: _tensor(self.x, rows)}
+        out = {REGISTRY_KEYS.X_KEY: _tensor(self.x, rows, self._pin)}
         if self.corrected is not None:
-            out[CORRECTED_KEY] = _tensor(self.corrected, rows)
+            out[CORRECTED_KEY] = _tensor(self.corrected, rows, self._pin)
         if self.batch_index is not None:
-            out[REGISTRY_KEYS.BATCH_KEY] = self.batch_index[torch.from_numpy(rows)]
+            index = torch.from_numpy(rows).to(self.batch_index.device)
+            out[REGISTRY_KEYS.BATCH_KEY] = self.batch_index[index]
         return out
 
     def split_pairs(self, indices: np.ndarray) -> sparse.csr_matrix | None:
@@ -126,18 +181,20 @@ class MinibatchSource:
 
     def iterate(
         self,
-        indices: np.ndarray,
+        order: np.ndarray,
         batch_size: int,
         rng: np.random.Generator | None = None,
         pairs: sparse.csr_matrix | None = None,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Minibatches over ``indices``, shuffled when ``rng`` is given.
+        """Minibatches of ``batch_size`` consecutive cells of ``order``.
 
-        With ``pairs`` (and ``rng``), each paired cell of a minibatch brings one partner,
-        drawn at random from ``pairs``; the minibatch then holds ``tensors["mnn_pairs"]``
-        and the mask ``tensors["anchor"]`` of its ``batch_size`` sampled cells.
+        ``rng`` marks a training pass: a last minibatch of a single cell is dropped
+        (BatchNorm cannot train on one cell), and with ``pairs`` each paired cell of a
+        minibatch brings one partner, drawn at random from ``pairs``; the minibatch then
+        holds ``tensors["mnn_pairs"]`` and the mask ``tensors["anchor"]`` of its sampled
+        cells. The order itself is the caller's (:func:`epoch_order` for training).
         """
-        order = rng.permutation(indices) if rng is not None else np.asarray(indices)
+        order = np.asarray(order)
         for start in range(0, order.size, batch_size):
             rows = order[start : start + batch_size]
             if rng is not None and rows.size < 2 and order.size >= 2:
@@ -155,20 +212,75 @@ class MinibatchSource:
             yield batch
 
 
-class _Loader:
-    """A re-iterable, sized view of one data split for Lightning."""
+def epoch_order(
+    indices: np.ndarray, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+) -> np.ndarray:
+    """The training cells that process ``rank`` of ``world_size`` visits in ``epoch``, in order.
 
-    def __init__(self, source, indices, batch_size, rng=None, pairs=None):
-        self.source, self.indices, self.batch_size = source, indices, batch_size
-        self.rng, self.pairs = rng, pairs
+    :class:`torch.utils.data.DistributedSampler`'s semantics: one shuffle of ``indices``
+    seeded by ``(seed, epoch)`` and shared by all ranks, padded by wrapping around to a
+    multiple of ``world_size`` so that every rank gets as many cells (and minibatches), then
+    dealt out: rank ``r`` takes positions ``r, r + world_size, ...``. The shards of one
+    epoch are disjoint up to the padding (fewer than ``world_size`` cells repeat) and
+    together cover ``indices``. With one process it is a plain seeded shuffle.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scetm_mnn.train import epoch_order
+    >>> shards = [epoch_order(np.arange(7), seed=0, epoch=0, rank=r, world_size=2) for r in (0, 1)]
+    >>> [len(s) for s in shards]
+    [4, 4]
+    >>> sorted(set(np.concatenate(shards).tolist()))
+    [0, 1, 2, 3, 4, 5, 6]
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"Need 0 <= rank < world_size, got rank={rank}, world_size={world_size}.")
+    order = np.random.default_rng([int(seed), int(epoch)]).permutation(np.asarray(indices))
+    total = -(-order.size // world_size) * world_size
+    if total > order.size:
+        order = np.concatenate([order, np.resize(order, total - order.size)])
+    return order[rank::world_size]
+
+
+class _Loader:
+    """A re-iterable, sized view of one data split for Lightning.
+
+    Training loaders (``train=True``) visit :func:`epoch_order`'s shard of the current epoch
+    and process (from ``splitter``'s trainer); others visit ``indices`` in order.
+    """
+
+    def __init__(self, splitter, indices, train=False, pairs=None):
+        self.splitter, self.indices, self.train, self.pairs = splitter, indices, train, pairs
+
+    def _order(self) -> np.ndarray:
+        if not self.train:
+            return self.indices
+        epoch, rank, world_size = self.splitter.epoch_and_rank()
+        return epoch_order(self.indices, self.splitter.seed, epoch, rank, world_size)
+
+    def _batch_size(self) -> int:
+        """Cells per step on this rank: the global minibatch shared out over the ranks."""
+        if not self.train:
+            return self.splitter.batch_size
+        world_size = self.splitter.epoch_and_rank()[2]
+        return -(-self.splitter.batch_size // world_size)
 
     def __len__(self) -> int:
         n = len(self.indices)
-        full, rest = divmod(n, self.batch_size)
-        return full + int(rest >= 2 or (rest == 1 and self.rng is None) or n == 1)
+        if self.train:
+            world_size = self.splitter.epoch_and_rank()[2]
+            n = -(-n // world_size)
+        full, rest = divmod(n, self._batch_size())
+        return full + int(rest >= 2 or (rest == 1 and not self.train) or n == 1)
 
     def __iter__(self):
-        return self.source.iterate(self.indices, self.batch_size, self.rng, self.pairs)
+        rng = None
+        if self.train:
+            epoch, rank, _ = self.splitter.epoch_and_rank()
+            rng = np.random.default_rng([self.splitter.seed, epoch, rank, 1])
+        source = self.splitter.source
+        return source.iterate(self._order(), self._batch_size(), rng, self.pairs)
 
 
 def registered_rows(adata_manager: AnnDataManager, key: str) -> Rows | None:
@@ -241,7 +353,8 @@ class PreloadedDataSplitter(pl.LightningDataModule):
     shuffle_set_split
         Shuffle cells before splitting.
     batch_size
-        Cells sampled per minibatch (256, as :meth:`~scetm_mnn.model.BatchCorrectedSCETM.train`).
+        Cells sampled per optimizer step (256, as
+        :meth:`~scetm_mnn.model.BatchCorrectedSCETM.train`), over all processes under DDP.
     mnn_pairs
         Optional MNN pair matrix. Each training minibatch draws one partner per paired cell,
         from the training cells only; the validation minibatches hold no partners.
@@ -291,8 +404,8 @@ class PreloadedDataSplitter(pl.LightningDataModule):
                 f"train_size ({train_size}) + validation_size ({val_size}) must not exceed 1."
             )
         self.seed = resolve_seed(seed)
-        self._rng = np.random.default_rng(self.seed)
-        order = self._rng.permutation(n) if shuffle_set_split else np.arange(n)
+        rng = np.random.default_rng(self.seed)
+        order = rng.permutation(n) if shuffle_set_split else np.arange(n)
         self.n_train = max(1, round(train_size * n))
         self.n_val = min(n - self.n_train, round(val_size * n))
         self.train_idx = np.sort(order[: self.n_train])
@@ -300,15 +413,43 @@ class PreloadedDataSplitter(pl.LightningDataModule):
         self.test_idx = np.sort(order[self.n_train + self.n_val :])
         self.train_pairs = self.source.split_pairs(self.train_idx)
 
+    def setup(self, stage: str | None = None) -> None:
+        """Place the data for the trainer's device (:meth:`MinibatchSource.place`)."""
+        trainer = self.trainer
+        if trainer is None:
+            return
+        device = trainer.strategy.root_device
+        if device.type != "cpu":
+            placement = self.source.place(device)
+            logger.info("Minibatches for %s are served from the %s.", device, placement)
+
+    def epoch_and_rank(self) -> tuple[int, int, int]:
+        """The trainer's current epoch, this process's global rank and the world size.
+
+        ``(0, 0, 1)`` before a trainer is attached.
+        """
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0, 1
+        return int(trainer.current_epoch), int(trainer.global_rank), int(trainer.world_size)
+
     def train_dataloader(self) -> Iterable[dict[str, torch.Tensor]]:
-        """Shuffled minibatches over the training cells (with MNN partners if any)."""
-        return _Loader(self.source, self.train_idx, self.batch_size, self._rng, self.train_pairs)
+        """Shuffled minibatches over this process's shard of the training cells.
+
+        Each epoch reshuffles (seeded by the seed and the epoch, :func:`epoch_order`); under
+        DDP every rank gets its own disjoint shard, of the same length on all ranks, and
+        ``batch_size`` stays the global minibatch: each of N ranks takes
+        ``ceil(batch_size / N)`` cells per step, so N processes take the optimizer steps
+        one process would, each on a share of the cells. MNN partners come from all
+        training cells, whichever shard they are in.
+        """
+        return _Loader(self, self.train_idx, train=True, pairs=self.train_pairs)
 
     def val_dataloader(self) -> Iterable[dict[str, torch.Tensor]]:
-        """Minibatches over the validation cells; empty when there is no validation split."""
+        """Minibatches over the validation cells, the same on every rank (empty without any)."""
         if self.n_val == 0:
             return []
-        return _Loader(self.source, self.val_idx, self.batch_size)
+        return _Loader(self, self.val_idx)
 
 
 def resolve_seed(seed: int | None) -> int:

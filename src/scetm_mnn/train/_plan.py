@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 import warnings
 
-import pandas as pd
 import torch
 from scvi.module.base import BaseModuleClass
 from scvi.train import TrainingPlan
-from scvi.train._logger import SimpleLogger
 
 
 def linear_warmup(step: int, warmup_steps: int, min_weight: float, max_weight: float) -> float:
@@ -131,13 +129,13 @@ class ETMTrainingPlan(TrainingPlan):
     def warmup_steps(self) -> int:
         """Number of optimizer steps of the KL warm-up (0 before a trainer is attached)."""
         if getattr(self, "_warmup_steps", None) is None:
-            return 0 if self._trainer is None else self._count_warmup_steps()
+            return 0 if self._attached_trainer() is None else self._count_warmup_steps()
         return self._warmup_steps
 
     @property
     def kl_weight(self) -> torch.Tensor:
         """KL weight at the current optimizer step."""
-        if self._trainer is None:
+        if self._attached_trainer() is None:
             weight = self.min_kl_weight if self.kl_warmup_fraction > 0 else self.max_kl_weight
         else:
             weight = linear_warmup(
@@ -146,19 +144,28 @@ class ETMTrainingPlan(TrainingPlan):
         return torch.tensor(weight, device=self.device)
 
     # Lightning's per-step ``self.log`` costs about a millisecond per metric, which is a
-    # quarter of a scETM step on small data. Training metrics are therefore summed here
-    # and handed to the logger once per epoch, under scvi-tools' metric names.
+    # quarter of a scETM step on small data. Training metrics are therefore summed over the
+    # epoch here, reduced over the processes under DDP, and logged once per epoch with
+    # ``self.log`` under scvi-tools' metric names, so callbacks (early stopping,
+    # checkpoints) can monitor them and every logger receives them.
     def on_train_epoch_start(self) -> None:
         """Reset the epoch's running sums."""
         self._sums: dict[str, torch.Tensor] = {}
         self._n_cells = 0
-        self._n_steps = 0
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        """One optimizer step's loss; metrics are accumulated, not logged per step."""
+        """One optimizer step's loss; metrics are accumulated, not logged per step.
+
+        Raises
+        ------
+        FloatingPointError
+            When the loss is NaN or infinite, before the step is taken (see
+            :meth:`check_finite`).
+        """
         if "kl_weight" in self.loss_kwargs:
             self.loss_kwargs["kl_weight"] = self.kl_weight
         _, _, output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        self.check_finite(output.loss)
         with torch.no_grad():
             n = output.n_obs_minibatch
             step = {
@@ -170,44 +177,88 @@ class ETMTrainingPlan(TrainingPlan):
             for key, value in step.items():
                 self._sums[key] = self._sums.get(key, 0.0) + value.detach()
             self._n_cells += n
-            self._n_steps += 1
         return output.loss
 
-    def on_train_epoch_end(self) -> None:
-        """Record the epoch's mean metrics (and the ELBO)."""
-        if not self._n_cells:
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """Stop training with a clear error when ``loss`` is NaN or infinite.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from scetm_mnn.module import ETMModule
+        >>> from scetm_mnn.train import ETMTrainingPlan
+        >>> plan = ETMTrainingPlan(ETMModule(n_input=30, n_topics=4, n_emb=8))
+        >>> plan.check_finite(torch.tensor(1.0))
+        >>> try:
+        ...     plan.check_finite(torch.tensor(float("nan")))
+        ... except FloatingPointError as error:
+        ...     print(str(error).split(".")[0])
+        The training loss became nan at step 0
+        """
+        if torch.isfinite(loss):
             return
-        metrics = {k: float(v) / self._n_cells for k, v in self._sums.items()}
+        trainer = self._attached_trainer()
+        step = 0 if trainer is None else trainer.global_step
+        raise FloatingPointError(
+            f"The training loss became {float(loss)} at step {step}. Training stopped before "
+            "this step changed the parameters. Likely causes: a learning rate too high for "
+            f"this data (lr={self.lr}; try train(lr=1e-3)), or input that is not raw counts: "
+            "the layer given to setup_anndata(layer=...) must hold non-negative counts, not "
+            "log-normalised or scaled values, and the corrected layer must be finite."
+        )
+
+    def _attached_trainer(self):
+        """The Lightning trainer, or ``None`` before the plan is attached to one."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's mean metrics (and the ELBO), averaged over all processes."""
+        if not self._sums:
+            return
+        names = sorted(self._sums)
+        local = torch.stack([torch.as_tensor(self._sums[k]).double() for k in names])
+        local = torch.cat([local, torch.tensor([float(self._n_cells)], dtype=local.dtype)])
+        distributed = self.trainer.world_size > 1
+        if distributed:
+            local = self.trainer.strategy.reduce(local.to(self.device), reduce_op="sum")
+        means = (local[:-1] / local[-1]).tolist()
+        metrics = dict(zip(names, means, strict=True))
         metrics["elbo_train"] = metrics["reconstruction_loss_train"] + metrics["kl_local_train"]
         metrics["kl_weight"] = float(self.kl_weight)
         metrics["lr"] = self.optimizers().param_groups[0]["lr"]
-        if self.trainer.progress_bar_callback is not None:
-            self.log("train_loss", metrics["train_loss"], prog_bar=True, logger=False)
-        if isinstance(self.logger, SimpleLogger):
-            self._epoch_history.append({"epoch": self.current_epoch, **metrics})
-        elif self.logger is not None:
-            self.logger.log_metrics({**metrics, "epoch": self.current_epoch}, step=None)
+        train_loss = metrics.pop("train_loss")
+        # The values are already global; sync_dist only tells Lightning so (a no-op mean).
+        kwargs = {"on_step": False, "on_epoch": True, "sync_dist": distributed}
+        self.log("train_loss", train_loss, prog_bar=True, **kwargs)
+        self.log_dict(metrics, **kwargs)
 
-    def on_fit_start(self) -> None:
-        """Start a fresh buffer of per-epoch metrics."""
-        super().on_fit_start()
-        self._epoch_history: list[dict] = []
+    def on_train_end(self) -> None:
+        """Under DDP, give every rank rank 0's buffers (BatchNorm's running statistics).
 
-    def on_fit_end(self) -> None:
-        """Hand the per-epoch metrics to scvi's logger in one piece (it backs ``history``).
-
-        scvi's :class:`~scvi.train.SimpleLogger` grows a DataFrame cell by cell, which costs
-        milliseconds per epoch; writing whole columns at the end gives the same history.
+        DDP keeps the parameters equal but each rank updates its buffers on its own last
+        minibatch; without this, the ranks' latent representations would differ slightly.
         """
-        super().on_fit_end()
-        if not isinstance(self.logger, SimpleLogger) or not self._epoch_history:
-            return
-        table = pd.DataFrame(self._epoch_history).set_index("epoch")
-        data = self.logger.experiment.data
-        for key in table.columns:
-            column = table[[key]].astype(object)
-            data[key] = column if key not in data else pd.concat([data[key], column])
-        self._epoch_history = []
+        super().on_train_end()
+        if self.trainer.world_size > 1:
+            buffers = {name: b.detach().cpu() for name, b in self.module.named_buffers()}
+            buffers = self.trainer.strategy.broadcast(buffers, src=0)
+            for name, buffer in self.module.named_buffers():
+                buffer.copy_(buffers[name].to(buffer.device))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Save torch's random state too, so a resumed run draws what the uninterrupted would."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["scetm_mnn_torch_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore torch's random state saved by :meth:`on_save_checkpoint`."""
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("scetm_mnn_torch_rng_state")
+        if state is not None:
+            torch.set_rng_state(state)
 
     def configure_optimizers(self) -> dict:
         """Adam, with the per-step exponential learning-rate decay."""
