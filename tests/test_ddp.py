@@ -59,7 +59,7 @@ def _splitter(world_size, rank, n=103, **kwargs):
     BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
     manager = BatchCorrectedSCETM(adata, n_topics=3, n_emb=4).adata_manager
     splitter = PreloadedDataSplitter(manager, batch_size=16, seed=0, **kwargs)
-    splitter.trainer = SimpleNamespace(current_epoch=1, global_rank=rank, world_size=world_size)
+    splitter.trainer = SimpleNamespace(global_rank=rank, world_size=world_size)
     return splitter
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 from lightning.pytorch import seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
@@ -328,8 +329,10 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
             Passed to :class:`~scetm_mnn.train.PreloadedDataSplitter`.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar``,
-            ``strategy``, ``callbacks``, ``ckpt_path`` to resume from a Lightning checkpoint:
-            the resumed run gives the model the uninterrupted run would have). The default
+            ``strategy``, ``callbacks``; a :class:`~lightning.pytorch.callbacks.ModelCheckpoint`
+            among them turns checkpointing on, and ``ckpt_path`` resumes from one of its
+            files: with the same arguments, the resumed run gives the model the
+            uninterrupted run would have). The default
             logger is :class:`~scetm_mnn.train.HistoryLogger`.
         """
         plan_kwargs = dict(plan_kwargs or {})
@@ -357,6 +360,8 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
             every = 1 if early_stopping else max(1, max_epochs // 20)
             trainer_kwargs.setdefault("check_val_every_n_epoch", every)
         trainer_kwargs.setdefault("logger", HistoryLogger())
+        if any(isinstance(c, ModelCheckpoint) for c in trainer_kwargs.get("callbacks") or []):
+            trainer_kwargs.setdefault("enable_checkpointing", True)
         seed_everything(seed, verbose=False)
         return super().train(
             max_epochs=max_epochs,

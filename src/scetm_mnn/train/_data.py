@@ -246,41 +246,53 @@ def epoch_order(
 class _Loader:
     """A re-iterable, sized view of one data split for Lightning.
 
-    Training loaders (``train=True``) visit :func:`epoch_order`'s shard of the current epoch
-    and process (from ``splitter``'s trainer); others visit ``indices`` in order.
+    Training loaders (``train=True``) visit :func:`epoch_order`'s shard of the epoch and
+    process (from ``splitter``'s trainer); others visit ``indices`` in order. Lightning
+    tells the loader the epoch through ``sampler.set_epoch``, as it does a
+    :class:`~torch.utils.data.DistributedSampler` (so a run resumed from a checkpoint
+    visits what the uninterrupted run would).
     """
 
     def __init__(self, splitter, indices, train=False, pairs=None):
         self.splitter, self.indices, self.train, self.pairs = splitter, indices, train, pairs
+        self.epoch = 0
+        if train:  # Lightning calls ``sampler.set_epoch`` at every epoch start
+            self.sampler, self.batch_sampler = self, None
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose shuffle the next pass visits."""
+        self.epoch = int(epoch)
 
     def _order(self) -> np.ndarray:
         if not self.train:
             return self.indices
-        epoch, rank, world_size = self.splitter.epoch_and_rank()
-        return epoch_order(self.indices, self.splitter.seed, epoch, rank, world_size)
+        rank, world_size = self.splitter.rank_and_world_size()
+        return epoch_order(self.indices, self.splitter.seed, self.epoch, rank, world_size)
 
     def _batch_size(self) -> int:
         """Cells per step on this rank: the global minibatch shared out over the ranks."""
         if not self.train:
             return self.splitter.batch_size
-        world_size = self.splitter.epoch_and_rank()[2]
+        world_size = self.splitter.rank_and_world_size()[1]
         return -(-self.splitter.batch_size // world_size)
 
     def __len__(self) -> int:
         n = len(self.indices)
         if self.train:
-            world_size = self.splitter.epoch_and_rank()[2]
+            world_size = self.splitter.rank_and_world_size()[1]
             n = -(-n // world_size)
         full, rest = divmod(n, self._batch_size())
         return full + int(rest >= 2 or (rest == 1 and not self.train) or n == 1)
 
     def __iter__(self):
+        # A generator: the epoch is read at the first minibatch, not when Lightning asks
+        # for the iterator (which, on resuming, it does before ``set_epoch``).
         rng = None
         if self.train:
-            epoch, rank, _ = self.splitter.epoch_and_rank()
-            rng = np.random.default_rng([self.splitter.seed, epoch, rank, 1])
+            rank = self.splitter.rank_and_world_size()[0]
+            rng = np.random.default_rng([self.splitter.seed, self.epoch, rank, 1])
         source = self.splitter.source
-        return source.iterate(self._order(), self._batch_size(), rng, self.pairs)
+        yield from source.iterate(self._order(), self._batch_size(), rng, self.pairs)
 
 
 def registered_rows(adata_manager: AnnDataManager, key: str) -> Rows | None:
@@ -423,15 +435,12 @@ class PreloadedDataSplitter(pl.LightningDataModule):
             placement = self.source.place(device)
             logger.info("Minibatches for %s are served from the %s.", device, placement)
 
-    def epoch_and_rank(self) -> tuple[int, int, int]:
-        """The trainer's current epoch, this process's global rank and the world size.
-
-        ``(0, 0, 1)`` before a trainer is attached.
-        """
+    def rank_and_world_size(self) -> tuple[int, int]:
+        """The global rank of this process and the number of processes (``(0, 1)`` alone)."""
         trainer = self.trainer
         if trainer is None:
-            return 0, 0, 1
-        return int(trainer.current_epoch), int(trainer.global_rank), int(trainer.world_size)
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
 
     def train_dataloader(self) -> Iterable[dict[str, torch.Tensor]]:
         """Shuffled minibatches over this process's shard of the training cells.
