@@ -5,20 +5,27 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from anndata import AnnData
+from anndata import AnnData, read_h5ad
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField, ObsmField
+
+# Private scvi-tools helpers, pinned by scvi-tools>=1.4,<1.5, with no public equivalent:
+# ``_initialize_model`` rebuilds a model from its saved init_params_ (BaseModelClass.load
+# does the same, but unpickles with weights_only=False); ``parse_device_args`` turns
+# accelerator/device into a torch device as every scvi-tools model's load does.
+from scvi.model._utils import parse_device_args
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
-from scvi.model.base._save_load import _load_saved_files
+from scvi.model.base._save_load import _initialize_model
 from scvi.utils import setup_anndata_dsp
 
 from .._validation import check_counts, check_finite, check_log_scale, check_obs_key, get_matrix
@@ -32,6 +39,7 @@ from ..train import (
     resolve_seed,
     source_from_manager,
 )
+from ._serialization import make_file_safe, model_path, read_model_file
 
 logger = logging.getLogger(__name__)
 
@@ -489,17 +497,21 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         )
 
     # ------------------------------------------------------------------ save / load
-    def save(self, dir_path: str, *args, **kwargs) -> None:
+    def save(self, dir_path: str, prefix: str | None = None, **kwargs) -> None:
         """Save the model (see :meth:`scvi.model.base.BaseModelClass.save`); rank 0 only.
 
-        After data-parallel training every process holds the same model; only the process
-        of global rank 0 writes, so that N processes do not write one folder at once.
+        The file loads with ``torch.load(..., weights_only=True)``: the training history
+        is kept as plain lists. After data-parallel training every process holds the same
+        model; only the process of global rank 0 writes, so that N processes do not write
+        one folder at once.
 
         Parameters
         ----------
         dir_path
             Folder to save to.
-        *args, **kwargs
+        prefix
+            File-name prefix.
+        **kwargs
             Passed to :meth:`scvi.model.base.BaseModelClass.save` (``overwrite``,
             ``save_anndata``, ...).
         """
@@ -507,13 +519,22 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         if trainer is not None and not trainer.is_global_zero:
             logger.info("Not saving on rank %d; rank 0 saves the model.", trainer.global_rank)
             return
-        super().save(dir_path, *args, **kwargs)
+        super().save(dir_path, prefix=prefix, **kwargs)
+        make_file_safe(model_path(dir_path, prefix))
 
     @classmethod
     def load(
-        cls, dir_path: str, adata: AnnData | None = None, prefix: str | None = None, **kwargs
+        cls,
+        dir_path: str,
+        adata: AnnData | None = None,
+        prefix: str | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
     ) -> BatchCorrectedSCETM:
         """Load a saved model, checking that ``adata`` has the genes it was trained on.
+
+        The model file is read once, with ``torch.load(..., weights_only=True)``: a file
+        that holds anything but tensors and plain data gets a clear error, never runs.
 
         Parameters
         ----------
@@ -523,19 +544,45 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
             AnnData to attach (default: the one saved with the model, if any).
         prefix
             File-name prefix used when saving.
-        **kwargs
-            Passed to :meth:`scvi.model.base.BaseModelClass.load`.
+        accelerator, device
+            Where to put the model, as in :meth:`scvi.model.base.BaseModelClass.load`.
         """
-        if adata is not None:
-            _, var_names, _, _ = _load_saved_files(
-                dir_path, load_adata=False, prefix=prefix, map_location="cpu"
+        _, _, torch_device = parse_device_args(
+            accelerator=accelerator,
+            devices=device,
+            return_device="torch",
+            validate_single_device=True,
+        )
+        saved = read_model_file(model_path(dir_path, prefix), map_location=torch_device)
+        attrs, var_names = saved["attr_dict"], np.asarray(saved.get("var_names"))
+        registry = attrs.pop("registry_")
+        if registry.get("model_name", cls.__name__) != cls.__name__:
+            raise ValueError(
+                f"{dir_path} holds a {registry['model_name']}, not a {cls.__name__}; "
+                f"load it with {registry['model_name']}.load."
             )
-            if not np.array_equal(np.asarray(var_names), np.asarray(adata.var_names)):
-                missing = pd.Index(var_names).difference(adata.var_names)
+        if adata is None:
+            saved_adata = Path(dir_path) / f"{prefix or ''}adata.h5ad"
+            if not saved_adata.exists():
                 raise ValueError(
-                    f"adata's genes differ from the {len(var_names)} genes the model was "
-                    f"trained on ({len(missing)} missing, {adata.n_vars} given). Subset and "
-                    "order them first: adata = adata[:, model_genes].copy(), with model_genes "
-                    "read from the training data."
+                    f"No AnnData was saved in {dir_path}; pass the data: "
+                    "BatchCorrectedSCETM.load(dir_path, adata=adata)."
                 )
-        return super().load(dir_path, adata=adata, prefix=prefix, **kwargs)
+            adata = read_h5ad(saved_adata)
+        if not np.array_equal(var_names, np.asarray(adata.var_names)):
+            missing = pd.Index(var_names).difference(adata.var_names)
+            raise ValueError(
+                f"adata's genes differ from the {len(var_names)} genes the model was "
+                f"trained on ({len(missing)} missing, {adata.n_vars} given). Subset and "
+                "order them first: adata = adata[:, model_genes].copy(), with model_genes "
+                "read from the training data."
+            )
+        cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
+        model = _initialize_model(cls, adata, registry, attrs, None)
+        state = saved["model_state_dict"]
+        model.module.on_load(model, pyro_param_store=state.pop("pyro_param_store", None))
+        model.module.load_state_dict(state)
+        model.to_device(torch_device)
+        model.module.eval()
+        model._validate_anndata(adata)
+        return model

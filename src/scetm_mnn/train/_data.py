@@ -111,10 +111,9 @@ class MinibatchSource:
         >>> import numpy as np
         >>> import torch
         >>> from scetm_mnn.train import MinibatchSource
-        >>> source = MinibatchSource(np.ones((6, 3)), batch_index=np.zeros(6))
-        >>> source.place(torch.device("cpu"), budget_bytes=10**6)
+        >>> MinibatchSource(np.ones((6, 3))).place(torch.device("cpu"), budget_bytes=10**6)
         'device'
-        >>> source.place(torch.device("cpu"), budget_bytes=0)
+        >>> MinibatchSource(np.ones((6, 3))).place(torch.device("cpu"), budget_bytes=0)
         'host'
         """
         device = torch.device(device)
