@@ -360,8 +360,9 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         if max_epochs is None:
             n_train = self.adata.n_obs if train_size is None else train_size * self.adata.n_obs
             max_epochs = default_max_epochs(int(n_train), batch_size)
-        steps_per_epoch = max(1, math.ceil(self.adata.n_obs / batch_size))
-        trainer_kwargs.setdefault("log_every_n_steps", min(50, steps_per_epoch))
+        # Metrics are logged once per epoch (ETMTrainingPlan); per-step logging has nothing
+        # to write, and 1 keeps Lightning from warning about short epochs (e.g. under DDP).
+        trainer_kwargs.setdefault("log_every_n_steps", 1)
         if train_size is None or train_size >= 1.0:
             trainer_kwargs.setdefault("limit_val_batches", 0)  # no validation pass
         else:
