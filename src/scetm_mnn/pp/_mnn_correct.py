@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .._rows import Rows, map_chunks, rows_of
 from .._validation import check_finite, check_log_scale, check_obs_key, get_matrix
+from ._actual import make_actual
 from ._corrected import DENSE_LAYER_MAX_BYTES, basis_key, shift_key
 from ._latent import FrozenPCA, fit_autoencoder, fit_pca, visible_basis
 from ._network import ResidualCorrector, SubspaceCorrector
@@ -411,9 +412,8 @@ def mnn_correct(
         )
     if copy:
         adata = adata.copy()
-    elif adata.is_view:
-        logger.info("mnn_correct received a view of an AnnData; making it an actual AnnData.")
-        adata._init_as_actual(adata.copy())
+    else:
+        make_actual(adata, "mnn_correct")
 
     params = {
         "batch_key": batch_key,

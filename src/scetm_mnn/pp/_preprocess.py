@@ -9,6 +9,7 @@ import scanpy as sc
 from anndata import AnnData
 
 from .._validation import check_counts, check_obs_key
+from ._actual import make_actual
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +94,8 @@ def preprocess(
         check_obs_key(adata, batch_key, "batch_key")
     if copy:
         adata = adata.copy()
-    elif adata.is_view:
-        logger.info("preprocess received a view of an AnnData; making it an actual AnnData.")
-        adata._init_as_actual(adata.copy())
+    else:
+        make_actual(adata, "preprocess")
     if min_genes > 0:
         sc.pp.filter_cells(adata, min_genes=min_genes)
     if min_cells > 0:
