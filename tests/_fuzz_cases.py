@@ -160,7 +160,7 @@ def _digest(value) -> str:
 
 def _feed(h, value) -> None:
     if sparse.issparse(value):
-        h.update(f"{type(value).__name__}{value.shape}{value.dtype}".encode())
+        h.update(f"{value.format}{value.shape}{value.dtype}".encode())  # views: same format
         for part in ("data", "indices", "indptr", "row", "col"):
             if hasattr(value, part):
                 h.update(np.ascontiguousarray(getattr(value, part)).tobytes())
