@@ -109,6 +109,8 @@ def _check(
             return
         before = fingerprint(adata)
         parent_before = None if parent is None else fingerprint(parent)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -119,6 +121,8 @@ def _check(
         else:
             if not in_place:
                 assert_unchanged(before, fingerprint(adata), adds=adds)
+        finally:
+            torch.set_num_threads(threads)
         if parent is not None:
             assert_unchanged(parent_before, fingerprint(parent), adds=False)
 
@@ -147,7 +151,6 @@ def _mnn_correct(adata: ad.AnnData) -> None:
 
 def _model(adata: ad.AnnData) -> None:
     _quiet()
-    torch.set_num_threads(1)
     BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
     model = BatchCorrectedSCETM(adata, n_topics=2, n_emb=4, hidden_sizes=(8,))
     model.train(
