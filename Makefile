@@ -10,7 +10,7 @@ export SCETM_MNN_DATA := $(SHARED_DATA)
 endif
 endif
 
-.PHONY: demo test lint docs docs-offline docs-cli bench-env bench clean
+.PHONY: demo test lint dist-check docs docs-offline docs-cli bench-env bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,26 @@ test: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+
+# Build the sdist and the wheel, check their metadata (twine), install the wheel into a fresh
+# venv and import it there, outside the source tree (.ci/check_dist.py). By default the wheel
+# goes in with --no-deps and a .pth file lets the fresh venv find its dependencies in .venv,
+# after its own site-packages (a full install pulls torch: minutes). For a full install:
+# make dist-check DIST_DEPS= DIST_PIP_ARGS="-c constraints.txt".
+DIST_VENV ?= dist/venv
+DIST_DEPS ?= --no-deps
+DIST_PIP_ARGS ?=
+PURELIB := import sysconfig; print(sysconfig.get_paths()['purelib'])
+dist-check: $(VENV)/.installed-dev
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*.tar.gz dist/*.whl
+	$(PYTHON) -m venv --without-pip $(DIST_VENV)
+	$(PY) -m pip --python $(DIST_VENV)/bin/python install -q $(DIST_DEPS) $(DIST_PIP_ARGS) \
+		dist/*.whl
+	$(if $(DIST_DEPS),$(PY) -c "$(PURELIB)" \
+		> "$$($(DIST_VENV)/bin/python -c "$(PURELIB)")/scetm_mnn_dist_check_deps.pth")
+	cd $(DIST_VENV) && env -u PYTHONPATH bin/python $(CURDIR)/.ci/check_dist.py $(CURDIR)/dist/*.whl
 
 # Warnings are errors and every cross-reference must resolve (nitpicky). Intersphinx links
 # to python, numpy, scanpy, scvi-tools, ... when their sites can be reached (docs/conf.py
@@ -74,4 +94,4 @@ bench: bench-env
 	$(PY) benchmarks/pancreas.py
 
 clean:
-	rm -rf $(VENV) .venv-scetm demo_output docs/_build
+	rm -rf $(VENV) .venv-scetm demo_output docs/_build dist

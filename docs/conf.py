@@ -19,7 +19,6 @@ import os
 import socket
 import sys
 import warnings
-from importlib.metadata import version as _version
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -27,10 +26,12 @@ HERE = Path(__file__).resolve().parent
 warnings.filterwarnings("ignore", message=r".*set_application.* is deprecated")
 sys.path.insert(0, str(HERE.parent / "src"))
 
+import scetm_mnn  # noqa: E402 - from src/, put on the path above; autodoc imports it anyway
+
 project = "scetm-mnn"
 author = "scetm-mnn developers"
 copyright = "2026, scetm-mnn developers"
-release = _version("scetm-mnn")
+release = scetm_mnn.__version__  # the one place the version is written
 version = release
 
 extensions = [

@@ -10,14 +10,11 @@ The package follows the data flow ``datasets → pp → model → tl → pl``:
 """
 
 import logging
-from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets, model, module, pl, pp, tl, train
 
-try:
-    __version__ = version("scetm-mnn")
-except PackageNotFoundError:  # pragma: no cover - source checkout without install
-    __version__ = "0.0.0"
+__version__ = "0.1.0"
+"""The package version: the one place it is written (pyproject reads it through hatch)."""
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

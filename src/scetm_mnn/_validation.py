@@ -20,6 +20,7 @@ __all__ = [
     "check_counts",
     "check_finite",
     "check_log_scale",
+    "check_not_view",
     "check_obs_key",
     "get_matrix",
     "matrix_values",
@@ -195,3 +196,23 @@ def check_obs_key(adata: AnnData, key: str, what: str = "batch_key") -> None:
         raise ValueError(
             f"adata.obs[{key!r}] has {n} missing values; fill or drop those cells first."
         )
+
+
+def check_not_view(adata: AnnData, caller: str) -> None:
+    """Raise ``ValueError`` when ``adata`` is a view (``caller`` must write into it).
+
+    scvi-tools registers its fields in the AnnData itself and refuses views; the message
+    says how to get an actual AnnData, in memory or, for a view of a backed one, on disk.
+    """
+    if not adata.is_view:
+        return
+    how = (
+        "`adata = adata[cells].to_memory()`, or write the cells to their own h5ad with "
+        "`adata[cells].write_h5ad(path)` and open that with backed='r'"
+        if adata.isbacked
+        else "`adata = adata.copy()` (or `adata = adata[cells].copy()` where you subset)"
+    )
+    raise ValueError(
+        f"{caller} writes into the AnnData it is given, and this one is a view of another "
+        f"AnnData. Make it an actual AnnData first: {how}. See {_HELP}#views"
+    )

@@ -28,7 +28,14 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.model.base._save_load import _initialize_model
 from scvi.utils import setup_anndata_dsp
 
-from .._validation import check_counts, check_finite, check_log_scale, check_obs_key, get_matrix
+from .._validation import (
+    check_counts,
+    check_finite,
+    check_log_scale,
+    check_not_view,
+    check_obs_key,
+    get_matrix,
+)
 from ..module import CORRECTED_KEY, ETMModule
 from ..pp._corrected import corrected_source, shift_key
 from ..train import (
@@ -237,6 +244,7 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
             Passed to :meth:`scvi.data.AnnDataManager.register_fields` (used when loading).
         """
         setup_method_args = cls._get_setup_method_args(**locals())
+        check_not_view(adata, "setup_anndata")
         check_counts(adata, layer)
         if batch_key is not None:
             check_obs_key(adata, batch_key, "batch_key")

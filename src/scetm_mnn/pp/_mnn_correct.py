@@ -16,7 +16,14 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from .._rows import Rows, map_chunks, rows_of
-from .._validation import check_finite, check_log_scale, check_obs_key, get_matrix
+from .._validation import (
+    check_finite,
+    check_log_scale,
+    check_not_view,
+    check_obs_key,
+    get_matrix,
+)
+from ._actual import make_actual
 from ._corrected import DENSE_LAYER_MAX_BYTES, basis_key, shift_key
 from ._latent import FrozenPCA, fit_autoencoder, fit_pca, visible_basis
 from ._network import ResidualCorrector, SubspaceCorrector
@@ -195,6 +202,7 @@ def _search_latent(
 
 
 def _write(adata: AnnData, key: str, corrected, latent, shift, basis, pairs, info: dict) -> None:
+    make_actual(adata, "mnn_correct")  # only now: a call that fails leaves a view a view
     if corrected is not None:
         adata.layers[key] = corrected
     adata.obsm[f"X_{key}"] = latent
@@ -411,9 +419,8 @@ def mnn_correct(
         )
     if copy:
         adata = adata.copy()
-    elif adata.is_view:
-        logger.info("mnn_correct received a view of an AnnData; making it an actual AnnData.")
-        adata._init_as_actual(adata.copy())
+    elif adata.isbacked:
+        check_not_view(adata, "mnn_correct")  # before the work: _write could not make it actual
 
     params = {
         "batch_key": batch_key,

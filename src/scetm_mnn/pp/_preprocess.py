@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pandas as pd
 import scanpy as sc
 from anndata import AnnData
 
 from .._validation import check_counts, check_obs_key
+from ._actual import make_actual
 
 logger = logging.getLogger(__name__)
 
@@ -91,28 +93,66 @@ def preprocess(
     check_counts(adata, argument=None)
     if batch_key is not None:
         check_obs_key(adata, batch_key, "batch_key")
+    _check_filters_keep_data(adata, min_genes, min_cells)  # before anything is changed
     if copy:
         adata = adata.copy()
-    elif adata.is_view:
-        logger.info("preprocess received a view of an AnnData; making it an actual AnnData.")
-        adata._init_as_actual(adata.copy())
+    else:
+        make_actual(adata, "preprocess")
     if min_genes > 0:
         sc.pp.filter_cells(adata, min_genes=min_genes)
     if min_cells > 0:
         sc.pp.filter_genes(adata, min_cells=min_cells)
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise ValueError(
-            f"No cells or genes pass the filters (min_genes={min_genes}, "
-            f"min_cells={min_cells}); lower them."
-        )
     adata.layers[counts_layer] = adata.X.copy()
     if not np.issubdtype(adata.X.dtype, np.floating):
         adata.X = adata.X.astype(np.float32)
     sc.pp.normalize_total(adata, target_sum=target_sum)
     sc.pp.log1p(adata)
-    n_top = min(n_top_genes, adata.n_vars)
-    sc.pp.highly_variable_genes(
-        adata, n_top_genes=n_top, flavor="seurat", batch_key=batch_key, subset=True
-    )
+    _select_genes(adata, n_top_genes, batch_key)
     logger.info("Preprocessed to %d cells × %d genes.", adata.n_obs, adata.n_vars)
     return adata if copy else None
+
+
+_BATCH_COLUMN = "__scetm_mnn_hvg_batch__"
+"""Temporary ``obs`` column: the batches as a categorical of the kept cells, for scanpy."""
+
+
+def _check_filters_keep_data(adata: AnnData, min_genes: int, min_cells: int) -> None:
+    """Raise ``ValueError`` when the cell and gene filters would leave nothing.
+
+    Checked in advance, so that a failing in-place call leaves ``adata`` as it was.
+    """
+    x = adata.X
+    cells = np.asarray((x > 0).sum(axis=1)).ravel() >= min_genes
+    genes = np.asarray((x[cells] > 0).sum(axis=0)).ravel() >= min_cells
+    if not cells.any() or not genes.any():
+        raise ValueError(
+            f"No cells or genes pass the filters (min_genes={min_genes}: {int(cells.sum())} "
+            f"of {adata.n_obs} cells; min_cells={min_cells}: {int(genes.sum())} of "
+            f"{adata.n_vars} genes); lower them."
+        )
+
+
+def _select_genes(adata: AnnData, n_top_genes: int, batch_key: str | None) -> None:
+    """Run scanpy's seurat HVG selection, subsetting ``adata`` to the ``n_top_genes`` genes.
+
+    The batches go to scanpy as a categorical of the kept cells' batches (any dtype of
+    ``obs[batch_key]`` works, and batches without cells are left out), in a temporary
+    column, so ``obs`` keeps its columns as they were. With ``n_top_genes`` at least the
+    number of genes every gene is kept; the statistics then come from scanpy's cutoff mode,
+    which also works where too few genes or cells leave no normalized dispersion to rank.
+    """
+    key = None
+    if batch_key is not None:
+        key = _BATCH_COLUMN
+        adata.obs[key] = pd.Categorical(adata.obs[batch_key].astype(str))
+    try:
+        if n_top_genes >= adata.n_vars:
+            sc.pp.highly_variable_genes(adata, flavor="seurat", batch_key=key)
+            adata.var["highly_variable"] = True
+        else:
+            sc.pp.highly_variable_genes(
+                adata, n_top_genes=n_top_genes, flavor="seurat", batch_key=key, subset=True
+            )
+    finally:
+        if key is not None:
+            del adata.obs[key]
