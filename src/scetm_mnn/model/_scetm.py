@@ -321,7 +321,7 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         validation_size
             Fraction of cells for validation (default: the rest; 0.1 with
             ``early_stopping``). MNN partners are drawn from the training cells only. The
-            validation ELBO (``elbo_validation``) is logged in :attr:`history`.
+            validation ELBO (``elbo_validation``) is logged in ``model.history``.
         seed
             Seed of the split, the minibatches, the partner draws and torch's sampling.
             ``None`` takes ``scvi.settings.seed``, and 0 when that is unset. The same seed

@@ -98,7 +98,7 @@ class MinibatchSource:
             The training device.
         budget_bytes
             Bytes the data may take on ``device``; ``None``: half its free memory
-            (:data:`~scetm_mnn.train._device.DEVICE_DATA_FRACTION`; 0 for the CPU).
+            (``DEVICE_DATA_FRACTION`` in ``scetm_mnn.train._device``; 0 for the CPU).
 
         Returns
         -------
@@ -418,6 +418,11 @@ class PreloadedDataSplitter(pl.LightningDataModule):
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(n) if shuffle_set_split else np.arange(n)
         self.n_train = max(1, round(train_size * n))
+        if self.n_train < 2:
+            raise ValueError(
+                f"Training needs at least 2 cells, got {self.n_train} (of {n}): BatchNorm "
+                "cannot train on a single cell. Train on more cells (or a larger train_size)."
+            )
         self.n_val = min(n - self.n_train, round(val_size * n))
         self.train_idx = np.sort(order[: self.n_train])
         self.val_idx = np.sort(order[self.n_train : self.n_train + self.n_val])

@@ -41,7 +41,7 @@ def device_bytes(rows: Rows | ShiftedRows) -> int | None:
 
 
 def device_budget(device: torch.device) -> int:
-    """Bytes the registered data may take on ``device`` (:data:`DEVICE_DATA_FRACTION`).
+    """Bytes the registered data may take on ``device`` (``DEVICE_DATA_FRACTION``).
 
     Free CUDA memory times the fraction; 0 for the CPU (the data stay where they are)
     and for devices whose free memory cannot be queried.

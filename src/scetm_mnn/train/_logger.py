@@ -15,8 +15,8 @@ class HistoryLogger(Logger):
     """Keep every logged metric in memory, as :class:`scvi.train.SimpleLogger` does, cheaply.
 
     scvi's logger grows a DataFrame cell by cell (about a millisecond per metric and
-    epoch); this one appends to lists and builds the DataFrames when :attr:`history` is
-    read, which scvi-tools does once, after training. Its :attr:`history` has the same
+    epoch); this one appends to lists and builds the DataFrames when ``history`` is
+    read, which scvi-tools does once, after training. Its ``history`` has the same
     layout: one DataFrame per metric, indexed by ``epoch`` (or ``step`` for metrics logged
     per step). Only the process of global rank 0 records anything.
 
