@@ -273,3 +273,20 @@ def test_outputs_for_a_few_cells_densify_only_their_rows(model, monkeypatch):
     model.get_elbo(indices=[3])
     assert shapes and max(rows for rows, _ in shapes) <= 2, shapes
     assert source_from_manager(model.adata_manager, preload=False).x.is_sparse
+
+
+def test_outputs_in_corrected_mode(sim_adata):
+    """The encoder reads the corrected layer; the decoder's λ still makes transform_batch act."""
+    adata = sim_adata[::3].copy()  # both batches (the cells are sorted by batch)
+    x = adata.X.toarray()
+    adata.layers["corrected"] = np.log1p(x / x.sum(1, keepdims=True) * 1e4).astype(np.float32)
+    BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch", corrected_layer="corrected")
+    model = BatchCorrectedSCETM(adata, n_topics=4, n_emb=8)
+    model.train(max_epochs=3, **FAST)
+    a, b = _expression(model, "batch_0", range(20)), _expression(model, "batch_1", range(20))
+    lam = model.module.batch_bias.detach().cpu().numpy()
+    shift = np.log(a) - np.log(b) - (lam[0] - lam[1])
+    np.testing.assert_allclose(shift - shift.mean(1, keepdims=True), 0.0, atol=1e-4)
+    assert np.isfinite(model.get_elbo()) and model.get_marginal_ll(n_mc_samples=20) < 0
+    usage = model.differential_topic_usage(groupby="cell_type", group1="type_0")
+    assert len(usage) == 4

@@ -23,6 +23,7 @@ from scvi.model._utils import scrna_raw_counts_properties
 from scvi.model.base._de_core import _de_core
 
 from .._validation import check_obs_key
+from ._docs import shared_parameters
 from ._minibatches import cell_indices, overall_draws, posterior_draws, samples_per_cell
 
 RAW_SCALING_KEY = "_scvi_raw_norm_scaling"
@@ -71,6 +72,7 @@ class DEMixin:
     True
     """
 
+    @shared_parameters
     def differential_expression(
         self,
         adata: AnnData | None = None,
@@ -99,24 +101,13 @@ class DEMixin:
 
         Parameters
         ----------
-        adata
-            AnnData registered like the training data (default: the model's).
-        groupby
-            Column of ``adata.obs`` that defines the groups.
-        group1
-            Group(s) to test, each against ``group2`` (default: every group).
-        group2
-            Reference group (default: all other cells).
-        idx1
-            Instead of ``groupby``: cells of group 1 (mask, indices, or an ``obs`` query).
-        idx2
-            Cells of group 2 with ``idx1`` (default: the rest).
+        %(adata)s
+        %(groups)s
         mode
             ``"change"`` (LFC beyond ``delta``, Boyeau et al. 2019) or ``"vanilla"``.
         delta
             LFC (log2) threshold of ``"change"`` mode.
-        batch_size
-            Cells per forward pass.
+        %(batch_size)s
         all_stats
             Add scvi-tools' raw-count columns (means, non-zero fractions).
         batch_correction
@@ -125,10 +116,7 @@ class DEMixin:
             Batches to decode group 1 with (``batch_correction=True``; default: all).
         batchid2
             Batches to decode group 2 with (default: all).
-        fdr_target
-            Posterior expected FDR of the ``is_de_fdr_<target>`` column.
-        silent
-            Hide the progress bar.
+        %(de_tail)s
         **kwargs
             Passed to :meth:`scvi.model.base.DifferentialComputation.get_bayes_factors`
             (``n_samples_overall``, ``pseudocounts``, ...).
@@ -199,6 +187,7 @@ class DEMixin:
         )
         return overall_draws(draws, n_samples_overall)
 
+    @shared_parameters
     def differential_topic_usage(
         self,
         adata: AnnData | None = None,
@@ -224,18 +213,8 @@ class DEMixin:
 
         Parameters
         ----------
-        adata
-            AnnData registered like the training data (default: the model's).
-        groupby
-            Column of ``adata.obs`` that defines the groups.
-        group1
-            Group(s) to test, each against ``group2`` (default: every group).
-        group2
-            Reference group (default: all other cells).
-        idx1
-            Instead of ``groupby``: cells of group 1 (mask, indices, or an ``obs`` query).
-        idx2
-            Cells of group 2 with ``idx1`` (default: the rest).
+        %(adata)s
+        %(groups)s
         mode
             ``"change"`` (log2 fold change of ``θ`` beyond ``delta``) or ``"vanilla"``
             (``P(θ₁ > θ₂)``).
@@ -248,12 +227,8 @@ class DEMixin:
             that a cell does not use, ``θ`` near 0, arbitrarily large).
         n_top_genes
             Genes listed per topic in ``top_genes`` (largest ``β``).
-        batch_size
-            Cells per forward pass.
-        fdr_target
-            Posterior expected FDR of the ``is_de_fdr_<target>`` column.
-        silent
-            Hide the progress bar.
+        %(batch_size)s
+        %(de_tail)s
         **kwargs
             Passed to :meth:`scvi.model.base.DifferentialComputation.get_bayes_factors`
             (``n_samples_overall``, ``test_mode``, ...).

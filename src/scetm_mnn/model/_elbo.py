@@ -22,6 +22,7 @@ from ..module._likelihood import (
     log_mean_exp,
     multinomial_log_prob,
 )
+from ._docs import shared_parameters
 from ._minibatches import minibatches
 
 MARGINAL_LL_FLOATS = 2**25
@@ -76,6 +77,7 @@ class LikelihoodMixin:
             "kl_local": kl_standard_normal(inference_outputs["qz"]),
         }
 
+    @shared_parameters
     @torch.inference_mode()
     def get_elbo(
         self,
@@ -92,14 +94,10 @@ class LikelihoodMixin:
 
         Parameters
         ----------
-        adata
-            AnnData registered like the training data (default: the model's).
-        indices
-            Cells to use (default: all).
-        batch_size
-            Cells per forward pass.
-        return_mean
-            Return the mean over the cells (a float) instead of one value per cell.
+        %(adata)s
+        %(indices)s
+        %(batch_size)s
+        %(return_mean)s
 
         Returns
         -------
@@ -120,6 +118,7 @@ class LikelihoodMixin:
         elbo = [-(rec + kl) for rec, kl in zip(terms["reconstruction_loss"], terms["kl_local"])]
         return _summary(elbo, return_mean)
 
+    @shared_parameters
     @torch.inference_mode()
     def get_reconstruction_error(
         self,
@@ -135,14 +134,10 @@ class LikelihoodMixin:
 
         Parameters
         ----------
-        adata
-            AnnData registered like the training data (default: the model's).
-        indices
-            Cells to use (default: all).
-        batch_size
-            Cells per forward pass.
-        return_mean
-            Return the mean over the cells instead of one value per cell.
+        %(adata)s
+        %(indices)s
+        %(batch_size)s
+        %(return_mean)s
 
         Returns
         -------
@@ -162,6 +157,7 @@ class LikelihoodMixin:
         terms = self._per_cell(adata, indices, batch_size, self._elbo_terms)
         return {"reconstruction_loss": _summary(terms["reconstruction_loss"], return_mean)}
 
+    @shared_parameters
     @torch.inference_mode()
     def get_marginal_ll(
         self,
@@ -180,17 +176,14 @@ class LikelihoodMixin:
 
         Parameters
         ----------
-        adata
-            AnnData registered like the training data (default: the model's).
-        indices
-            Cells to use (default: all).
+        %(adata)s
+        %(indices)s
         n_mc_samples
             Importance samples per cell.
         batch_size
             Cells per forward pass (default: as many as keep the decoded samples of a pass
             within ``MARGINAL_LL_FLOATS`` values).
-        return_mean
-            Return the mean over the cells instead of one value per cell.
+        %(return_mean)s
         n_mc_samples_per_pass
             Samples decoded per forward pass.
 

@@ -12,6 +12,7 @@ import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
+from ._docs import shared_parameters
 from ._minibatches import (
     batch_codes,
     cell_indices,
@@ -52,6 +53,7 @@ class ExpressionMixin:
     True
     """
 
+    @shared_parameters
     @torch.inference_mode()
     def get_normalized_expression(
         self,
@@ -74,11 +76,8 @@ class ExpressionMixin:
 
         Parameters
         ----------
-        adata
-            AnnData registered like the training data (default: the model's); held-out
-            cells work.
-        indices
-            Cells to use (default: all).
+        %(adata)s
+        %(indices)s
         transform_batch
             Batch whose ``λ`` to decode with: ``None`` (each cell's own batch), a batch
             category or its integer code, or a list of them (the expression is then
@@ -94,8 +93,7 @@ class ExpressionMixin:
         n_samples_overall
             Draws in all, pooled over the cells and resampled (as scvi-tools' DE asks);
             replaces ``n_samples`` and returns an ``(n_samples_overall, n_genes)`` array.
-        batch_size
-            Cells per forward pass.
+        %(batch_size)s
         return_mean
             Average the ``n_samples`` draws.
         return_numpy
@@ -161,6 +159,7 @@ class ExpressionMixin:
         columns = adata.var_names if genes is None else adata.var_names[genes]
         return pd.DataFrame(exprs, index=adata.obs_names[indices], columns=columns)
 
+    @shared_parameters
     @torch.inference_mode()
     def posterior_predictive_sample(
         self,
@@ -179,8 +178,7 @@ class ExpressionMixin:
 
         Parameters
         ----------
-        adata
-            AnnData registered like the training data (default: the model's).
+        %(adata)s
         indices
             Cells to draw for (default: all).
         transform_batch
@@ -190,8 +188,7 @@ class ExpressionMixin:
         gene_list
             Genes to return (default: all). The draws are made over all genes, so a subset's
             counts sum to less than the library size.
-        batch_size
-            Cells per forward pass.
+        %(batch_size)s
 
         Returns
         -------

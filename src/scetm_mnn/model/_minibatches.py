@@ -1,9 +1,10 @@
 """Minibatches of chosen cells for the model's outputs, and the batch codes they decode with.
 
 The output methods (latent, normalized expression, ELBO, DE) read the cells they are asked
-for through the model's own data path (``scetm_mnn.train.source_from_manager``) without
-preloading: only the requested rows are ever densified, so ``indices=[3]`` reads one row,
-and an AnnData registered like the training data (held-out cells) works the same way.
+for through the model's own data path (``scetm_mnn.train.source_from_manager``). A pass
+over a few cells densifies only their rows, so ``indices=[3]`` reads one row; a pass over
+most cells preloads small data as training does. An AnnData registered like the training
+data (held-out cells) works the same way.
 """
 
 from __future__ import annotations
@@ -53,8 +54,12 @@ def minibatches(
     """
     model._check_if_trained(warn=False)
     adata = model._validate_anndata(adata)
-    source = source_from_manager(model.get_anndata_manager(adata, required=True), preload=False)
     indices = cell_indices(adata, indices)
+    # Small sparse data are densified once only for a pass over most cells; a few cells
+    # densify only their own rows.
+    preload = indices.size * 2 >= adata.n_obs
+    manager = model.get_anndata_manager(adata, required=True)
+    source = source_from_manager(manager, preload=preload)
     model.module.eval()
     device = model.device
 
