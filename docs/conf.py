@@ -117,9 +117,9 @@ NITPICK_IGNORE = [
 NITPICK_IGNORE_ALWAYS = [
     (
         r"py:.*",
-        r"(matplotlib|lightning|sklearn|scib_metrics|pynndescent|pooch)(\..*)?",
+        r"(matplotlib|lightning|sklearn|scib_metrics|pynndescent|pooch|sparse)(\..*)?",
         "no intersphinx inventory is configured for these projects (matplotlib, "
-        "lightning, scikit-learn, scib-metrics, pynndescent, pooch)",
+        "lightning, scikit-learn, scib-metrics, pynndescent, pooch, pydata sparse)",
     ),
     (
         r"py:class",

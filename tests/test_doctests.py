@@ -56,7 +56,9 @@ def _doctests() -> list[doctest.DocTest]:
             continue  # constants carry no Examples
         # recurse=True also finds the docstrings of the methods the class defines itself.
         for test in finder.find(obj, name=f"scetm_mnn.{name}", module=inspect.getmodule(obj)):
-            key = (test.filename, test.lineno)
+            # The docstring is part of the key: methods wrapped by a decorator (e.g.
+            # torch.inference_mode) all report the wrapper's line number.
+            key = (test.filename, test.lineno, test.docstring)
             if test.examples and key not in seen:
                 seen.add(key)
                 tests.append(test)

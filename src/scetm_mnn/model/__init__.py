@@ -1,5 +1,14 @@
-"""User-facing models: :class:`BatchCorrectedSCETM`."""
+"""User-facing models: :class:`BatchCorrectedSCETM` and the mixins that give its outputs."""
 
+from ._de import DEMixin
+from ._elbo import LikelihoodMixin
+from ._expression import ExpressionMixin
 from ._scetm import BatchCorrectedSCETM, default_max_epochs
 
-__all__ = ["BatchCorrectedSCETM", "default_max_epochs"]
+__all__ = [
+    "BatchCorrectedSCETM",
+    "DEMixin",
+    "ExpressionMixin",
+    "LikelihoodMixin",
+    "default_max_epochs",
+]

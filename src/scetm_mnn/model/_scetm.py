@@ -44,8 +44,11 @@ from ..train import (
     HistoryLogger,
     PreloadedDataSplitter,
     resolve_seed,
-    source_from_manager,
 )
+from ._de import DEMixin
+from ._elbo import LikelihoodMixin
+from ._expression import ExpressionMixin
+from ._minibatches import minibatches
 from ._serialization import make_file_safe, model_path, read_model_file
 
 logger = logging.getLogger(__name__)
@@ -78,7 +81,9 @@ def default_max_epochs(n_obs: int, batch_size: int, n_steps: int = DEFAULT_N_STE
     return max(1, math.ceil(n_steps / steps_per_epoch))
 
 
-class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
+class BatchCorrectedSCETM(
+    ExpressionMixin, LikelihoodMixin, DEMixin, UnsupervisedTrainingMixin, BaseModelClass
+):
     """Single-cell embedded topic model (scETM) with batch correction.
 
     A VAE encoder gives topic mixtures ``θ = softmax(δ)``; a linear decoder gives
@@ -428,17 +433,13 @@ class BatchCorrectedSCETM(UnsupervisedTrainingMixin, BaseModelClass):
         indices: Sequence[int] | None,
         batch_size: int | None,
     ) -> np.ndarray:
-        """Posterior means μ of δ for the chosen cells."""
-        self._check_if_trained(warn=False)
-        adata = self._validate_anndata(adata)
-        source = source_from_manager(self.get_anndata_manager(adata, required=True))
-        indices = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
-        self.module.eval()
-        mus = [  # inference is @auto_move_data: it moves the minibatch to the module
+        """Posterior means μ of δ for the chosen cells (only their rows are read)."""
+        _, _, batches = minibatches(self, adata, indices, batch_size)
+        mus = [
             self.module.inference(**self.module._get_inference_input(tensors))["qz"].loc.cpu()
-            for tensors in source.iterate(indices, batch_size or 2000)
+            for tensors in batches
         ]
-        return torch.cat(mus).numpy()
+        return torch.cat(mus).numpy() if mus else np.zeros((0, self.module.n_topics), "float32")
 
     def get_latent_representation(
         self,

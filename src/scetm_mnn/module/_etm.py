@@ -13,6 +13,7 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
+from ._likelihood import sample_multinomial
 from ._mnn_loss import MNN_LOSSES, MNNLoss, mnn_loss
 
 MNN_PAIRS_KEY = "mnn_pairs"
@@ -263,30 +264,20 @@ class ETMModule(BaseModuleClass):
 
     @torch.inference_mode()
     def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
-        """Draw counts from the multinomial at the total of each cell's registered counts.
+        """Posterior predictive counts: ``δ ~ q(δ | x)``, then multinomial counts of each library.
+
+        Each of the ``n_samples`` draws takes its own ``δ``, and its counts sum to the total
+        of the cell's registered counts (0 for an empty cell). All cells are drawn at once
+        (``sample_multinomial`` in ``scetm_mnn.module._likelihood``), not cell by cell.
 
         Returns a tensor of shape ``(n_samples, n_cells, G)`` (or ``(n_cells, G)`` when
         ``n_samples == 1``).
         """
-        inference_outputs = self.inference(**self._get_inference_input(tensors))
+        inference_outputs = self.inference(
+            **self._get_inference_input(tensors), n_samples=n_samples
+        )
         log_px = self.generative(**self._get_generative_input(tensors, inference_outputs))[
             "log_px"
         ]
-        x = tensors[REGISTRY_KEYS.X_KEY].to(log_px.device)
-        totals = x.sum(dim=-1).round().long().clamp(min=1)
-        probs = log_px.exp()
-        draws = torch.stack(
-            [
-                torch.stack(
-                    [
-                        torch.bincount(
-                            torch.multinomial(probs[i], int(totals[i]), replacement=True),
-                            minlength=probs.shape[-1],
-                        )
-                        for i in range(probs.shape[0])
-                    ]
-                )
-                for _ in range(n_samples)
-            ]
-        ).float()
-        return draws[0] if n_samples == 1 else draws
+        totals = tensors[REGISTRY_KEYS.X_KEY].to(log_px.device).sum(dim=-1).round()
+        return sample_multinomial(log_px.exp(), totals.expand(log_px.shape[:-1]))

@@ -294,25 +294,30 @@ class _Loader:
         yield from source.iterate(self._order(), self._batch_size(), rng, self.pairs)
 
 
-def registered_rows(adata_manager: AnnDataManager, key: str) -> Rows | None:
+def registered_rows(adata_manager: AnnDataManager, key: str, preload: bool = True) -> Rows | None:
     """``Rows`` (``scetm_mnn._rows``) of a registered matrix (``None`` if not registered).
 
     ``X`` and layers are read through ``scetm_mnn._rows.rows_of``, so the matrices of
-    a backed AnnData stay on disk.
+    a backed AnnData stay on disk. ``preload``: see ``Rows``.
     """
     registry = adata_manager.data_registry
     if key not in registry:
         return None
     field = registry[key]
     if field.attr_name == "X":
-        return rows_of(adata_manager.adata, None, preload=True)
+        return rows_of(adata_manager.adata, None, preload=preload)
     if field.attr_name == "layers":
-        return rows_of(adata_manager.adata, field.attr_key, preload=True)
-    return Rows(adata_manager.get_from_registry(key), preload=True)
+        return rows_of(adata_manager.adata, field.attr_key, preload=preload)
+    return Rows(adata_manager.get_from_registry(key), preload=preload)
 
 
-def source_from_manager(adata_manager: AnnDataManager, mnn_pairs=None) -> MinibatchSource:
+def source_from_manager(
+    adata_manager: AnnDataManager, mnn_pairs=None, preload: bool = True
+) -> MinibatchSource:
     """A :class:`MinibatchSource` over the data registered in ``adata_manager``.
+
+    ``preload=False`` keeps in-memory sparse data sparse, so that a pass over a few cells
+    densifies only their rows (inference); ``True`` densifies small data once (training).
 
     Examples
     --------
@@ -330,7 +335,7 @@ def source_from_manager(adata_manager: AnnDataManager, mnn_pairs=None) -> Miniba
         if REGISTRY_KEYS.BATCH_KEY in registry
         else None
     )
-    corrected = registered_rows(adata_manager, CORRECTED_KEY)
+    corrected = registered_rows(adata_manager, CORRECTED_KEY, preload)
     if CORRECTED_SHIFT_KEY in registry:
         key = adata_manager.registry["setup_args"]["corrected_layer"]
         corrected = ShiftedRows(
@@ -339,7 +344,7 @@ def source_from_manager(adata_manager: AnnDataManager, mnn_pairs=None) -> Miniba
             adata_manager.adata.varm[basis_key(key)],
         )
     return MinibatchSource(
-        registered_rows(adata_manager, REGISTRY_KEYS.X_KEY),
+        registered_rows(adata_manager, REGISTRY_KEYS.X_KEY, preload),
         batch,
         mnn_pairs=mnn_pairs,
         corrected=corrected,
