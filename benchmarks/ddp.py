@@ -7,7 +7,8 @@ minibatch of 256 cells (under DDP each of the 2 ranks takes 128 per step, so bot
 take the same optimizer steps and see the same samples). 5 % of the cells are held out;
 their ELBO (``elbo_validation``, the same cells on every rank) and the last epoch's
 training reconstruction loss compare the fits. Cells/s counts the training cells seen
-per second of ``fit`` (process start-up and data loading excluded; they are listed).
+per second of ``fit`` (process start-up and data loading excluded; they are listed). A
+third run, one process with seed 1, shows how far two seeds of the same run fall apart.
 
 Run: ``.venv/bin/python benchmarks/ddp.py [--cells 100000] [--epochs 3]
 [--out benchmarks/results/ddp.md]``
@@ -28,7 +29,7 @@ from pathlib import Path
 BATCH = 256
 
 
-def worker(path: str, devices: int, epochs: int) -> None:
+def worker(path: str, devices: int, epochs: int, seed: int = 0) -> None:
     """Train on ``path`` with ``devices`` processes; rank 0 prints one JSON line."""
     tic = time.perf_counter()
     import anndata as ad
@@ -57,7 +58,7 @@ def worker(path: str, devices: int, epochs: int) -> None:
         accelerator="cpu",
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
-        seed=0,
+        seed=seed,
         callbacks=[clock],
         check_val_every_n_epoch=epochs,
         enable_progress_bar=False,
@@ -71,6 +72,7 @@ def worker(path: str, devices: int, epochs: int) -> None:
         json.dumps(
             {
                 "processes": devices,
+                "seed": seed,
                 "steps": int(model.trainer.global_step),
                 "samples seen": int(model.trainer.global_step) * BATCH,
                 "start-up s": round(loaded, 1),
@@ -91,10 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cells", type=int, default=100_000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ddp.md"))
-    parser.add_argument("--worker", nargs=3, metavar=("PATH", "DEVICES", "EPOCHS"))
+    parser.add_argument("--worker", nargs=4, metavar=("PATH", "DEVICES", "EPOCHS", "SEED"))
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker[0], int(args.worker[1]), int(args.worker[2]))
+        worker(args.worker[0], *map(int, args.worker[1:]))
         return
     import pandas as pd
 
@@ -107,19 +109,30 @@ def main(argv: list[str] | None = None) -> None:
             n_cells=args.cells, n_genes=2000, n_batches=4, n_cell_types=8, random_state=0
         ).write_h5ad(path)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        for devices in (1, 2):
-            cmd = [sys.executable, __file__, "--worker", str(path), str(devices), str(args.epochs)]
+        # 1 and 2 processes with seed 0, and 1 process with seed 1: how far two seeds of
+        # the same run fall apart, the yardstick for the 1-against-2 difference.
+        for devices, seed in ((1, 0), (2, 0), (1, 1)):
+            cmd = [sys.executable, __file__, "--worker", str(path)]
+            cmd += [str(devices), str(args.epochs), str(seed)]
             done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if done.returncode:
                 raise RuntimeError(done.stderr[-4000:])
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     table = pd.DataFrame(rows)
-    one, two = rows
+    one, two, other_seed = rows
     ratio = {
         "speed-up (cells/s)": two["cells/s"] / one["cells/s"],
         "held-out ELBO, 2 vs 1 (relative)": two["ELBO (held out)"] / one["ELBO (held out)"] - 1,
         "held-out rec. loss, 2 vs 1 (relative)": two["rec. loss (held out)"]
+        / one["rec. loss (held out)"]
+        - 1,
+        "held-out ELBO, seed 1 vs seed 0, 1 process (relative)": other_seed["ELBO (held out)"]
+        / one["ELBO (held out)"]
+        - 1,
+        "held-out rec. loss, seed 1 vs seed 0, 1 process (relative)": other_seed[
+            "rec. loss (held out)"
+        ]
         / one["rec. loss (held out)"]
         - 1,
     }
