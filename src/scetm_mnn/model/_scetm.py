@@ -6,7 +6,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,8 @@ from scvi.data.fields import CategoricalObsField, LayerField, ObsmField
 # Private scvi-tools helpers, pinned by scvi-tools>=1.4,<1.5, with no public equivalent:
 # ``_initialize_model`` rebuilds a model from its saved init_params_ (BaseModelClass.load
 # does the same, but unpickles with weights_only=False); ``parse_device_args`` turns
-# accelerator/device into a torch device as every scvi-tools model's load does.
+# accelerator/device into a torch device as every scvi-tools model's load does. The model
+# also overrides BaseModelClass._get_user_attributes (what save writes; see save).
 from scvi.model._utils import parse_device_args
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.model.base._save_load import _initialize_model
@@ -49,7 +50,7 @@ from ._de import DEMixin
 from ._elbo import LikelihoodMixin
 from ._expression import ExpressionMixin
 from ._minibatches import minibatches
-from ._serialization import make_file_safe, model_path, read_model_file
+from ._serialization import encode_attributes, model_path, read_model_file
 
 logger = logging.getLogger(__name__)
 
@@ -530,7 +531,11 @@ class BatchCorrectedSCETM(
             logger.info("Not saving on rank %d; rank 0 saves the model.", trainer.global_rank)
             return
         super().save(dir_path, prefix=prefix, **kwargs)
-        make_file_safe(model_path(dir_path, prefix))
+
+    def _get_user_attributes(self) -> list[tuple[str, Any]]:
+        # scvi-tools' (private) hook that collects what ``save`` writes: hand it the
+        # attributes in types that torch.load(weights_only=True) reads back.
+        return encode_attributes(super()._get_user_attributes())
 
     @classmethod
     def load(

@@ -2,6 +2,8 @@
 
 scvi-tools writes ``model.pt`` with pandas DataFrames inside (the training history) and
 reads it back with ``weights_only=False``, which runs arbitrary code from a tampered file.
+The model hands scvi-tools its saved attributes already encoded
+(:func:`encode_attributes`), so the file it writes holds plain data only.
 Here DataFrames are stored as plain arrays and lists, and the file is read with torch's
 restricted unpickler: tensors, numbers, strings, containers and numpy arrays only.
 """
@@ -77,14 +79,9 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def make_file_safe(path: Path) -> None:
-    """Rewrite a model file scvi-tools just wrote so that it loads with ``weights_only``.
-
-    The file was written by this process a moment ago, so reading it in full is safe.
-    """
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    saved["attr_dict"] = _encode(saved.get("attr_dict", {}))
-    torch.save(saved, path)
+def encode_attributes(attributes: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """A model's ``(name, value)`` attributes as :func:`_encode` stores them."""
+    return [(name, _encode(value) if name.endswith("_") else value) for name, value in attributes]
 
 
 def read_model_file(path: Path, map_location: Any = "cpu") -> dict:
