@@ -294,9 +294,7 @@ def test_plots_draw_into_given_axes(adata, sweep, tmp_path):
     assert got == list(axes[0]) and axes[0, 1].get_title() == "Batch (batch)"
     assert pl.leiden_sweep(sweep, ax=axes[1, 0], show=False) is axes[1, 0]
     assert axes[1, 0].get_ylabel() == "score"
-    got = pl.topic_heatmap(
-        model, n_top=2, ax=axes[1, 1:], save=tmp_path / "mine.png", show=False
-    )
+    got = pl.topic_heatmap(model, n_top=2, ax=axes[1, 1:], save=tmp_path / "mine.png", show=False)
     assert got == list(axes[1, 1:]) and axes[1, 2].get_images()
     assert_written(tmp_path / "mine.png", PNG)  # save= writes the figure that holds ax
     assert len(fig.axes) == 8  # the six given axes and the heatmap's two colour bars

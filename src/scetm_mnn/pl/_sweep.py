@@ -78,9 +78,9 @@ def leiden_sweep(
     Returns
     -------
     ``None`` when the figure is shown; otherwise the figure, or the axes passed as ``ax``
-    (scanpy's convention: pass ``show=False`` to get them). Every axis runs from 0 to 1; ARI and NMI near 1 mean clusters that match
-    the cell types, a bARI near 0 (or near the reference) clusters that do not follow the
-    batches.
+    (scanpy's convention: pass ``show=False`` to get them). Every axis runs from 0 to 1;
+    ARI and NMI near 1 mean clusters that match the cell types, a bARI near 0 (or near the
+    reference) clusters that do not follow the batches.
 
     Examples
     --------

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from pathlib import Path
-
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
