@@ -13,6 +13,7 @@ fetches anything from the network fails visibly instead of fetching it.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -142,23 +143,34 @@ def screenshot(
     url = Path(page).resolve().as_uri()
     to_chrome_r, to_chrome_w = os.pipe()
     from_chrome_r, from_chrome_w = os.pipe()
-
-    def _fds() -> None:  # the child reads commands on fd 3 and answers on fd 4
-        read_fd, write_fd = os.dup(to_chrome_r), os.dup(from_chrome_w)
-        os.dup2(read_fd, 3)
-        os.dup2(write_fd, 4)
-
-    with tempfile.TemporaryDirectory(prefix="scetm-mnn-chromium-") as profile:
+    # Chromium reads commands on fd 3 and answers on fd 4. Its ends of the pipes are moved
+    # to fds >= 10 (never 3 or 4), then bash puts them in place and execs it.
+    child_r, child_w = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_chrome_r, from_chrome_w))
+    for fd in (to_chrome_r, from_chrome_w):
+        os.close(fd)
+    place = f'exec "$@" 3<&{child_r} 4>&{child_w} {child_r}<&- {child_w}>&-'
+    with (
+        tempfile.TemporaryDirectory(prefix="scetm-mnn-chromium-") as profile,
+        tempfile.TemporaryFile() as log,
+    ):
         proc = subprocess.Popen(
-            [binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            [
+                shutil.which("bash") or "bash",
+                "-c",
+                place,
+                "bash",
+                binary,
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            close_fds=False,  # fds 3 and 4 must survive; Python's own fds are not inheritable
-            preexec_fn=_fds,
+            stdout=log,
+            stderr=log,
+            pass_fds=(child_r, child_w),
         )
-        os.close(to_chrome_r)
-        os.close(from_chrome_w)
+        os.close(child_r)
+        os.close(child_w)
         pipe = _Pipe(from_chrome_r, to_chrome_w, timeout)
         try:
             target = pipe.call("Target.createTarget", url="about:blank")["targetId"]
@@ -189,8 +201,12 @@ def screenshot(
             )
             try:
                 pipe.call("Browser.close")
-            except (RuntimeError, TimeoutError):
+            except (RuntimeError, TimeoutError, OSError):
                 pass
+        except (RuntimeError, TimeoutError, OSError) as err:
+            log.seek(0)
+            tail = log.read().decode(errors="replace")[-3000:]
+            raise RuntimeError(f"Chromium failed ({err}); its log ends with:\n{tail}") from err
         finally:
             os.close(from_chrome_r)
             os.close(to_chrome_w)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def run_pipeline(
     random_state: int = 0,
     report: bool = True,
     source_name: str | None = None,
+    correct_kwargs: Mapping[str, object] | None = None,
 ) -> PipelineResult:
     """Preprocess, correct with MNN, train the topic model, and evaluate.
 
@@ -80,6 +82,9 @@ def run_pipeline(
         inside the report is logged as a warning; the other outputs are written anyway.
     source_name
         What ``adata`` was read from (a file, a data set), named in the report.
+    correct_kwargs
+        Further arguments of :func:`scetm_mnn.pp.mnn_correct` (e.g. ``max_epochs`` for a
+        quick look); the CLI passes none.
     """
     check_obs_key(adata, batch_key, "batch_key")
     if label_key is not None:
@@ -93,6 +98,7 @@ def run_pipeline(
         "max_epochs": max_epochs,
         "mnn_weight": mnn_weight,
         "random_state": random_state,
+        **{f"correct.{k}": v for k, v in (correct_kwargs or {}).items()},
     }
     costs = PhaseCosts()
     with costs.phase("preprocess"):
@@ -105,7 +111,13 @@ def run_pipeline(
         data = pp.preprocess(source, n_top_genes=n_top_genes, batch_key=batch_key, copy=True)
         del source
     with costs.phase("correct"):
-        pp.mnn_correct(data, batch_key, key_added=CORRECTED_KEY, random_state=random_state)
+        pp.mnn_correct(
+            data,
+            batch_key,
+            key_added=CORRECTED_KEY,
+            random_state=random_state,
+            **dict(correct_kwargs or {}),
+        )
     with costs.phase("train"):
         BatchCorrectedSCETM.setup_anndata(
             data,
