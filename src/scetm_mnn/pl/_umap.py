@@ -10,7 +10,7 @@ import scanpy as sc
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ..tl._utils import leiden_labels, light_copy
+from ..tl._utils import leiden_labels, light_copy, neighbors
 from ._utils import figure_and_axes, save_or_show, scatter_categorical
 
 
@@ -124,7 +124,7 @@ def integration_umap(
     tmp = light_copy(adata, use_rep, keys)
     coords = _existing_umap(adata, use_rep, umap_key)
     if coords is None or cluster_key is None:
-        sc.pp.neighbors(tmp, n_neighbors=n_neighbors, use_rep=use_rep, random_state=random_state)
+        neighbors(tmp, use_rep, n_neighbors=n_neighbors, random_state=random_state)
     if coords is None:
         sc.tl.umap(tmp, random_state=random_state)
         coords = tmp.obsm["X_umap"]
