@@ -23,6 +23,20 @@ def _knn_batch_counts(x: np.ndarray, batch_codes: np.ndarray, n_neighbors: int) 
     return counts
 
 
+def _neighbourhood_batches(
+    tmp: ad.AnnData, use_rep: str, batch_key: str, n_neighbors: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Batch codes and per-cell neighbourhood batch counts of a light copy, checked."""
+    n_batches = len(tmp.obs[batch_key].cat.categories)
+    if n_batches < 2:
+        raise ValueError(f"adata.obs[{batch_key!r}] has one batch; mixing needs at least two.")
+    if not 0 < n_neighbors < tmp.n_obs:
+        raise ValueError(f"n_neighbors must be between 1 and n_obs - 1, not {n_neighbors}.")
+    codes = tmp.obs[batch_key].cat.codes.to_numpy()
+    # light_copy's categories are the observed batches, so every code has cells.
+    return codes, _knn_batch_counts(tmp.obsm[use_rep], codes, n_neighbors)
+
+
 def _batch_entropy(counts: np.ndarray) -> float:
     """Mean Shannon entropy of neighbourhood batch frequencies over ``log(n_batches)``."""
     p = counts / counts.sum(axis=1, keepdims=True)
@@ -155,15 +169,10 @@ def integration_metrics(
         keys[label_key] = "label_key"
     tmp = light_copy(adata, use_rep, keys)
     x = tmp.obsm[use_rep]
-    batch_codes = tmp.obs[batch_key].cat.codes.to_numpy()
     labels = None if label_key is None else tmp.obs[label_key].to_numpy()
     batches = tmp.obs[batch_key].to_numpy()
-    n_batches = len(tmp.obs[batch_key].cat.categories)
-    if n_batches < 2:
-        raise ValueError(f"adata.obs[{batch_key!r}] has one batch; mixing needs at least two.")
-    if not 0 < n_neighbors < tmp.n_obs:
-        raise ValueError(f"n_neighbors must be between 1 and n_obs - 1, not {n_neighbors}.")
-    counts = _knn_batch_counts(x, batch_codes, n_neighbors)
+    batch_codes, counts = _neighbourhood_batches(tmp, use_rep, batch_key, n_neighbors)
+    n_batches = counts.shape[1]
     batch_freq = np.bincount(batch_codes, minlength=n_batches) / tmp.n_obs
     sil_label = (
         float(silhouette_score(x, labels))
@@ -218,9 +227,4 @@ def batch_entropy(adata: ad.AnnData, use_rep: str, batch_key: str, n_neighbors: 
     True
     """
     tmp = light_copy(adata, use_rep, {batch_key: "batch_key"})
-    batch_codes = tmp.obs[batch_key].cat.codes.to_numpy()
-    if len(tmp.obs[batch_key].cat.categories) < 2:
-        raise ValueError(f"adata.obs[{batch_key!r}] has one batch; mixing needs at least two.")
-    if not 0 < n_neighbors < tmp.n_obs:
-        raise ValueError(f"n_neighbors must be between 1 and n_obs - 1, not {n_neighbors}.")
-    return _batch_entropy(_knn_batch_counts(tmp.obsm[use_rep], batch_codes, n_neighbors))
+    return _batch_entropy(_neighbourhood_batches(tmp, use_rep, batch_key, n_neighbors)[1])
