@@ -33,7 +33,7 @@ def test_run_writes_everything(h5ad, tmp_path, capsys):
     assert "ARI" in printed and "bARI" in printed
     sweep = pd.read_csv(out / "leiden_sweep.csv")
     assert {"resolution", "n_clusters", "ARI", "NMI", "bARI"} <= set(sweep.columns)
-    for name in ("leiden_sweep.md", "umap.png", "topics.png", "model/model.pt"):
+    for name in ("leiden_sweep.md", "umap.png", "topics.png", "model/model.pt", "report.html"):
         assert (out / name).stat().st_size > 0, name
     result = ad.read_h5ad(out / "input_scetm_mnn.h5ad")
     assert result.obsm["X_scetm_mnn"].shape == (result.n_obs, 50)
@@ -132,10 +132,19 @@ def test_options_reach_the_pipeline(monkeypatch, h5ad, tmp_path):
         "max_epochs": 3,
         "mnn_weight": 0.5,
         "random_state": 7,
+        "report": True,
+        "source_name": str(h5ad),
     }
     seen.clear()
     assert main(["demo", "--mnn-weight", "1", "--out", str(tmp_path)]) == 2
     assert seen["mnn_weight"] == 1.0 and seen["batch_key"] == "batch"
+    assert seen["report"] is True and seen["source_name"].endswith("--dataset simulated")
+    seen.clear()
+    assert main(["run", str(h5ad), "--batch-key", "b", "--out", str(tmp_path), "--no-report"]) == 2
+    assert seen["report"] is False
+    seen.clear()
+    assert main(["demo", "--no-report", "--out", str(tmp_path)]) == 2
+    assert seen["report"] is False
 
 
 def test_errors_point_to_the_troubleshooting_page(tmp_path, capsys):

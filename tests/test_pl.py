@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from scetm_mnn import pl
@@ -20,7 +22,10 @@ N_CELLS, N_GENES, N_TOPICS = 180, 30, 4
 
 @pytest.fixture(autouse=True)
 def _close_figures():
+    # scanpy's default (autoshow) would show and return None; these tests read the figures.
+    previous, sc.settings.autoshow = sc.settings.autoshow, False
     yield
+    sc.settings.autoshow = previous
     plt.close("all")
 
 
@@ -257,3 +262,61 @@ def test_topic_heatmap_orders_within_the_chosen_topics(adata):
     # Among topic_1/topic_3: type1 and type2 tie on topic_1 (0.2 / 0.15), type0 → topic_3.
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["topic_1", "topic_3"]
     assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["type1", "type2", "type0"]
+
+
+def test_show_follows_scanpy(adata, sweep, monkeypatch):
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda: shown.append(True))
+    model = FakeTopicModel(adata)
+    calls = {
+        "integration_umap": lambda **kw: pl.integration_umap(
+            adata, "X_emb", "batch", "cell_type", cluster_key="clusters", **kw
+        ),
+        "leiden_sweep": lambda **kw: pl.leiden_sweep(sweep, **kw),
+        "topic_heatmap": lambda **kw: pl.topic_heatmap(model, n_top=2, **kw),
+    }
+    for name, call in calls.items():
+        shown.clear()
+        assert call(show=True) is None and shown == [True], name
+        assert isinstance(call(show=False), Figure) and len(shown) == 1, name
+        sc.settings.autoshow = True
+        assert call() is None and len(shown) == 2, name  # None: scanpy's autoshow
+        sc.settings.autoshow = False
+        assert isinstance(call(), Figure) and len(shown) == 2, name
+
+
+def test_plots_draw_into_given_axes(adata, sweep, tmp_path):
+    model = FakeTopicModel(adata)
+    fig, axes = plt.subplots(2, 3)
+    got = pl.integration_umap(
+        adata, "X_emb", "batch", "cell_type", cluster_key="clusters", ax=axes[0], show=False
+    )
+    assert got == list(axes[0]) and axes[0, 1].get_title() == "Batch (batch)"
+    assert pl.leiden_sweep(sweep, ax=axes[1, 0], show=False) is axes[1, 0]
+    assert axes[1, 0].get_ylabel() == "score"
+    got = pl.topic_heatmap(model, n_top=2, ax=axes[1, 1:], save=tmp_path / "mine.png", show=False)
+    assert got == list(axes[1, 1:]) and axes[1, 2].get_images()
+    assert_written(tmp_path / "mine.png", PNG)  # save= writes the figure that holds ax
+    assert len(fig.axes) == 8  # the six given axes and the heatmap's two colour bars
+    with pytest.raises(TypeError, match="sequence of 3 matplotlib Axes"):
+        pl.integration_umap(adata, "X_emb", "batch", "cell_type", ax=axes[1, 1:])
+    with pytest.raises(TypeError, match="one matplotlib Axes"):
+        pl.leiden_sweep(sweep, ax=list(axes[0]))
+    assert isinstance(axes[0, 0], Axes)
+
+
+def test_integration_umap_without_labels(adata):
+    fig = pl.integration_umap(adata, "X_emb", "batch", None, cluster_key="clusters")
+    assert [ax.get_title() for ax in fig.axes] == ["Clusters (clusters)", "Batch (batch)"]
+
+
+def test_topic_heatmap_reads_theta_from_obsm(adata):
+    model = enriched_model(adata)
+    copy = adata.copy()
+    copy.obsm["X_topics"] = model.theta
+    model.theta = np.full_like(model.theta, 0.25)  # the model's own θ is not used
+    fig = pl.topic_heatmap(model, adata=copy, n_top=2, normalize=None, theta_key="X_topics")
+    values = fig.axes[1].get_images()[0].get_array()
+    assert values.max() == pytest.approx(0.7)
+    with pytest.raises(KeyError, match="X_nope"):
+        pl.topic_heatmap(model, adata=copy, theta_key="X_nope")

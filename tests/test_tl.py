@@ -199,3 +199,44 @@ def test_scib_benchmark(blobs):
     assert "KMeans ARI" not in results.columns
     assert results.loc["X_mixed", "Leiden ARI"] == pytest.approx(1.0)
     assert results.loc["X_mixed", "iLISI"] > results.loc["X_split", "iLISI"]
+
+
+def test_batch_entropy_is_the_metric_alone(blobs):
+    for rep in ("X_mixed", "X_split"):
+        metrics = tl.integration_metrics(blobs, rep, "cell_type", "batch", n_neighbors=30)
+        assert tl.batch_entropy(blobs, rep, "batch") == pytest.approx(metrics["batch_entropy"])
+    assert tl.batch_entropy(blobs, "X_mixed", "batch") > 0.9
+    assert tl.batch_entropy(blobs, "X_split", "batch") < 0.1
+    with pytest.raises(ValueError, match="n_neighbors"):
+        tl.batch_entropy(blobs, "X_mixed", "batch", n_neighbors=0)
+
+
+def test_stratified_subsample_keeps_every_group():
+    rng = np.random.default_rng(0)
+    n = 5000
+    obs = pd.DataFrame(
+        {
+            "batch": pd.Categorical(rng.choice(["a", "b", "c"], size=n, p=[0.6, 0.3, 0.1])),
+            "cell_type": pd.Categorical(rng.choice(["x", "y"], size=n, p=[0.95, 0.05])),
+        },
+        index=[f"c{i}" for i in range(n)],
+    )
+    obs.iloc[:2, 1] = "y"
+    obs["cell_type"] = obs["cell_type"].cat.add_categories("rare")
+    obs.iloc[7, 1] = "rare"  # a group of one cell
+    adata = ad.AnnData(obs=obs)
+    keep = tl.stratified_subsample(adata, ["batch", "cell_type"], max_cells=500)
+    assert 500 <= len(keep) <= 500 + 7  # at most one extra cell per group
+    assert np.all(np.diff(keep) > 0) and keep.min() >= 0 and keep.max() < n
+    full = obs.groupby(["batch", "cell_type"], observed=True).size()
+    sub = obs.iloc[keep].groupby(["batch", "cell_type"], observed=True).size()
+    assert set(sub.index) == set(full.index)  # every batch × type, the single cell too
+    np.testing.assert_allclose(sub / sub.sum(), full / full.sum(), atol=0.01)
+    again = tl.stratified_subsample(adata, ["batch", "cell_type"], 500)
+    np.testing.assert_array_equal(keep, again)
+    assert not np.array_equal(keep, tl.stratified_subsample(adata, "batch", 500, random_state=1))
+    np.testing.assert_array_equal(tl.stratified_subsample(adata, "batch", n), np.arange(n))
+    with pytest.raises(ValueError, match="max_cells"):
+        tl.stratified_subsample(adata, "batch", 0)
+    with pytest.raises(KeyError, match="donor"):
+        tl.stratified_subsample(adata, ["donor"], 10)

@@ -227,3 +227,24 @@ def test_pancreas_markers_match_baron_labels(data_dir, species, request):
         assert set(wanted) & genes, f"no marker of {cell_type} in the {species} genes"
     beta = "INS" if species == "human" else "Ins1"
     assert beta in markers["beta"]
+
+
+def test_enrichment_one_row_per_topic(enriched):
+    genes = ["g0", "g1", "g2", "g3"]
+    topic_gene = topic_gene_frame([["g0"], ["g1"], ["g2", "g3"], ["g3"]], genes)
+    table = tl.topic_enrichment(enriched, "cell_type", topic_gene=topic_gene, n_top=2)
+    assert list(table.index) == ["t0", "t1", "t2", "t3"] and table.index.name == "topic"
+    assert list(table.columns) == [
+        "mean_theta", "label", "n_cells", "theta_in", "theta_out", "ratio", "top_genes"
+    ]  # fmt: skip
+    assert list(table["label"]) == ["B", "C", "A", "C"]
+    # The same ratios as the per-type table where a type's best topic is the topic's best.
+    by_type = tl.topic_specificity(enriched, "cell_type")
+    assert table.loc["t2", "ratio"] == pytest.approx(by_type.loc["A", "ratio"])
+    assert table.loc["t0", "ratio"] == pytest.approx(by_type.loc["B", "ratio"])
+    assert table.loc["t2", "top_genes"] == ["g2", "g3"]
+    np.testing.assert_allclose(table["mean_theta"].sum(), 1.0, rtol=1e-6)
+    # The single C cell cannot win with min_cells=2: topic_1 goes to B (ratio 1.65).
+    assert tl.topic_enrichment(enriched, "cell_type", min_cells=2).loc["topic_1", "label"] == "B"
+    with pytest.raises(ValueError, match="min_cells=7"):
+        tl.topic_enrichment(enriched, "cell_type", min_cells=7)

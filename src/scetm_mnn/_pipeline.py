@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anndata as ad
+import matplotlib.pyplot as plt
 import pandas as pd
 import scvi
 
 from . import pl, pp, tl
+from ._costs import PhaseCosts
 from ._validation import check_obs_key, get_matrix
 from .model import BatchCorrectedSCETM
 
@@ -30,6 +34,11 @@ class PipelineResult:
     sweep: pd.DataFrame | None = None
     summary: pd.Series | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    costs: pd.DataFrame | None = None
+    """One row per phase (``phase``, ``seconds``, ``peak_rss_mib``: the process's peak
+    resident memory at the phase's end)."""
+    params: dict[str, object] = field(default_factory=dict)
+    """The arguments of the run, for the report."""
 
 
 def run_pipeline(
@@ -42,6 +51,9 @@ def run_pipeline(
     max_epochs: int | None = None,
     mnn_weight: float | None = None,
     random_state: int = 0,
+    report: bool = True,
+    source_name: str | None = None,
+    correct_kwargs: Mapping[str, object] | None = None,
 ) -> PipelineResult:
     """Preprocess, correct with MNN, train the topic model, and evaluate.
 
@@ -65,42 +77,85 @@ def run_pipeline(
         Weight of the MNN term in the topic model (``None``: the model's default).
     random_state
         Seed for every step.
+    report
+        Also write ``report.html`` into ``out`` (:func:`scetm_mnn.pl.report`). A failure
+        inside the report is logged as a warning; the other outputs are written anyway.
+    source_name
+        What ``adata`` was read from (a file, a data set), named in the report.
+    correct_kwargs
+        Further arguments of :func:`scetm_mnn.pp.mnn_correct` (e.g. ``max_epochs`` for a
+        quick look); the CLI passes none.
     """
     check_obs_key(adata, batch_key, "batch_key")
     if label_key is not None:
         check_obs_key(adata, label_key, "label_key")
     scvi.settings.seed = random_state
-    source = adata.copy()
-    if counts_layer is not None:
-        source.X = get_matrix(source, counts_layer).copy()
-    data = pp.preprocess(source, n_top_genes=n_top_genes, batch_key=batch_key, copy=True)
-    pp.mnn_correct(data, batch_key, key_added=CORRECTED_KEY, random_state=random_state)
-    BatchCorrectedSCETM.setup_anndata(
-        data,
-        layer="counts",
-        batch_key=batch_key,
-        corrected_layer=CORRECTED_KEY,
-        mnn_pairs_key=f"{CORRECTED_KEY}_pairs",
-    )
-    model = BatchCorrectedSCETM(data)
-    train_kwargs = {} if mnn_weight is None else {"mnn_weight": mnn_weight}
-    model.train(max_epochs=max_epochs, seed=random_state, **train_kwargs)
-    data.obsm[LATENT_KEY] = model.get_latent_representation()
-    data.obsm[TOPICS_KEY] = model.get_topic_proportions()
-    result = PipelineResult(adata=data, model=model)
-
-    if label_key is not None:
-        result.sweep = tl.leiden_sweep(
-            data, LATENT_KEY, label_key, batch_key, random_state=random_state
+    params = {
+        "batch_key": batch_key,
+        "label_key": label_key,
+        "counts_layer": counts_layer,
+        "n_top_genes": n_top_genes,
+        "max_epochs": max_epochs,
+        "mnn_weight": mnn_weight,
+        "random_state": random_state,
+        **{f"correct.{k}": v for k, v in (correct_kwargs or {}).items()},
+    }
+    costs = PhaseCosts()
+    with costs.phase("preprocess"):
+        # The counts and annotations by reference: preprocess(copy=True) makes the one copy.
+        source = ad.AnnData(
+            X=get_matrix(adata, counts_layer, argument="counts_layer"),
+            obs=adata.obs.copy(),
+            var=adata.var.copy(),
         )
-        result.summary = tl.sweep_summary(result.sweep)
+        data = pp.preprocess(source, n_top_genes=n_top_genes, batch_key=batch_key, copy=True)
+        del source
+    with costs.phase("correct"):
+        pp.mnn_correct(
+            data,
+            batch_key,
+            key_added=CORRECTED_KEY,
+            random_state=random_state,
+            **dict(correct_kwargs or {}),
+        )
+    with costs.phase("train"):
+        BatchCorrectedSCETM.setup_anndata(
+            data,
+            layer="counts",
+            batch_key=batch_key,
+            corrected_layer=CORRECTED_KEY,
+            mnn_pairs_key=f"{CORRECTED_KEY}_pairs",
+        )
+        model = BatchCorrectedSCETM(data)
+        train_kwargs = {} if mnn_weight is None else {"mnn_weight": mnn_weight}
+        model.train(max_epochs=max_epochs, seed=random_state, **train_kwargs)
+    with costs.phase("latent"):
+        data.obsm[LATENT_KEY] = model.get_latent_representation()
+        data.obsm[TOPICS_KEY] = model.get_topic_proportions()
+    result = PipelineResult(adata=data, model=model, params=params)
+
+    with costs.phase("evaluate"):
+        if label_key is not None:
+            result.sweep = tl.leiden_sweep(
+                data, LATENT_KEY, label_key, batch_key, random_state=random_state
+            )
+            result.summary = tl.sweep_summary(result.sweep)
+    result.costs = costs.frame()
     if out is not None:
-        result.files = _write_outputs(result, Path(out), batch_key, label_key)
+        result.files = _write_outputs(
+            result, Path(out), batch_key, label_key, costs, report=report, source=source_name
+        )
     return result
 
 
 def _write_outputs(
-    result: PipelineResult, out: Path, batch_key: str, label_key: str | None
+    result: PipelineResult,
+    out: Path,
+    batch_key: str,
+    label_key: str | None,
+    costs: PhaseCosts,
+    report: bool,
+    source: str | None,
 ) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
@@ -109,17 +164,50 @@ def _write_outputs(
         result.sweep.to_csv(files["metrics"], index=False)
         files["table"] = out / "leiden_sweep.md"
         files["table"].write_text(result.sweep.round(3).to_markdown(index=False) + "\n")
-    files["umap"] = out / "umap.png"
-    pl.integration_umap(
-        result.adata,
-        LATENT_KEY,
-        batch_key,
-        label_key if label_key is not None else batch_key,
-        save=files["umap"],
-    )
-    files["topics"] = out / "topics.png"
-    pl.topic_heatmap(result.model, label_key=label_key or batch_key, save=files["topics"])
-    files["model"] = out / "model"
-    result.model.save(files["model"], overwrite=True)
+    with costs.phase("figures"):
+        files["umap"] = out / "umap.png"
+        fig = pl.integration_umap(
+            result.adata, LATENT_KEY, batch_key, label_key, save=files["umap"], show=False
+        )
+        plt.close(fig)
+        files["topics"] = out / "topics.png"
+        fig = pl.topic_heatmap(
+            result.model,
+            label_key=label_key or batch_key,
+            theta_key=TOPICS_KEY,
+            save=files["topics"],
+            show=False,
+        )
+        plt.close(fig)
+    with costs.phase("save"):
+        files["model"] = out / "model"
+        result.model.save(files["model"], overwrite=True)
+    result.costs = costs.frame()
+    if report:
+        tic = time.perf_counter()
+        try:
+            files["report"] = pl.report(
+                result.adata,
+                result.model,
+                out / "report.html",
+                batch_key=batch_key,
+                label_key=label_key,
+                sweep=result.sweep,
+                use_rep=LATENT_KEY,
+                theta_key=TOPICS_KEY,
+                corrector_key=CORRECTED_KEY,
+                costs=result.costs,
+                params=result.params,
+                source=source,
+                random_state=result.params["random_state"],
+            )
+        except Exception as err:  # the report must never lose the run's other outputs
+            logger.warning("The report could not be written: %s", err, exc_info=True)
+        finally:
+            plt.close("all")
+        costs.add("report", time.perf_counter() - tic)
+        result.costs = costs.frame()
+    files["costs"] = out / "costs.csv"
+    result.costs.to_csv(files["costs"], index=False)
     logger.info("Wrote %s", ", ".join(str(p) for p in files.values()))
     return files

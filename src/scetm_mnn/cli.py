@@ -3,7 +3,8 @@
 Both run :func:`scetm_mnn._pipeline.run_pipeline`: preprocessing (normalize, log1p,
 batch-aware HVGs), the MNN corrector (:func:`scetm_mnn.pp.mnn_correct`), the topic model
 (:class:`scetm_mnn.model.BatchCorrectedSCETM` on the corrected layer), a Leiden sweep when
-labels exist, the figures and the saved model. Each option's help says which of these
+labels exist, the figures, the saved model and the one-page ``report.html``
+(:func:`scetm_mnn.pl.report`). Each option's help says which of these
 stages it affects and its default.
 """
 
@@ -53,6 +54,8 @@ def _demo(args: argparse.Namespace) -> int:
         max_epochs=args.max_epochs,
         mnn_weight=args.mnn_weight,
         random_state=args.seed,
+        report=not args.no_report,
+        source_name=f"scetm-mnn demo --dataset {args.dataset}",
     )
     _print_summary(result, Path(args.out))
     return 0
@@ -73,6 +76,8 @@ def _run(args: argparse.Namespace) -> int:
         max_epochs=args.max_epochs,
         mnn_weight=args.mnn_weight,
         random_state=args.seed,
+        report=not args.no_report,
+        source_name=str(path),
     )
     result.files["h5ad"] = Path(args.out) / f"{path.stem}_scetm_mnn.h5ad"
     result.adata.write_h5ad(result.files["h5ad"])
@@ -118,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="MNN batch correction + embedded topic model (scETM) for scRNA-seq. "
         "Each subcommand runs the whole pipeline: preprocess (normalize, log1p, "
         "batch-aware highly variable genes) -> MNN correction -> topic model -> Leiden "
-        "sweep (with labels) -> figures and saved model.",
+        "sweep (with labels) -> figures, saved model and report.html.",
         epilog=f"Errors are explained at {TROUBLESHOOTING_URL}",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -147,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the donors less than the default (see the user guide)",
     )
     common.add_argument(
+        "--no-report",
+        action="store_true",
+        help="outputs only: do not write report.html, the one-page HTML summary of the run "
+        "(data, UMAPs before/after, Leiden sweep, topics, training curves, cost per phase; "
+        "self-contained, opens offline). Default: the report is written",
+    )
+    common.add_argument(
         "--seed",
         type=int,
         default=0,
@@ -173,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         default="demo_output",
         metavar="DIR",
-        help="output folder: metrics, figures, model (default: %(default)s)",
+        help="output folder: metrics, figures, model, report.html (default: %(default)s)",
     )
     demo.set_defaults(func=_demo)
 
@@ -222,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         metavar="DIR",
-        help="required: output folder for the metrics, figures, model and "
+        help="required: output folder for the metrics, figures, model, report.html and "
         "<input>_scetm_mnn.h5ad (created if missing)",
     )
     run.set_defaults(func=_run)

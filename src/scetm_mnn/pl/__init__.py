@@ -1,7 +1,8 @@
-"""Figures: integration UMAPs, Leiden sweep curves and topic heatmaps."""
+"""Figures: integration UMAPs, Leiden sweep curves, topic heatmaps, and the run report."""
 
+from ._report import report
 from ._sweep import leiden_sweep
 from ._topics import topic_heatmap
 from ._umap import integration_umap
 
-__all__ = ["integration_umap", "leiden_sweep", "topic_heatmap"]
+__all__ = ["integration_umap", "leiden_sweep", "report", "topic_heatmap"]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..tl._leiden import SWEEP_COLUMNS
-from ._utils import category_colors, save_figure
+from ._utils import category_colors, figure_and_axes, save_or_show
 
 _METRICS = (
     ("ARI", "ARI (higher is better)"),
@@ -47,7 +47,9 @@ def leiden_sweep(
     bari_reference: float | None = None,
     *,
     bari_floor: float | None = None,
-) -> Figure:
+    ax: Axes | Sequence[Axes] | None = None,
+    show: bool | None = None,
+) -> Figure | Axes | list[Axes] | None:
     """Plot a :func:`scetm_mnn.tl.leiden_sweep` table against the resolution.
 
     Parameters
@@ -66,12 +68,19 @@ def leiden_sweep(
         not a floor: clusterings that merge or split cell types can go below it.
     bari_floor
         Deprecated name of ``bari_reference``.
+    ax
+        Draw into these axes instead of a new figure: one Axes for one table, three (ARI,
+        NMI, bARI) for a mapping.
+    show
+        Show the figure (:func:`matplotlib.pyplot.show`); ``None`` follows
+        :attr:`scanpy.settings.autoshow`, as scanpy's plots do.
 
     Returns
     -------
-    The figure. Every axis runs from 0 to 1; ARI and NMI near 1 mean clusters that match
-    the cell types, a bARI near 0 (or near the reference) clusters that do not follow the
-    batches.
+    ``None`` when the figure is shown; otherwise the figure, or the axes passed as ``ax``
+    (scanpy's convention: pass ``show=False`` to get them). Every axis runs from 0 to 1;
+    ARI and NMI near 1 mean clusters that match the cell types, a bARI near 0 (or near the
+    reference) clusters that do not follow the batches.
 
     Examples
     --------
@@ -88,12 +97,19 @@ def leiden_sweep(
     ...         "bARI": [0.05, 0.02, 0.01],
     ...     }
     ... )
-    >>> fig = sm.pl.leiden_sweep(sweep, bari_reference=0.03, title="one method")
+    >>> fig = sm.pl.leiden_sweep(sweep, bari_reference=0.03, title="one method", show=False)
     >>> len(fig.axes)
     1
-    >>> fig = sm.pl.leiden_sweep({"pca": sweep, "ours": sweep.assign(ARI=0.95)})
+    >>> fig = sm.pl.leiden_sweep({"pca": sweep, "ours": sweep.assign(ARI=0.95)}, show=False)
     >>> [ax.get_ylabel() for ax in fig.axes]
     ['ARI (higher is better)', 'NMI (higher is better)', 'bARI (lower is better)']
+
+    Into axes of your own, as with scanpy's plots:
+
+    >>> import matplotlib.pyplot as plt
+    >>> fig, (left, right) = plt.subplots(1, 2)
+    >>> sm.pl.leiden_sweep(sweep, ax=right, show=False) is right
+    True
     """
     if bari_floor is not None:
         warnings.warn(
@@ -106,27 +122,27 @@ def leiden_sweep(
             bari_reference = bari_floor
     if isinstance(df, pd.DataFrame):
         _check(df, "df")
-        fig, ax = plt.subplots(figsize=(5.0, 3.6), layout="constrained")
+        fig, (axis,) = figure_and_axes(ax, 1, (5.0, 3.6))
         for (metric, _), color in zip(_METRICS, category_colors(len(_METRICS))):
-            ax.plot(
+            axis.plot(
                 df["resolution"], df[metric], marker="o", markersize=3, color=color, label=metric
             )
         best = df.loc[df["ARI"].idxmax(), "resolution"]
-        ax.axvline(best, color="grey", linestyle=":", linewidth=1, label=f"best ARI ({best:g})")
+        axis.axvline(best, color="grey", linestyle=":", linewidth=1, label=f"best ARI ({best:g})")
         if bari_reference is not None:
-            _reference_line(ax, bari_reference)
-        _style(ax, "score")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
+            _reference_line(axis, bari_reference)
+        _style(axis, "score")
+        axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
     else:
         if not df:
             raise ValueError("df is an empty mapping; pass at least one sweep table.")
         for name, table in df.items():
             _check(table, f"df[{name!r}]")
-        fig, axes = plt.subplots(1, 3, figsize=(13.0, 3.6), layout="constrained")
+        fig, axes = figure_and_axes(ax, 3, (13.0, 3.6))
         colors = category_colors(len(df))
-        for ax, (metric, label) in zip(axes, _METRICS):
+        for axis, (metric, label) in zip(axes, _METRICS):
             for (name, table), color in zip(df.items(), colors):
-                ax.plot(
+                axis.plot(
                     table["resolution"],
                     table[metric],
                     marker="o",
@@ -135,10 +151,9 @@ def leiden_sweep(
                     label=name,
                 )
             if metric == "bARI" and bari_reference is not None:
-                _reference_line(ax, bari_reference)
-            _style(ax, label)
+                _reference_line(axis, bari_reference)
+            _style(axis, label)
         axes[-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
     if title is not None:
         fig.suptitle(title)
-    save_figure(fig, save)
-    return fig
+    return save_or_show(fig, ax, save, show)

@@ -7,15 +7,15 @@ from collections.abc import Sequence
 from typing import Literal
 
 import anndata as ad
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from .._validation import check_obs_key
-from ..tl._topics import _enrichment
-from ._utils import save_figure
+from ..tl._topics import _enrichment, _get_theta
+from ._utils import figure_and_axes, save_or_show
 
 _NORMALIZE_LABELS = {
     None: "mean θ",
@@ -92,7 +92,10 @@ def topic_heatmap(
     *,
     normalize: Literal["topic", "type"] | None = "topic",
     order: bool = True,
-) -> Figure:
+    theta_key: str | None = None,
+    ax: Sequence[Axes] | None = None,
+    show: bool | None = None,
+) -> Figure | list[Axes] | None:
     """Plot each topic's top genes and the mean topic proportions per cell type.
 
     Left: the topic × gene matrix restricted to the union of the topics' ``n_top`` top
@@ -133,10 +136,20 @@ def topic_heatmap(
         diagonal as possible; topics that are no type's most enriched go last. With
         ``False``, topics keep the model's (or ``topics``') order and cell types are sorted
         by name.
+    theta_key
+        ``obsm`` key of θ already computed for ``adata`` (e.g. ``"X_topics"``), which is
+        then averaged instead of calling ``model.get_topic_proportions(adata)``.
+    ax
+        Draw into these two axes (genes, cell types) instead of a new figure; the colour
+        bars are added beside them.
+    show
+        Show the figure (:func:`matplotlib.pyplot.show`); ``None`` follows
+        :attr:`scanpy.settings.autoshow`, as scanpy's plots do.
 
     Returns
     -------
-    The figure: two heatmap axes followed by their two colour-bar axes.
+    ``None`` when the figure is shown; otherwise the figure (two heatmap axes followed by
+    their two colour-bar axes), or the axes passed as ``ax``.
 
     How to read it. Left, the colour is the topic-gene weight ``β = α·ρ`` (a logit: only
     differences within a topic's row matter, and red genes are those the topic raises).
@@ -156,10 +169,13 @@ def topic_heatmap(
     >>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, layer="counts", batch_key="batch")
     >>> model = sm.model.BatchCorrectedSCETM(adata, n_topics=6, n_emb=16)
     >>> model.train(max_epochs=5, enable_progress_bar=False)  # a few steps: a quick look
-    >>> fig = sm.pl.topic_heatmap(model, label_key="cell_type", n_top=3)
+    >>> fig = sm.pl.topic_heatmap(model, label_key="cell_type", n_top=3, show=False)
     >>> [ax.get_title() for ax in fig.axes[:2]]
     ['Top 3 genes per topic', 'Mean topic proportion by cell_type']
-    >>> raw = sm.pl.topic_heatmap(model, normalize=None, order=False, topics=[0, 1])
+    >>> adata.obsm["X_topics"] = model.get_topic_proportions()
+    >>> raw = sm.pl.topic_heatmap(
+    ...     model, normalize=None, order=False, topics=[0, 1], theta_key="X_topics", show=False
+    ... )
     >>> raw.axes[3].get_ylabel()
     'mean θ'
     """
@@ -171,10 +187,13 @@ def topic_heatmap(
     check_obs_key(adata, label_key, "label_key")
     beta = model.get_topic_gene_matrix()
     names = _select_topics(beta.index, topics)
-    theta = np.asarray(model.get_topic_proportions(adata))
+    if theta_key is None:
+        theta = np.asarray(model.get_topic_proportions(adata))
+    else:
+        theta = _get_theta(adata, theta_key)
     if theta.shape != (adata.n_obs, len(beta.index)):
         raise ValueError(
-            f"get_topic_proportions returned shape {theta.shape}, expected "
+            f"θ ({theta_key or 'get_topic_proportions'}) has shape {theta.shape}, expected "
             f"({adata.n_obs}, {len(beta.index)})."
         )
     labels = adata.obs[label_key].astype(str).to_numpy()
@@ -190,12 +209,11 @@ def topic_heatmap(
     n_types = mean_theta.shape[1]
     width = min(30.0, 3.5 + 0.16 * len(genes) + 0.25 * n_types)
     height = min(30.0, 2.0 + 0.22 * len(names))
-    fig, axes = plt.subplots(
-        1,
+    fig, axes = figure_and_axes(
+        ax,
         2,
-        figsize=(width, height),
+        (width, height),
         sharey=True,
-        layout="constrained",
         gridspec_kw={"width_ratios": [max(len(genes), 1), max(n_types, 1) * 1.5]},
     )
     lo, hi = float(np.nanmin(weights.to_numpy())), float(np.nanmax(weights.to_numpy()))
@@ -210,5 +228,4 @@ def topic_heatmap(
     axes[1].set_title(f"Mean topic proportion by {label_key}", fontsize=10)
     if title is not None:
         fig.suptitle(title)
-    save_figure(fig, save)
-    return fig
+    return save_or_show(fig, ax, save, show)

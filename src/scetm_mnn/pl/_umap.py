@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import anndata as ad
-import matplotlib.pyplot as plt
 import scanpy as sc
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ..tl._utils import leiden_labels, light_copy
-from ._utils import save_figure, scatter_categorical
+from ..tl._utils import leiden_labels, light_copy, neighbors
+from ._utils import figure_and_axes, save_or_show, scatter_categorical
 
 
 def _existing_umap(adata: ad.AnnData, use_rep: str, umap_key: str | None):
@@ -30,7 +31,7 @@ def integration_umap(
     adata: ad.AnnData,
     use_rep: str,
     batch_key: str,
-    label_key: str,
+    label_key: str | None,
     cluster_key: str | None = None,
     save: str | os.PathLike | None = None,
     title: str | None = None,
@@ -38,7 +39,10 @@ def integration_umap(
     umap_key: str | None = None,
     resolution: float = 0.5,
     n_neighbors: int = 15,
-) -> Figure:
+    *,
+    ax: Sequence[Axes] | None = None,
+    show: bool | None = None,
+) -> Figure | list[Axes] | None:
     """Plot UMAPs of an embedding coloured by clusters, batch and cell type.
 
     Nothing is written to ``adata``: when it lacks a UMAP of ``use_rep`` or clusters,
@@ -55,7 +59,8 @@ def integration_umap(
     batch_key
         ``obs`` column with batch labels.
     label_key
-        ``obs`` column with cell-type labels.
+        ``obs`` column with cell-type labels, or ``None`` without labels: then only the
+        clusters and batches are drawn (two panels).
     cluster_key
         ``obs`` column with clusters, e.g. the best-ARI clustering stored by
         :func:`scetm_mnn.tl.leiden_sweep` with ``key_added``. If ``None``, Leiden runs
@@ -76,10 +81,16 @@ def integration_umap(
         you chose, e.g. the best-ARI one of :func:`scetm_mnn.tl.leiden_sweep`.
     n_neighbors
         Neighbours of the kNN graph used for UMAP and Leiden.
+    ax
+        Draw into these axes (three, or two without ``label_key``) instead of a new figure.
+    show
+        Show the figure (:func:`matplotlib.pyplot.show`); ``None`` follows
+        :attr:`scanpy.settings.autoshow`, as scanpy's plots do.
 
     Returns
     -------
-    The figure, with three scatter axes (clusters, batch, cell type). The colours are
+    ``None`` when the figure is shown; otherwise the figure (or the axes passed as ``ax``),
+    with three scatter axes (clusters, batch, cell type). The colours are
     categories, not a scale: each panel has its own legend. A good integration shows the
     batch colours interleaved within each cell-type island, and clusters that coincide
     with the cell types. UMAP distances between islands mean little; judge the mixing with
@@ -94,19 +105,26 @@ def integration_umap(
     >>> adata = sm.datasets.simulate(n_cells=300, n_genes=200, n_batches=2, n_cell_types=3)
     >>> sm.pp.preprocess(adata, n_top_genes=200, batch_key="batch")
     >>> sc.pp.pca(adata, n_comps=10, random_state=0)
-    >>> fig = sm.pl.integration_umap(adata, "X_pca", "batch", "cell_type", title="PCA")
+    >>> fig = sm.pl.integration_umap(
+    ...     adata, "X_pca", "batch", "cell_type", title="PCA", show=False
+    ... )
     >>> [ax.get_title() for ax in fig.axes]
     ['Leiden clusters (resolution 0.5)', 'Batch (batch)', 'Cell type (cell_type)']
     >>> "X_umap" in adata.obsm  # nothing was written to adata
     False
+    >>> fig = sm.pl.integration_umap(adata, "X_pca", "batch", None, show=False)  # no labels
+    >>> len(fig.axes)
+    2
     """
-    keys = {batch_key: "batch_key", label_key: "label_key"}
+    keys = {batch_key: "batch_key"}
+    if label_key is not None:
+        keys[label_key] = "label_key"
     if cluster_key is not None:
         keys[cluster_key] = "cluster_key"
     tmp = light_copy(adata, use_rep, keys)
     coords = _existing_umap(adata, use_rep, umap_key)
     if coords is None or cluster_key is None:
-        sc.pp.neighbors(tmp, n_neighbors=n_neighbors, use_rep=use_rep, random_state=random_state)
+        neighbors(tmp, use_rep, n_neighbors=n_neighbors, random_state=random_state)
     if coords is None:
         sc.tl.umap(tmp, random_state=random_state)
         coords = tmp.obsm["X_umap"]
@@ -116,14 +134,12 @@ def integration_umap(
     else:
         clusters, cluster_title = tmp.obs[cluster_key], f"Clusters ({cluster_key})"
     xy = coords[:, :2]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), layout="constrained")
-    panels = [
-        (clusters, cluster_title),
-        (tmp.obs[batch_key], f"Batch ({batch_key})"),
-        (tmp.obs[label_key], f"Cell type ({label_key})"),
-    ]
-    for ax, (values, panel_title) in zip(axes, panels):
-        scatter_categorical(ax, xy, values, panel_title, random_state=random_state)
-    fig.suptitle(use_rep if title is None else title, fontsize=12)
-    save_figure(fig, save)
-    return fig
+    panels = [(clusters, cluster_title), (tmp.obs[batch_key], f"Batch ({batch_key})")]
+    if label_key is not None:
+        panels.append((tmp.obs[label_key], f"Cell type ({label_key})"))
+    fig, axes = figure_and_axes(ax, len(panels), (5.4 * len(panels), 4.6))
+    for axis, (values, panel_title) in zip(axes, panels):
+        scatter_categorical(axis, xy, values, panel_title, random_state=random_state)
+    if ax is None or title is not None:
+        fig.suptitle(use_rep if title is None else title, fontsize=12)
+    return save_or_show(fig, ax, save, show)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import scanpy as sc
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scanpy.plotting import palettes
@@ -82,3 +85,46 @@ def save_figure(fig: Figure, save: str | os.PathLike | None, dpi: int = 300) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     logger.info("Saved figure to %s", path)
+
+
+def figure_and_axes(
+    ax: Axes | Sequence[Axes] | None, n: int, figsize: tuple[float, float], **subplots_kw
+) -> tuple[Figure, list[Axes]]:
+    """A new figure with ``n`` axes in a row, or the figure of the ``n`` axes passed as ``ax``.
+
+    Raises
+    ------
+    TypeError
+        When ``ax`` is not one ``Axes`` (``n == 1``) or a sequence of ``n`` of them.
+    """
+    if ax is None:
+        fig, axes = plt.subplots(1, n, figsize=figsize, layout="constrained", **subplots_kw)
+        return fig, list(np.atleast_1d(axes))
+    given = isinstance(ax, Sequence | np.ndarray)
+    axes = [ax] if isinstance(ax, Axes) else list(np.ravel(ax)) if given else [None]
+    if len(axes) != n or not all(isinstance(a, Axes) for a in axes):
+        wanted = "one matplotlib Axes" if n == 1 else f"a sequence of {n} matplotlib Axes"
+        raise TypeError(
+            f"ax must be {wanted} for this figure, not {ax!r}; or leave it None for a new figure."
+        )
+    return axes[0].figure.figure, axes  # .figure.figure: the root figure of a subfigure too
+
+
+def save_or_show(
+    fig: Figure,
+    ax: Axes | Sequence[Axes] | None,
+    save: str | os.PathLike | None,
+    show: bool | None,
+) -> Figure | Axes | list[Axes] | None:
+    """Finish a figure as scanpy does: save it, show it, or return it.
+
+    ``show=None`` follows :attr:`scanpy.settings.autoshow`. A shown figure returns ``None``;
+    otherwise the figure, or the axes passed as ``ax``, are returned.
+    """
+    save_figure(fig, save)
+    if sc.settings.autoshow if show is None else show:
+        plt.show()
+        return None
+    if ax is None:
+        return fig
+    return ax if isinstance(ax, Axes) else list(np.ravel(ax))

@@ -1,19 +1,29 @@
 """Evaluation: Leiden sweeps (ARI, NMI, bARI), batch mixing, scib-metrics, topic meaning."""
 
-from ._integration import integration_metrics
+from ._integration import batch_entropy, integration_metrics
 from ._leiden import DEFAULT_RESOLUTIONS, label_batch_ari, leiden_sweep, sweep_summary
 from ._scib import scib_benchmark
-from ._topics import mean_max_theta, topic_diversity, topic_specificity, topic_summary
+from ._subsample import stratified_subsample
+from ._topics import (
+    mean_max_theta,
+    topic_diversity,
+    topic_enrichment,
+    topic_specificity,
+    topic_summary,
+)
 
 __all__ = [
     "DEFAULT_RESOLUTIONS",
+    "batch_entropy",
     "integration_metrics",
     "label_batch_ari",
     "leiden_sweep",
     "mean_max_theta",
     "scib_benchmark",
+    "stratified_subsample",
     "sweep_summary",
     "topic_diversity",
+    "topic_enrichment",
     "topic_specificity",
     "topic_summary",
 ]

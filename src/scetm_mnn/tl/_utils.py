@@ -5,6 +5,7 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import scanpy as sc
+from scipy import sparse
 
 from .._validation import check_obs_key
 
@@ -52,6 +53,59 @@ def light_copy(adata: ad.AnnData, use_rep: str, obs_keys: dict[str, str]) -> ad.
     return ad.AnnData(obs=obs, obsm={use_rep: get_rep(adata, use_rep)})
 
 
+#: From this many cells on, scanpy's kNN is pynndescent's (below, an exact brute-force one).
+_APPROXIMATE_FROM = 8192
+
+
+class _CSRMatrixKNN:
+    """scanpy's default kNN for many cells, its graph as a ``scipy.sparse.csr_matrix``.
+
+    The search is pynndescent's with UMAP's ``n_trees`` and ``n_iters``, as in scanpy.
+    scanpy 1.11 reads the graph with ``getnnz``, which the ``csr_array`` that pynndescent
+    0.7 returns lacks under scipy 1.17, so :func:`scanpy.pp.neighbors` fails on 8,192 cells
+    or more. The same search, converted, gives scanpy's own result.
+    """
+
+    def __init__(self, n_obs: int, n_neighbors: int, random_state: int) -> None:
+        from pynndescent import PyNNDescentTransformer
+
+        self._knn = PyNNDescentTransformer(
+            n_neighbors=n_neighbors,
+            metric="euclidean",
+            random_state=random_state,
+            n_jobs=sc.settings.n_jobs,
+            n_trees=min(64, 5 + round(n_obs**0.5 / 20.0)),
+            n_iters=max(5, round(np.log2(n_obs))),
+        )
+
+    def get_params(self, deep: bool = True) -> dict:
+        return self._knn.get_params(deep)
+
+    def fit(self, x, y=None):
+        self._knn.fit(x)
+        return self
+
+    def transform(self, x):
+        return sparse.csr_matrix(self._knn.transform(x))
+
+    def fit_transform(self, x, y=None):
+        return sparse.csr_matrix(self._knn.fit_transform(x))
+
+
+def neighbors(adata: ad.AnnData, use_rep: str, n_neighbors: int = 15, random_state: int = 0):
+    """:func:`scanpy.pp.neighbors` on ``use_rep``, on 8,192 cells or more too."""
+    transformer = None
+    if adata.n_obs >= _APPROXIMATE_FROM:
+        transformer = _CSRMatrixKNN(adata.n_obs, n_neighbors, random_state)
+    sc.pp.neighbors(
+        adata,
+        n_neighbors=n_neighbors,
+        use_rep=use_rep,
+        random_state=random_state,
+        transformer=transformer,
+    )
+
+
 def neighbors_copy(
     adata: ad.AnnData,
     use_rep: str,
@@ -61,7 +115,7 @@ def neighbors_copy(
 ) -> ad.AnnData:
     """:func:`light_copy` with a kNN graph from :func:`scanpy.pp.neighbors` on ``use_rep``."""
     tmp = light_copy(adata, use_rep, obs_keys)
-    sc.pp.neighbors(tmp, n_neighbors=n_neighbors, use_rep=use_rep, random_state=random_state)
+    neighbors(tmp, use_rep, n_neighbors=n_neighbors, random_state=random_state)
     return tmp
 
 
