@@ -43,7 +43,7 @@ class HistoryLogger(Logger):
 
     @property
     def version(self) -> int:
-        """Always 0: the history lives in memory only."""
+        """The logger's version, always 0 (the history lives in memory only)."""
         return 0
 
     @property

@@ -199,8 +199,9 @@ class ETMTrainingPlan(TrainingPlan):
             return
         trainer = self._attached_trainer()
         step = 0 if trainer is None else trainer.global_step
+        value = float(loss.detach())
         raise FloatingPointError(
-            f"The training loss became {float(loss)} at step {step}. Training stopped before "
+            f"The training loss became {value} at step {step}. Training stopped before "
             "this step changed the parameters. Likely causes: a learning rate too high for "
             f"this data (lr={self.lr}; try train(lr=1e-3)), or input that is not raw counts: "
             "the layer given to setup_anndata(layer=...) must hold non-negative counts, not "
