@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scanpy as sc
-from sklearn.metrics import adjusted_rand_score
 
 from scetm_mnn import pp, tl
 from scetm_mnn.datasets import simulate
@@ -64,17 +63,8 @@ def _markers(adata) -> dict[str, list[str]]:
 
 
 def _best_ari(adata, key: str) -> float:
-    tmp = sc.AnnData(obs=adata.obs[["cell_type"]].copy(), obsm={key: adata.obsm[key]})
-    sc.pp.neighbors(tmp, use_rep=key, random_state=0)
-    return max(
-        adjusted_rand_score(
-            tmp.obs["cell_type"],
-            sc.tl.leiden(
-                tmp, resolution=r, flavor="igraph", n_iterations=2, random_state=0, copy=True
-            ).obs["leiden"],
-        )
-        for r in (0.05, 0.1, 0.2, 0.4)
-    )
+    sweep = tl.leiden_sweep(adata, key, "cell_type", "batch", resolutions=(0.05, 0.1, 0.2, 0.4))
+    return float(sweep["ARI"].max())
 
 
 @pytest.fixture(scope="module")
