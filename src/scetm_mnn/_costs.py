@@ -34,10 +34,15 @@ class PhaseCosts:
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Time the block as phase ``name``."""
+        """Time the block as phase ``name``; its start and its end are logged."""
+        self.start(name)
         tic = time.perf_counter()
         yield
         self.add(name, time.perf_counter() - tic)
+
+    def start(self, name: str) -> None:
+        """Log that phase ``name`` starts (:meth:`add` logs its end)."""
+        logger.info("%s: started", name)
 
     def add(self, name: str, seconds: float) -> None:
         """Record a phase that took ``seconds``, with the peak RSS now."""

@@ -15,8 +15,13 @@ import scvi
 
 from . import pl, pp, tl
 from ._costs import PhaseCosts
+from ._rows import is_on_disk
 from ._validation import check_obs_key, get_matrix
 from .model import BatchCorrectedSCETM
+from .pl import FIGURE_MAX_CELLS
+from .pl._report import REPORT_MAX_CELLS
+from .tl._leiden import sweep_subsample
+from .tl._subsample import check_max_cells
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +59,19 @@ def run_pipeline(
     report: bool = True,
     source_name: str | None = None,
     correct_kwargs: Mapping[str, object] | None = None,
+    max_cells: int | None = FIGURE_MAX_CELLS,
 ) -> PipelineResult:
     """Preprocess, correct with MNN, train the topic model, and evaluate.
+
+    Every phase logs (INFO) a line when it starts and one with its seconds and peak
+    memory when it ends.
 
     Parameters
     ----------
     adata
-        Raw counts in ``X`` or ``layers[counts_layer]``; not modified.
+        Raw counts in ``X`` or ``layers[counts_layer]``; not modified. It may be opened
+        with ``backed="r"``: the counts are read into memory once, for the preprocessing
+        (which needs them there), and nothing else of the file is loaded.
     batch_key
         ``obs`` column with batches.
     label_key
@@ -85,10 +96,16 @@ def run_pipeline(
     correct_kwargs
         Further arguments of :func:`scetm_mnn.pp.mnn_correct` (e.g. ``max_epochs`` for a
         quick look); the CLI passes none.
+    max_cells
+        Above this many cells, the Leiden sweep and ``umap.png`` use a stratified subsample
+        of this many (by batch × cell type; :func:`scetm_mnn.tl.leiden_sweep`'s
+        ``subsample``, :func:`scetm_mnn.pl.integration_umap`'s ``max_cells``), and the
+        report at most this many (its own cap is 50,000). ``None``: every cell.
     """
     check_obs_key(adata, batch_key, "batch_key")
     if label_key is not None:
         check_obs_key(adata, label_key, "label_key")
+    check_max_cells(max_cells, "max_cells")  # before the hours of training, not after
     scvi.settings.seed = random_state
     params = {
         "batch_key": batch_key,
@@ -98,18 +115,22 @@ def run_pipeline(
         "max_epochs": max_epochs,
         "mnn_weight": mnn_weight,
         "random_state": random_state,
+        "max_cells": max_cells,
         **{f"correct.{k}": v for k, v in (correct_kwargs or {}).items()},
     }
     costs = PhaseCosts()
     with costs.phase("preprocess"):
         # The counts and annotations by reference: preprocess(copy=True) makes the one copy.
+        counts = get_matrix(adata, counts_layer, argument="counts_layer")
+        if is_on_disk(counts):  # the X of a backed AnnData: read once, preprocess needs it
+            counts = counts.to_memory() if hasattr(counts, "to_memory") else counts[...]
         source = ad.AnnData(
-            X=get_matrix(adata, counts_layer, argument="counts_layer"),
+            X=counts,
             obs=adata.obs.copy(),
             var=adata.var.copy(),
         )
         data = pp.preprocess(source, n_top_genes=n_top_genes, batch_key=batch_key, copy=True)
-        del source
+        del source, counts
     with costs.phase("correct"):
         pp.mnn_correct(
             data,
@@ -137,13 +158,25 @@ def run_pipeline(
     with costs.phase("evaluate"):
         if label_key is not None:
             result.sweep = tl.leiden_sweep(
-                data, LATENT_KEY, label_key, batch_key, random_state=random_state
+                data,
+                LATENT_KEY,
+                label_key,
+                batch_key,
+                random_state=random_state,
+                subsample=max_cells,
             )
             result.summary = tl.sweep_summary(result.sweep)
     result.costs = costs.frame()
     if out is not None:
         result.files = _write_outputs(
-            result, Path(out), batch_key, label_key, costs, report=report, source=source_name
+            result,
+            Path(out),
+            batch_key,
+            label_key,
+            costs,
+            report=report,
+            source=source_name,
+            max_cells=max_cells,
         )
     return result
 
@@ -156,6 +189,7 @@ def _write_outputs(
     costs: PhaseCosts,
     report: bool,
     source: str | None,
+    max_cells: int | None,
 ) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
@@ -163,11 +197,19 @@ def _write_outputs(
         files["metrics"] = out / "leiden_sweep.csv"
         result.sweep.to_csv(files["metrics"], index=False)
         files["table"] = out / "leiden_sweep.md"
-        files["table"].write_text(result.sweep.round(3).to_markdown(index=False) + "\n")
+        note = sweep_subsample(result.sweep)
+        table = result.sweep.round(3).to_markdown(index=False) + "\n"
+        files["table"].write_text(table if note is None else f"Leiden on a {note}.\n\n{table}")
     with costs.phase("figures"):
         files["umap"] = out / "umap.png"
         fig = pl.integration_umap(
-            result.adata, LATENT_KEY, batch_key, label_key, save=files["umap"], show=False
+            result.adata,
+            LATENT_KEY,
+            batch_key,
+            label_key,
+            save=files["umap"],
+            max_cells=max_cells,
+            show=False,
         )
         plt.close(fig)
         files["topics"] = out / "topics.png"
@@ -184,6 +226,7 @@ def _write_outputs(
         result.model.save(files["model"], overwrite=True)
     result.costs = costs.frame()
     if report:
+        costs.start("report")
         tic = time.perf_counter()
         try:
             files["report"] = pl.report(
@@ -199,6 +242,7 @@ def _write_outputs(
                 costs=result.costs,
                 params=result.params,
                 source=source,
+                max_cells=min(max_cells or REPORT_MAX_CELLS, REPORT_MAX_CELLS),
                 random_state=result.params["random_state"],
             )
         except Exception as err:  # the report must never lose the run's other outputs

@@ -18,6 +18,8 @@ from pathlib import Path
 import anndata as ad
 
 from ._pipeline import LATENT_KEY, TOPICS_KEY, run_pipeline
+from .pl import FIGURE_MAX_CELLS
+from .tl._leiden import sweep_subsample
 
 DATASETS = ("simulated", "baron-mouse", "baron-human")
 TROUBLESHOOTING_URL = "https://scetm-mnn.readthedocs.io/en/latest/troubleshooting.html"
@@ -36,6 +38,8 @@ def _load_demo(name: str) -> ad.AnnData:
 
 def _print_summary(result, out: Path) -> None:
     if result.summary is not None:
+        if (note := sweep_subsample(result.sweep)) is not None:
+            print(f"Leiden on a {note}:")
         print(result.sweep.round(3).to_markdown(index=False))
         print()
         print(" | ".join(f"{k}: {v:.3f}" for k, v in result.summary.items()))
@@ -56,6 +60,7 @@ def _demo(args: argparse.Namespace) -> int:
         random_state=args.seed,
         report=not args.no_report,
         source_name=f"scetm-mnn demo --dataset {args.dataset}",
+        max_cells=args.max_cells,
     )
     _print_summary(result, Path(args.out))
     return 0
@@ -65,20 +70,26 @@ def _run(args: argparse.Namespace) -> int:
     path = Path(args.input)
     if not path.exists():
         raise FileNotFoundError(f"Input file {path} does not exist.")
-    adata = ad.read_h5ad(path)
-    result = run_pipeline(
-        adata,
-        batch_key=args.batch_key,
-        label_key=args.label_key,
-        counts_layer=args.counts_layer,
-        out=args.out,
-        n_top_genes=args.n_top_genes,
-        max_epochs=args.max_epochs,
-        mnn_weight=args.mnn_weight,
-        random_state=args.seed,
-        report=not args.no_report,
-        source_name=str(path),
-    )
+    # Backed: obs, var and the layers are read now; X stays on disk, read once by the
+    # preprocessing when it holds the counts, and never when the counts are a layer.
+    adata = ad.read_h5ad(path, backed="r")
+    try:
+        result = run_pipeline(
+            adata,
+            batch_key=args.batch_key,
+            label_key=args.label_key,
+            counts_layer=args.counts_layer,
+            out=args.out,
+            n_top_genes=args.n_top_genes,
+            max_epochs=args.max_epochs,
+            mnn_weight=args.mnn_weight,
+            random_state=args.seed,
+            report=not args.no_report,
+            source_name=str(path),
+            max_cells=args.max_cells,
+        )
+    finally:
+        adata.file.close()
     result.files["h5ad"] = Path(args.out) / f"{path.stem}_scetm_mnn.h5ad"
     result.adata.write_h5ad(result.files["h5ad"])
     _print_summary(result, Path(args.out))
@@ -157,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="outputs only: do not write report.html, the one-page HTML summary of the run "
         "(data, UMAPs before/after, Leiden sweep, topics, training curves, cost per phase; "
         "self-contained, opens offline). Default: the report is written",
+    )
+    common.add_argument(
+        "--max-cells",
+        type=int,
+        default=FIGURE_MAX_CELLS,
+        metavar="N",
+        help="evaluation and figures only: above N cells, the Leiden sweep and umap.png "
+        "use a stratified subsample of N cells (by batch x label, so rare cell types stay) "
+        "and say so; report.html draws at most N (its own cap is 50,000). Training and the "
+        "embeddings always use every cell (default: %(default)s)",
     )
     common.add_argument(
         "--seed",

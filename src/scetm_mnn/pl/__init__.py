@@ -3,6 +3,6 @@
 from ._report import report
 from ._sweep import leiden_sweep
 from ._topics import topic_heatmap
-from ._umap import integration_umap
+from ._umap import FIGURE_MAX_CELLS, integration_umap
 
-__all__ = ["integration_umap", "leiden_sweep", "report", "topic_heatmap"]
+__all__ = ["FIGURE_MAX_CELLS", "integration_umap", "leiden_sweep", "report", "topic_heatmap"]

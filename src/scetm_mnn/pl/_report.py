@@ -141,6 +141,7 @@ def _umap_figure(
         cluster_key="_leiden",
         umap_key="X_umap",
         title=title[0].upper() + title[1:],
+        max_cells=None,  # ``sub`` is the report's own subsample, which the page names
         show=False,
     )
 

@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ..tl._leiden import SWEEP_COLUMNS
+from ..tl._leiden import SWEEP_COLUMNS, sweep_subsample
 from ._utils import category_colors, figure_and_axes, save_or_show
 
 _METRICS = (
@@ -57,7 +57,10 @@ def leiden_sweep(
     df
         One sweep table: one axes with the ARI, NMI and bARI curves and a dotted line at
         the best-ARI resolution. Or a mapping ``{method: table}``: three axes (ARI, NMI,
-        bARI), one curve per method.
+        bARI), one curve per method. A table clustered on a subsample
+        (:func:`scetm_mnn.tl.leiden_sweep` with ``subsample``, whose ``attrs`` say so) is
+        marked: "Leiden on a stratified subsample of N of M cells" above its axes, or
+        after its method's name in the legend.
     save
         Path to write the figure to (format from the suffix, e.g. ``.png``, ``.pdf``).
     title
@@ -110,6 +113,13 @@ def leiden_sweep(
     >>> fig, (left, right) = plt.subplots(1, 2)
     >>> sm.pl.leiden_sweep(sweep, ax=right, show=False) is right
     True
+
+    A sweep on a subsample (its ``attrs``, as :func:`scetm_mnn.tl.leiden_sweep` sets them)
+    says so:
+
+    >>> sweep.attrs.update(n_cells=200_000, n_obs=1_000_000)
+    >>> sm.pl.leiden_sweep(sweep, show=False).axes[0].get_title()
+    'Leiden on a stratified subsample of 200,000 of 1,000,000 cells'
     """
     if bari_floor is not None:
         warnings.warn(
@@ -132,6 +142,8 @@ def leiden_sweep(
         if bari_reference is not None:
             _reference_line(axis, bari_reference)
         _style(axis, "score")
+        if (note := sweep_subsample(df)) is not None:
+            axis.set_title(f"Leiden on a {note}", fontsize=9)
         axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
     else:
         if not df:
@@ -148,7 +160,7 @@ def leiden_sweep(
                     marker="o",
                     markersize=3,
                     color=color,
-                    label=name,
+                    label=name if (note := sweep_subsample(table)) is None else f"{name} ({note})",
                 )
             if metric == "bARI" and bari_reference is not None:
                 _reference_line(axis, bari_reference)

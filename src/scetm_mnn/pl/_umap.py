@@ -6,12 +6,19 @@ import os
 from collections.abc import Sequence
 
 import anndata as ad
+import numpy as np
 import scanpy as sc
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from ..tl._subsample import subsample_note, subsample_positions
 from ..tl._utils import leiden_labels, light_copy, neighbors
 from ._utils import figure_and_axes, save_or_show, scatter_categorical
+
+#: Cells above which :func:`integration_umap` (and ``scetm-mnn run``'s figure and Leiden
+#: sweep) use a stratified subsample of this many cells, by batch × cell type. A UMAP of
+#: more cells takes long to compute and shows no more: the points overlap.
+FIGURE_MAX_CELLS = 200_000
 
 
 def _existing_umap(adata: ad.AnnData, use_rep: str, umap_key: str | None):
@@ -40,6 +47,7 @@ def integration_umap(
     resolution: float = 0.5,
     n_neighbors: int = 15,
     *,
+    max_cells: int | None = FIGURE_MAX_CELLS,
     ax: Sequence[Axes] | None = None,
     show: bool | None = None,
 ) -> Figure | list[Axes] | None:
@@ -48,7 +56,9 @@ def integration_umap(
     Nothing is written to ``adata``: when it lacks a UMAP of ``use_rep`` or clusters,
     they are computed on a light copy (:func:`scanpy.pp.neighbors` on ``use_rep``,
     :func:`scanpy.tl.umap`, and Leiden with ``flavor="igraph"``, ``n_iterations=2``),
-    every step seeded with ``random_state``.
+    every step seeded with ``random_state``. Above ``max_cells`` cells, all of it runs on
+    a stratified subsample (:func:`~scetm_mnn.tl.stratified_subsample` by batch × cell
+    type, so rare types stay visible), and the figure says so.
 
     Parameters
     ----------
@@ -81,6 +91,12 @@ def integration_umap(
         you chose, e.g. the best-ARI one of :func:`scetm_mnn.tl.leiden_sweep`.
     n_neighbors
         Neighbours of the kNN graph used for UMAP and Leiden.
+    max_cells
+        Above this many cells, draw a stratified subsample of this many, seeded by
+        ``random_state``; given UMAP coordinates and clusters are taken for the drawn
+        cells. The title (or, when drawing into ``ax`` without a ``title``, the first
+        panel's title) then says "stratified subsample of N of M cells". Default
+        :data:`FIGURE_MAX_CELLS` (200,000); ``None`` draws every cell.
     ax
         Draw into these axes (three, or two without ``label_key``) instead of a new figure.
     show
@@ -115,14 +131,26 @@ def integration_umap(
     >>> fig = sm.pl.integration_umap(adata, "X_pca", "batch", None, show=False)  # no labels
     >>> len(fig.axes)
     2
+
+    Above ``max_cells``, a stratified subsample is drawn and the title says so:
+
+    >>> fig = sm.pl.integration_umap(
+    ...     adata, "X_pca", "batch", "cell_type", max_cells=200, show=False
+    ... )
+    >>> print(fig.get_suptitle())
+    X_pca
+    stratified subsample of 200 of 300 cells
     """
     keys = {batch_key: "batch_key"}
     if label_key is not None:
         keys[label_key] = "label_key"
+    keep = subsample_positions(adata, keys, max_cells, random_state, argument="max_cells")
     if cluster_key is not None:
         keys[cluster_key] = "cluster_key"
-    tmp = light_copy(adata, use_rep, keys)
+    tmp = light_copy(adata, use_rep, keys, keep)
     coords = _existing_umap(adata, use_rep, umap_key)
+    if coords is not None and keep is not None:
+        coords = np.asarray(coords)[keep]
     if coords is None or cluster_key is None:
         neighbors(tmp, use_rep, n_neighbors=n_neighbors, random_state=random_state)
     if coords is None:
@@ -140,6 +168,10 @@ def integration_umap(
     fig, axes = figure_and_axes(ax, len(panels), (5.4 * len(panels), 4.6))
     for axis, (values, panel_title) in zip(axes, panels):
         scatter_categorical(axis, xy, values, panel_title, random_state=random_state)
+    note = None if keep is None else subsample_note(tmp.n_obs, adata.n_obs)
     if ax is None or title is not None:
-        fig.suptitle(use_rep if title is None else title, fontsize=12)
+        heading = use_rep if title is None else title
+        fig.suptitle(heading if note is None else f"{heading}\n{note}", fontsize=12)
+    elif note is not None:
+        axes[0].set_title(f"{axes[0].get_title()}\n{note}", fontsize=10)
     return save_or_show(fig, ax, save, show)

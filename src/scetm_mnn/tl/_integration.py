@@ -9,6 +9,7 @@ from scipy import stats
 from sklearn.metrics import silhouette_samples, silhouette_score
 from sklearn.neighbors import NearestNeighbors
 
+from ._subsample import subsample_positions
 from ._utils import light_copy
 
 
@@ -73,6 +74,8 @@ def integration_metrics(
     batch_key: str,
     n_neighbors: int = 50,
     alpha: float = 0.05,
+    subsample: int | None = None,
+    random_state: int = 0,
 ) -> pd.Series:
     """Score how well an embedding mixes batches while keeping cell types apart.
 
@@ -96,10 +99,19 @@ def integration_metrics(
         test enough expected counts per batch.
     alpha
         Significance level of the kBET test.
+    subsample
+        Score at most this many cells: above it, a stratified subsample of this many
+        (:func:`~scetm_mnn.tl.stratified_subsample` by batch × cell type, or by batch
+        without labels), whose neighbourhoods are found among the drawn cells. The
+        silhouettes compare every pair of cells, so their cost grows with the square of
+        the cells; tens of thousands of cells give stable scores. ``None`` (default): all
+        cells.
+    random_state
+        Seed of the subsample (nothing else here is random).
 
     Returns
     -------
-    A Series with
+    A Series with ``attrs["n_cells"]``, the number of cells scored, and
 
     - ``batch_entropy``: mean Shannon entropy of the batch labels among each cell's
       neighbours divided by ``log(n_batches)``; 1 is perfect mixing, 0 none.
@@ -163,11 +175,19 @@ def integration_metrics(
     True
     >>> bool(unlabelled[["silhouette_label", "asw_batch"]].isna().all())
     True
+
+    On many cells, score a stratified subsample:
+
+    >>> sm.tl.integration_metrics(
+    ...     adata, "X_pca", "cell_type", "batch", n_neighbors=30, subsample=200
+    ... ).attrs["n_cells"]
+    200
     """
     keys = {batch_key: "batch_key"}
     if label_key is not None:
         keys[label_key] = "label_key"
-    tmp = light_copy(adata, use_rep, keys)
+    keep = subsample_positions(adata, keys, subsample, random_state)
+    tmp = light_copy(adata, use_rep, keys, keep)
     x = tmp.obsm[use_rep]
     labels = None if label_key is None else tmp.obs[label_key].to_numpy()
     batches = tmp.obs[batch_key].to_numpy()
@@ -179,7 +199,7 @@ def integration_metrics(
         if labels is not None and 1 < len(np.unique(labels)) < tmp.n_obs
         else np.nan
     )
-    return pd.Series(
+    metrics = pd.Series(
         {
             "batch_entropy": _batch_entropy(counts),
             "kbet_acceptance": _kbet_acceptance(counts, batch_freq, alpha),
@@ -189,9 +209,18 @@ def integration_metrics(
             "asw_batch": np.nan if labels is None else _silhouette_batch(x, batches, labels),
         }
     )
+    metrics.attrs["n_cells"] = int(tmp.n_obs)
+    return metrics
 
 
-def batch_entropy(adata: ad.AnnData, use_rep: str, batch_key: str, n_neighbors: int = 30) -> float:
+def batch_entropy(
+    adata: ad.AnnData,
+    use_rep: str,
+    batch_key: str,
+    n_neighbors: int = 30,
+    subsample: int | None = None,
+    random_state: int = 0,
+) -> float:
     """Mean batch entropy of the cells' neighbourhoods, from 0 (no mixing) to 1.
 
     The ``batch_entropy`` of :func:`integration_metrics` alone (no silhouettes, so it is
@@ -208,6 +237,12 @@ def batch_entropy(adata: ad.AnnData, use_rep: str, batch_key: str, n_neighbors: 
         ``obs`` column with batch labels (at least two batches).
     n_neighbors
         Neighbours of each cell, the cell itself excluded.
+    subsample
+        At most this many cells: above it, a stratified subsample by batch, as in
+        :func:`integration_metrics` (its ``subsample`` with ``label_key=None`` gives the
+        same value). ``None`` (default): all cells.
+    random_state
+        Seed of the subsample.
 
     Returns
     -------
@@ -226,5 +261,8 @@ def batch_entropy(adata: ad.AnnData, use_rep: str, batch_key: str, n_neighbors: 
     >>> bool(entropy == metrics["batch_entropy"])
     True
     """
-    tmp = light_copy(adata, use_rep, {batch_key: "batch_key"})
+    keys = {batch_key: "batch_key"}
+    tmp = light_copy(
+        adata, use_rep, keys, subsample_positions(adata, keys, subsample, random_state)
+    )
     return _batch_entropy(_neighbourhood_batches(tmp, use_rep, batch_key, n_neighbors)[1])

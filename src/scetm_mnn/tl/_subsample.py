@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import numbers
+from collections.abc import Mapping, Sequence
 
 import anndata as ad
 import numpy as np
 
 from .._validation import check_obs_key
+
+logger = logging.getLogger(__name__)
 
 
 def stratified_subsample(
@@ -74,3 +78,63 @@ def stratified_subsample(
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank = np.arange(n_obs) - starts[codes[order]]
     return np.sort(order[rank < quota[codes[order]]])
+
+
+def check_max_cells(max_cells: int | None, argument: str) -> None:
+    """Raise unless ``max_cells`` is ``None`` or an integer of at least 2.
+
+    ``argument`` is the caller's name for it, which the messages use.
+    """
+    if max_cells is None:
+        return
+    if isinstance(max_cells, bool) or not isinstance(max_cells, numbers.Integral):
+        raise TypeError(
+            f"{argument} is a number of cells, not {max_cells!r}; pass an int such as "
+            f"int(0.1 * adata.n_obs) for a tenth of the cells, or None for all of them."
+        )
+    if max_cells < 2:
+        raise ValueError(f"{argument} must be at least 2 cells, or None for all, not {max_cells}.")
+
+
+def subsample_positions(
+    adata: ad.AnnData,
+    keys: Mapping[str, str],
+    max_cells: int | None,
+    random_state: int = 0,
+    *,
+    argument: str = "subsample",
+) -> np.ndarray | None:
+    """The cells an evaluation or figure uses: a stratified subsample, or ``None`` for all.
+
+    ``keys`` maps each ``obs`` column to stratify by (their combinations are the groups)
+    to the caller's argument that names it, for the error messages. ``argument`` is the
+    caller's name of ``max_cells``. ``None`` is returned when ``max_cells`` is ``None`` or
+    at least ``adata.n_obs``: then every cell is used.
+
+    Raises
+    ------
+    TypeError
+        When ``max_cells`` is not an integer (e.g. a fraction).
+    ValueError
+        When ``max_cells`` is below 2.
+    KeyError
+        When a column of ``keys`` is not in ``adata.obs``.
+    """
+    for key, what in keys.items():
+        check_obs_key(adata, key, what)
+    check_max_cells(max_cells, argument)
+    if max_cells is None or adata.n_obs <= max_cells:
+        return None
+    keep = stratified_subsample(adata, list(dict.fromkeys(keys)), int(max_cells), random_state)
+    logger.info(
+        "Using a stratified subsample (by %s) of %d of %d cells.",
+        " × ".join(dict.fromkeys(keys)),
+        len(keep),
+        adata.n_obs,
+    )
+    return keep
+
+
+def subsample_note(n_cells: int, n_obs: int) -> str:
+    """The words a figure or table carries when it shows ``n_cells`` of ``n_obs`` cells."""
+    return f"stratified subsample of {n_cells:,} of {n_obs:,} cells"

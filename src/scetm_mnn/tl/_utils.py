@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scanpy as sc
 from scipy import sparse
 
 from .._validation import check_obs_key
 
 
-def get_rep(adata: ad.AnnData, use_rep: str) -> np.ndarray:
+def get_rep(adata: ad.AnnData, use_rep: str, positions: np.ndarray | None = None) -> np.ndarray:
     """Return ``adata.obsm[use_rep]`` (or ``adata.X`` for ``"X"``) as a dense float array.
+
+    With ``positions``, only those rows, taken before anything is made dense.
 
     Raises
     ------
@@ -28,11 +31,18 @@ def get_rep(adata: ad.AnnData, use_rep: str) -> np.ndarray:
             f"use_rep={use_rep!r} is not a key of adata.obsm (available: {available}). "
             "Pass the obsm key of the embedding to evaluate, or 'X'."
         )
+    if positions is not None:
+        x = x.iloc[positions] if isinstance(x, pd.DataFrame) else x[positions]
     x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
     return x.astype(np.float32, copy=False)
 
 
-def light_copy(adata: ad.AnnData, use_rep: str, obs_keys: dict[str, str]) -> ad.AnnData:
+def light_copy(
+    adata: ad.AnnData,
+    use_rep: str,
+    obs_keys: dict[str, str],
+    positions: np.ndarray | None = None,
+) -> ad.AnnData:
     """Make a new AnnData holding only the embedding and the needed ``obs`` columns.
 
     Parameters
@@ -44,13 +54,16 @@ def light_copy(adata: ad.AnnData, use_rep: str, obs_keys: dict[str, str]) -> ad.
     obs_keys
         Maps each ``obs`` column to copy to the argument name used in error messages,
         e.g. ``{"cell_type": "label_key"}``.
+    positions
+        Only these cells (e.g. a :func:`~scetm_mnn.tl.stratified_subsample`); default all.
     """
     for key, what in obs_keys.items():
         check_obs_key(adata, key, what)
-    obs = adata.obs[list(dict.fromkeys(obs_keys))].copy()
+    obs = adata.obs[list(dict.fromkeys(obs_keys))]
+    obs = (obs if positions is None else obs.iloc[positions]).copy()
     for key in obs.columns:
         obs[key] = obs[key].astype(str).astype("category")
-    return ad.AnnData(obs=obs, obsm={use_rep: get_rep(adata, use_rep)})
+    return ad.AnnData(obs=obs, obsm={use_rep: get_rep(adata, use_rep, positions)})
 
 
 #: From this many cells on, scanpy's kNN is pynndescent's (below, an exact brute-force one).
@@ -112,9 +125,10 @@ def neighbors_copy(
     obs_keys: dict[str, str],
     n_neighbors: int = 15,
     random_state: int = 0,
+    positions: np.ndarray | None = None,
 ) -> ad.AnnData:
     """:func:`light_copy` with a kNN graph from :func:`scanpy.pp.neighbors` on ``use_rep``."""
-    tmp = light_copy(adata, use_rep, obs_keys)
+    tmp = light_copy(adata, use_rep, obs_keys, positions)
     neighbors(tmp, use_rep, n_neighbors=n_neighbors, random_state=random_state)
     return tmp
 
