@@ -1,7 +1,11 @@
+import logging
+import re
+
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import sparse
 
 from scetm_mnn.cli import build_parser, main
 
@@ -21,24 +25,82 @@ def test_parser_defaults():
     assert args.dataset == "simulated" and args.out == "demo_output" and args.seed == 0
 
 
-def test_run_writes_everything(h5ad, tmp_path, capsys):
+PHASES = ("preprocess", "correct", "train", "latent", "evaluate", "figures", "save", "report")
+
+
+def test_run_writes_everything(h5ad, sim_adata, tmp_path, capsys, caplog):
+    # --max-cells below the 600 cells: the sweep and the figures take a subsample and say so.
     out = tmp_path / "out"
     argv = [
         "run", str(h5ad), "--batch-key", "batch", "--label-key", "cell_type",
         "--counts-layer", "counts", "--n-top-genes", "200", "--max-epochs", "5",
-        "--out", str(out),
+        "--max-cells", "400", "--out", str(out), "-v",
     ]  # fmt: skip
-    assert main(argv) == 0
+    with caplog.at_level(logging.INFO, logger="scetm_mnn"):
+        assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "ARI" in printed and "bARI" in printed
+    assert "Leiden on a stratified subsample of 400 of 600 cells" in printed
     sweep = pd.read_csv(out / "leiden_sweep.csv")
     assert {"resolution", "n_clusters", "ARI", "NMI", "bARI"} <= set(sweep.columns)
     for name in ("leiden_sweep.md", "umap.png", "topics.png", "model/model.pt", "report.html"):
         assert (out / name).stat().st_size > 0, name
+    table = (out / "leiden_sweep.md").read_text()
+    assert table.startswith("Leiden on a stratified subsample of 400 of 600 cells.")
+    html = " ".join((out / "report.html").read_text().split())
+    assert "The sweep clustered a stratified subsample of 400 of 600 cells" in html
+    assert "stratified subsample of 400 of the 600 cells" in html  # the report's own figures
     result = ad.read_h5ad(out / "input_scetm_mnn.h5ad")
+    assert result.n_obs == sim_adata.n_obs  # training and the embeddings use every cell
     assert result.obsm["X_scetm_mnn"].shape == (result.n_obs, 50)
     np.testing.assert_allclose(result.obsm["X_topics"].sum(1), 1.0, rtol=1e-4)
     assert "mnn_corrected" in result.layers
+    # Every phase logs its start and its end, with seconds, in order.
+    messages = [r.getMessage() for r in caplog.records if r.name == "scetm_mnn._costs"]
+    for phase in PHASES:
+        assert f"{phase}: started" in messages, phase
+        ends = [m for m in messages if re.fullmatch(rf"{phase}: [0-9.]+ s, peak RSS \d+ MiB", m)]
+        assert len(ends) == 1, (phase, messages)
+        assert messages.index(f"{phase}: started") < messages.index(ends[0])
+    starts = [m.split(":")[0] for m in messages if m.endswith(": started")]
+    assert starts == list(PHASES)
+    text = caplog.text
+    assert "Leiden sweep of X_scetm_mnn: 17 resolutions on a stratified subsample of 400" in text
+
+
+def test_run_reads_the_input_backed(sim_adata, tmp_path, monkeypatch):
+    """Counts in a backed X are read into memory once, for the preprocessing; a layer's too."""
+    from scetm_mnn import _pipeline
+
+    path = tmp_path / "counts_in_x.h5ad"
+    sim_adata.write_h5ad(path)
+    seen = {}
+
+    def fake_preprocess(adata, **kwargs):
+        seen["X"] = adata.X
+        raise ValueError("stop here")
+
+    real_read = ad.read_h5ad
+
+    def read(*args, **kwargs):
+        seen["backed"] = kwargs.get("backed")
+        seen["input"] = real_read(*args, **kwargs)
+        return seen["input"]
+
+    monkeypatch.setattr(_pipeline.pp, "preprocess", fake_preprocess)
+    monkeypatch.setattr(ad, "read_h5ad", read)
+    assert main(["run", str(path), "--batch-key", "batch", "--out", str(tmp_path / "o")]) == 2
+    assert seen["backed"] == "r"
+    assert sparse.issparse(seen["X"])  # in memory, not the file's dataset
+    np.testing.assert_array_equal(seen["X"].toarray(), sim_adata.X.toarray())
+    assert not seen["input"].file.is_open  # the CLI closes the file, on errors too
+
+
+def test_run_rejects_a_bad_max_cells_before_training(h5ad, tmp_path, capsys):
+    argv = ["run", str(h5ad), "--batch-key", "batch", "--max-cells", "1", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "max_cells must be at least 2 cells" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
 
 
 def test_run_missing_batch_key(h5ad, tmp_path, capsys):
@@ -134,6 +196,7 @@ def test_options_reach_the_pipeline(monkeypatch, h5ad, tmp_path):
         "random_state": 7,
         "report": True,
         "source_name": str(h5ad),
+        "max_cells": 200_000,
     }
     seen.clear()
     assert main(["demo", "--mnn-weight", "1", "--out", str(tmp_path)]) == 2
@@ -145,6 +208,9 @@ def test_options_reach_the_pipeline(monkeypatch, h5ad, tmp_path):
     seen.clear()
     assert main(["demo", "--no-report", "--out", str(tmp_path)]) == 2
     assert seen["report"] is False
+    seen.clear()
+    assert main(["demo", "--max-cells", "5000", "--out", str(tmp_path)]) == 2
+    assert seen["max_cells"] == 5000
 
 
 def test_errors_point_to_the_troubleshooting_page(tmp_path, capsys):

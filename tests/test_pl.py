@@ -124,6 +124,37 @@ def test_integration_umap_bad_keys(adata):
         pl.integration_umap(adata, "X_emb", "batch", "cell_type", cluster_key="nope")
 
 
+def test_integration_umap_on_a_subsample_says_so(adata):
+    from scetm_mnn import tl
+
+    copy = adata.copy()
+    copy.obs["cell_type"] = copy.obs["cell_type"].cat.add_categories("rare")
+    copy.obs.iloc[[0, 3], copy.obs.columns.get_loc("cell_type")] = "rare"  # one per batch
+    before = snapshot(copy)
+    kwargs = {"cluster_key": "clusters", "umap_key": "X_umap_emb", "random_state": 4}
+    fig = pl.integration_umap(copy, "X_emb", "batch", "cell_type", max_cells=60, **kwargs)
+    keep = tl.stratified_subsample(copy, ["batch", "cell_type"], 60, random_state=4)
+    assert 60 <= len(keep) <= 60 + 8
+    assert fig.get_suptitle() == f"X_emb\nstratified subsample of {len(keep)} of 180 cells"
+    for ax in fig.axes:  # every panel draws the drawn cells, at their given coordinates
+        xy = ax.collections[0].get_offsets()
+        np.testing.assert_allclose(np.sort(xy, axis=0), np.sort(copy.obsm["X_umap_emb"][keep], 0))
+    legend = [t.get_text() for t in fig.axes[2].get_legend().get_texts()]
+    assert "rare" in legend  # the two-cell type is kept
+    assert_unchanged(copy, before)
+    # Drawing into given axes without a title: the first panel says it.
+    _, axes = plt.subplots(1, 3)
+    pl.integration_umap(copy, "X_emb", "batch", "cell_type", max_cells=60, ax=axes, **kwargs)
+    assert axes[0].get_title().endswith(f"\nstratified subsample of {len(keep)} of 180 cells")
+    # max_cells=None or above the cells: every cell, no note.
+    for max_cells in (None, 180):
+        fig = pl.integration_umap(copy, "X_emb", "batch", None, max_cells=max_cells, **kwargs)
+        assert fig.get_suptitle() == "X_emb"
+        assert len(fig.axes[0].collections[0].get_offsets()) == 180
+    with pytest.raises(TypeError, match="max_cells is a number of cells"):
+        pl.integration_umap(copy, "X_emb", "batch", None, max_cells=0.5)
+
+
 @pytest.fixture(scope="module")
 def sweep() -> pd.DataFrame:
     resolution = np.array([0.1, 0.2, 0.5, 1.0])
@@ -155,6 +186,19 @@ def test_leiden_sweep_plot_compares_methods(sweep):
     assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2, 2]
     with pytest.raises(KeyError, match="bARI"):
         pl.leiden_sweep(sweep.drop(columns="bARI"))
+
+
+def test_leiden_sweep_plot_notes_a_subsample(sweep):
+    sub = sweep.copy()
+    sub.attrs.update(n_cells=1000, n_obs=250_000)
+    assert pl.leiden_sweep(sub).axes[0].get_title() == (
+        "Leiden on a stratified subsample of 1,000 of 250,000 cells"
+    )
+    fig = pl.leiden_sweep({"all": sweep, "sub": sub})
+    labels = fig.axes[-1].get_legend_handles_labels()[1]
+    assert labels == ["all", "sub (stratified subsample of 1,000 of 250,000 cells)"]
+    sub.attrs.update(n_cells=250_000)  # all the cells: nothing to say
+    assert pl.leiden_sweep(sub).axes[0].get_title() == ""
 
 
 class FakeTopicModel:

@@ -167,18 +167,23 @@ def test_nothing_points_at_the_network_or_another_file(html):
 
 def test_subsampled_report_says_so_and_stays_small(run, tmp_path):
     result, _ = run
+    assert "The sweep clustered" not in (run[1] / "report.html").read_text()  # all cells
+    sweep = result.sweep.copy()
+    sweep.attrs.update(n_cells=300, n_obs=result.adata.n_obs)  # as leiden_sweep(subsample=300)
     path = pl.report(
         result.adata,
         result.model,
         tmp_path / "sub.html",
         batch_key="batch",
         label_key="cell_type",
-        sweep=result.sweep,
+        sweep=sweep,
         costs=result.costs,
         max_cells=150,
     )
-    html = path.read_text()
-    assert "stratified subsample of 150 of the" in html.replace("\n", " ")
+    html = " ".join(path.read_text().split())
+    assert "stratified subsample of 150 of the" in html
+    assert "the tables use all cells, except the Leiden sweep's" in html
+    assert f"The sweep clustered a stratified subsample of 300 of {result.adata.n_obs:,}" in html
     # The figures are fixed-size PNGs: the page's size does not follow the cell count.
     assert path.stat().st_size < 10 * 2**20
     assert path.stat().st_size < 2 * (run[1] / "report.html").stat().st_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 
 import anndata as ad
@@ -240,3 +241,82 @@ def test_stratified_subsample_keeps_every_group():
         tl.stratified_subsample(adata, "batch", 0)
     with pytest.raises(KeyError, match="donor"):
         tl.stratified_subsample(adata, ["donor"], 10)
+
+
+@pytest.fixture(scope="module")
+def rare(blobs) -> ad.AnnData:
+    """``blobs`` with type3 cut to two cells per batch: 364 cells, one rare cell type."""
+    obs = blobs.obs
+    is_type3 = (obs["cell_type"] == "type3").to_numpy()
+    rank = obs.groupby(["cell_type", "batch"], observed=True).cumcount().to_numpy()
+    return blobs[~is_type3 | (rank < 2)].copy()
+
+
+def test_sweep_on_a_subsample(rare, caplog):
+    adata = rare.copy()
+    kwargs = {"resolutions": [0.05, 0.5], "random_state": 2, "subsample": 100}
+    with caplog.at_level(logging.INFO, logger="scetm_mnn.tl"):
+        df = tl.leiden_sweep(adata, "X_mixed", "cell_type", "batch", key_added="best", **kwargs)
+    keep = tl.stratified_subsample(adata, ["batch", "cell_type"], 100, random_state=2)
+    assert df.attrs == {"n_cells": len(keep), "n_obs": 364}
+    assert 100 <= len(keep) <= 100 + 8  # at most one extra cell per batch × type
+    assert f"on a stratified subsample of {len(keep)} of 364 cells" in caplog.text
+    # The clusters exist for the drawn cells only: the documented stratified draw.
+    drawn = adata.obs["best"].notna().to_numpy()
+    np.testing.assert_array_equal(np.flatnonzero(drawn), keep)
+    assert adata.obs["best"].dtype == "category"
+    assert adata.obs["best"][drawn].nunique() == df["n_clusters"][df["ARI"].idxmax()]
+    # The rare type is kept in both batches, and found: the blobs separate every type.
+    rare_drawn = adata.obs[drawn].query("cell_type == 'type3'")
+    assert set(rare_drawn["batch"]) == {"b0", "b1"}
+    assert df["ARI"].max() == pytest.approx(1.0)
+    # Seeded: the same call gives the same table and cells, another seed other cells.
+    again = rare.copy()
+    pd.testing.assert_frame_equal(
+        tl.leiden_sweep(again, "X_mixed", "cell_type", "batch", key_added="best", **kwargs), df
+    )
+    pd.testing.assert_series_equal(again.obs["best"], adata.obs["best"])
+    other = rare.copy()
+    tl.leiden_sweep(
+        other, "X_mixed", "cell_type", "batch", key_added="best", **{**kwargs, "random_state": 3}
+    )
+    assert not np.array_equal(other.obs["best"].notna().to_numpy(), drawn)
+
+
+def test_sweep_subsample_of_all_cells_is_the_full_sweep(rare):
+    full = tl.leiden_sweep(rare, "X_noisy", "cell_type", "batch", resolutions=[0.3])
+    same = tl.leiden_sweep(rare, "X_noisy", "cell_type", "batch", resolutions=[0.3], subsample=364)
+    pd.testing.assert_frame_equal(full, same)
+    assert full.attrs == same.attrs == {"n_cells": 364, "n_obs": 364}
+
+
+@pytest.mark.parametrize(
+    ("subsample", "error", "match"),
+    [
+        (0.25, TypeError, "subsample is a number of cells, not 0.25"),
+        (True, TypeError, "number of cells"),
+        (1, ValueError, "at least 2 cells"),
+    ],
+)
+def test_sweep_rejects_a_bad_subsample(rare, subsample, error, match):
+    with pytest.raises(error, match=match):
+        tl.leiden_sweep(rare, "X_mixed", "cell_type", "batch", subsample=subsample)
+
+
+def test_metrics_on_a_subsample_are_the_metrics_of_those_cells(rare):
+    keep = tl.stratified_subsample(rare, ["batch", "cell_type"], 150, random_state=1)
+    expected = tl.integration_metrics(rare[keep].copy(), "X_split", "cell_type", "batch")
+    metrics = tl.integration_metrics(
+        rare, "X_split", "cell_type", "batch", subsample=150, random_state=1
+    )
+    pd.testing.assert_series_equal(metrics, expected)
+    assert metrics.attrs["n_cells"] == len(keep) and expected.attrs["n_cells"] == len(keep)
+    assert tl.integration_metrics(rare, "X_split", "cell_type", "batch").attrs["n_cells"] == 364
+    # batch_entropy's subsample is integration_metrics' without labels (by batch only).
+    unlabelled = tl.integration_metrics(rare, "X_mixed", None, "batch", 30, subsample=150)
+    entropy = tl.batch_entropy(rare, "X_mixed", "batch", subsample=150)
+    assert entropy == pytest.approx(unlabelled["batch_entropy"])
+    by_batch = tl.stratified_subsample(rare, "batch", 150)
+    assert entropy == pytest.approx(tl.batch_entropy(rare[by_batch].copy(), "X_mixed", "batch"))
+    with pytest.raises(TypeError, match="subsample is a number of cells"):
+        tl.batch_entropy(rare, "X_split", "batch", subsample=0.5)

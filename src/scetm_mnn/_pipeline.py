@@ -189,7 +189,7 @@ def _write_outputs(
     costs: PhaseCosts,
     report: bool,
     source: str | None,
-    max_cells: int | None,
+    max_cells: int | None = FIGURE_MAX_CELLS,
 ) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}

@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from .. import tl
 from .._costs import COST_COLUMNS, peak_rss_mib
 from .._validation import check_obs_key
+from ..tl._leiden import sweep_subsample
 from ..tl._utils import get_rep, leiden_labels, neighbors_copy
 from ._sweep import leiden_sweep
 from ._topics import topic_heatmap
@@ -430,6 +431,7 @@ def report(
         "figures": figures,
         "errors": errors,
         "sweep": sweep_rows,
+        "sweep_subsample": None if sweep is None else sweep_subsample(sweep),
         "best_resolution": best_resolution,
         "group_what": group_what,
         "topics": topic_rows,

@@ -172,7 +172,9 @@ def leiden_sweep(
         "Leiden sweep of %s: %d resolutions on %s",
         use_rep,
         len(resolutions),
-        f"all {tmp.n_obs:,} cells" if keep is None else subsample_note(tmp.n_obs, adata.n_obs),
+        f"all {tmp.n_obs:,} cells"
+        if keep is None
+        else f"a {subsample_note(tmp.n_obs, adata.n_obs)}",
     )
     labels = tmp.obs[label_key].to_numpy()
     batches = tmp.obs[batch_key].to_numpy()
