@@ -127,10 +127,9 @@ def subsample_positions(
         return None
     keep = stratified_subsample(adata, list(dict.fromkeys(keys)), int(max_cells), random_state)
     logger.info(
-        "Using a stratified subsample (by %s) of %d of %d cells.",
+        "Drawing a %s (by %s).",
+        subsample_note(len(keep), adata.n_obs),
         " × ".join(dict.fromkeys(keys)),
-        len(keep),
-        adata.n_obs,
     )
     return keep
 
