@@ -104,8 +104,7 @@ def integration_metrics(
         (:func:`~scetm_mnn.tl.stratified_subsample` by batch × cell type, or by batch
         without labels), whose neighbourhoods are found among the drawn cells. The
         silhouettes compare every pair of cells, so their cost grows with the square of
-        the cells; tens of thousands of cells give stable scores. ``None`` (default): all
-        cells.
+        the cells. ``None`` (default): all cells.
     random_state
         Seed of the subsample (nothing else here is random).
 

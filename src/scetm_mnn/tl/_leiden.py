@@ -124,9 +124,9 @@ def leiden_sweep(
     subsample
         Cluster at most this many cells: above it, a stratified subsample of this many
         (seeded by ``random_state``; the same cells for the same data, ``subsample`` and
-        seed). The kNN graph and Leiden grow faster than the cells, so on hundreds of
-        thousands of cells a subsample of 100,000-200,000 gives the same picture much
-        sooner. ``None`` (default): all cells.
+        seed). The kNN graph and each Leiden run take longer the more cells there are; a
+        subsample bounds that cost, and a stratified one keeps every batch × cell type.
+        ``None`` (default): all cells.
 
     Returns
     -------
