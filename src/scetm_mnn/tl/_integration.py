@@ -104,7 +104,10 @@ def integration_metrics(
         (:func:`~scetm_mnn.tl.stratified_subsample` by batch × cell type, or by batch
         without labels), whose neighbourhoods are found among the drawn cells. The
         silhouettes compare every pair of cells, so their cost grows with the square of
-        the cells. ``None`` (default): all cells.
+        the cells. The neighbourhood scores (batch entropy, kBET) then describe
+        neighbourhoods among the drawn cells, which reach further than among all cells:
+        compare embeddings on the same subsample (same size and seed), not with a score
+        of all cells. ``None`` (default): all cells.
     random_state
         Seed of the subsample (nothing else here is random).
 
@@ -239,7 +242,8 @@ def batch_entropy(
     subsample
         At most this many cells: above it, a stratified subsample by batch, as in
         :func:`integration_metrics` (its ``subsample`` with ``label_key=None`` gives the
-        same value). ``None`` (default): all cells.
+        same value; compare embeddings on the same subsample). ``None`` (default): all
+        cells.
     random_state
         Seed of the subsample.
 
