@@ -26,7 +26,7 @@ from .._validation import (
 from ._actual import make_actual
 from ._corrected import DENSE_LAYER_MAX_BYTES, basis_key, shift_key
 from ._latent import FrozenPCA, fit_autoencoder, fit_pca, visible_basis
-from ._network import ResidualCorrector, SubspaceCorrector
+from ._network import BottleneckShift, ResidualCorrector, SubspaceCorrector
 from ._pairs import find_mnn_pairs, pair_counts
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ _DISTANCES: dict[str, Distance] = {
 }
 _RECALIBRATION_PAIRS = 2048
 """Pairs whose minibatches re-estimate the BatchNorm statistics after training."""
+_SCALE_SAMPLE = 10_000
+"""Cells (a seeded sample) whose coordinates set the bottleneck network's output scale."""
 _REL_TOL = 1e-3
 """An epoch improves on the best loss when it is lower by more than this fraction."""
 
@@ -74,7 +76,7 @@ def _correct_all(
     latent = None
     for start, block in rows.chunks(chunk_size):
         x = torch.from_numpy(block)
-        c = (net.corrector(x) - x) @ basis
+        c = net.shift(x)
         out = x + c @ basis.T
         z = space(out).numpy()
         if latent is None:
@@ -86,6 +88,14 @@ def _correct_all(
             corrected[start:stop] = out.numpy()
         del block, x, out  # before the next chunk is read
     return corrected, latent, shift
+
+
+def _coordinate_scale(rows: Rows, basis: torch.Tensor, random_state: int) -> torch.Tensor:
+    """Standard deviation of each coordinate ``x B`` over (a seeded sample of) the cells."""
+    n = min(rows.n_obs, _SCALE_SAMPLE)
+    sample = np.sort(np.random.default_rng(random_state).choice(rows.n_obs, n, replace=False))
+    coordinates = torch.from_numpy(rows.take(sample)) @ basis
+    return coordinates.std(dim=0).clamp_min(1e-6) if n > 1 else torch.ones(basis.shape[1])
 
 
 def _adam(params, lr: float) -> torch.optim.Adam:
@@ -220,8 +230,11 @@ def mnn_correct(
     n_neighbors: int = 20,
     n_search_comps: int = 30,
     search_rounds: int = 10,
+    max_search_cells: int | None = 10_000,
     n_comps: int = 50,
     latent: Literal["pca", "autoencoder"] = "pca",
+    network: Literal["bottleneck", "residual"] = "bottleneck",
+    n_hidden: int = 1024,
     n_blocks: int = 2,
     batch_weight: float = 1.0,
     rec_weight: float = 0.1,
@@ -246,20 +259,24 @@ def mnn_correct(
        (:func:`~scetm_mnn.pp.find_mnn_pairs`, at most ``search_rounds`` rounds: each
        round after the first searches with the batch offsets estimated from the previous
        round's pairs removed, so that pairs join the same states rather than the facing
-       edges of shifted populations).
-    3. A residual network ``f`` over the genes (``n_blocks`` blocks ``x + g(x)``) is
-       trained so that the two cells of each pair land close together in the latent space
-       while the output stays close to the input::
+       edges of shifted populations). Batches larger than ``max_search_cells`` are
+       searched through a seeded sample of that many cells.
+    3. A network is trained so that the two cells of each pair land close together in the
+       latent space while the output stays close to the input::
 
-           x̂ = x + P (f(x) − x)
+           x̂ = x + C(x) Bᵀ
            loss = batch_weight · d(z(x̂_a), z(x̂_b)) + rec_weight · d(x̂, x)
 
        where ``d`` is the mean absolute (``"l1"``) or mean squared (``"l2"``) difference
-       over the latent dimensions or genes, averaged over the minibatch, and ``P``
-       projects onto the gene-space directions the latent map sees (the PCA loadings, or
-       the row space of the encoder's first layer). Outside them the loss is blind, and an
-       unconstrained network adds batch-specific changes there that grow with the data
-       (``benchmarks/results/corrector.md``); with ``P`` the expression is kept as it was.
+       over the latent dimensions or genes, averaged over the minibatch, and ``B`` is an
+       orthonormal basis of the gene-space directions the latent map sees (the PCA
+       loadings, or the row space of the encoder's first layer). Outside them the loss is
+       blind, and an unconstrained network adds batch-specific changes there that grow with
+       the data (``benchmarks/results/corrector.md``); there the expression is kept as it
+       was. The shift ``C`` (cells × ``n_comps``) comes from ``network``: ``"bottleneck"``
+       reads all genes through ``n_hidden`` units and writes ``C`` directly;
+       ``"residual"`` is deepMNN's residual network over the genes (``n_blocks`` blocks
+       ``x + g(x)``), ``C = (f(x) − x) B``.
     4. The BatchNorm statistics are re-estimated for the final weights, and all cells are
        corrected with the network in eval mode, in chunks.
 
@@ -267,12 +284,10 @@ def mnn_correct(
     whatever the number of cells or pairs: the pairs of a larger data set are more samples
     of the same alignment problem, and the budget removes the same fraction of the batch
     gap at 10 000, 100 000 and 300 000 simulated cells (``benchmarks/results/corrector.md``).
-    The pair search grows about quadratically with the batch sizes (exact) up to
-    ``EXACT_SEARCH_MAX``, and correcting all cells linearly. Measured in that table, on 2
-    CPU cores shared with other jobs: 100 000 cells × 2000 genes in 4 batches took 185 s
-    (PCA 14 s, pair search 56 s, training 47 s, correcting all cells 61 s), 300 000 cells
-    462 s. The network has ``4 · n_blocks · n_genes²`` weights, so select genes first
-    (e.g. 2000 HVGs).
+    The same holds for the pair search, bounded by ``max_search_cells`` per batch; only
+    the PCA and correcting every cell grow, linearly (``benchmarks/results/scale.md``).
+    The bottleneck network has ``n_genes · n_hidden`` weights in its first layer, the
+    residual network ``4 · n_blocks · n_genes²``, so select genes first (e.g. 2000 HVGs).
 
     Parameters
     ----------
@@ -298,13 +313,27 @@ def mnn_correct(
         Most rounds of the MNN search (``n_rounds`` of :func:`~scetm_mnn.pp.find_mnn_pairs`;
         the offset rounds stop early once the offsets have converged); 1 searches once,
         between the uncorrected batches.
+    max_search_cells
+        Most cells per batch searched for MNN pairs (``max_cells`` of
+        :func:`~scetm_mnn.pp.find_mnn_pairs`: one seeded sample per batch; the pairs are
+        the exact mutual nearest neighbours among the sampled cells). 10 000 cells per
+        batch give far more pairs than training uses and bound the search's cost whatever
+        the data's size; ``None`` searches every cell.
     n_comps
         Dimensions of the latent space.
     latent
         ``"pca"`` (PCA of all cells, loadings frozen) or ``"autoencoder"`` (an autoencoder
         pretrained on all cells, encoder frozen).
+    network
+        ``"bottleneck"`` (the default: all genes → ``n_hidden`` → ``n_hidden`` → the shift
+        ``C``; cheap at any number of cells) or ``"residual"`` (deepMNN's residual network
+        over the genes, ``n_blocks`` blocks; about 10 times the arithmetic per cell at
+        2000 genes). Both keep the change to the span of ``B``; see
+        ``benchmarks/results/corrector_network.md`` for how they compare.
+    n_hidden
+        Hidden units of the bottleneck network.
     n_blocks
-        Residual blocks; each starts as the identity.
+        Residual blocks of the residual network; each starts as the identity.
     batch_weight
         Weight of the pair term ``L_batch``.
     rec_weight
@@ -390,6 +419,8 @@ def mnn_correct(
     check_obs_key(adata, batch_key, "batch_key")
     if distance not in _DISTANCES:
         raise ValueError(f"distance must be 'l1' or 'l2', not {distance!r}.")
+    if network not in ("bottleneck", "residual"):
+        raise ValueError(f"network must be 'bottleneck' or 'residual', not {network!r}.")
     if latent not in ("pca", "autoencoder"):
         raise ValueError(f"latent must be 'pca' or 'autoencoder', not {latent!r}.")
     for name, value, minimum in [
@@ -397,11 +428,14 @@ def mnn_correct(
         ("n_search_comps", n_search_comps, 1),
         ("search_rounds", search_rounds, 1),
         ("n_comps", n_comps, 1),
+        ("n_hidden", n_hidden, 1),
+        ("n_blocks", n_blocks, 1),
         ("max_epochs", max_epochs, 0),
         ("batch_size", batch_size, 1),
         ("pairs_per_epoch", pairs_per_epoch, 1),
         ("early_stopping_patience", early_stopping_patience, 1),
         ("chunk_size", 1 if chunk_size is None else chunk_size, 1),
+        ("max_search_cells", 1 if max_search_cells is None else max_search_cells, 1),
     ]:
         if value < minimum:
             raise ValueError(f"{name} must be at least {minimum}, not {value}.")
@@ -428,8 +462,11 @@ def mnn_correct(
         "n_neighbors": n_neighbors,
         "n_search_comps": n_search_comps,
         "search_rounds": search_rounds,
+        "max_search_cells": max_search_cells,
         "n_comps": n_comps,
         "latent": latent,
+        "network": network,
+        "n_hidden": n_hidden,
         "n_blocks": n_blocks,
         "batch_weight": batch_weight,
         "rec_weight": rec_weight,
@@ -482,6 +519,7 @@ def mnn_correct(
         n_neighbors=n_neighbors,
         random_state=random_state,
         n_rounds=search_rounds,
+        max_cells=max_search_cells,
     )
     timing["pairs"] = time.perf_counter() - tic
     upper = sparse.triu(pairs, k=1).tocoo()
@@ -497,9 +535,15 @@ def mnn_correct(
     tic = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_state)
-        net = SubspaceCorrector(
-            ResidualCorrector(x.n_vars, n_blocks=n_blocks), visible_basis(space)
-        )
+        basis = visible_basis(space)
+        if network == "residual":
+            net = SubspaceCorrector(
+                ResidualCorrector(x.n_vars, n_blocks=n_blocks), basis, residual=True
+            )
+        else:
+            shift_net = BottleneckShift(x.n_vars, basis.shape[1], n_hidden)
+            shift_net.scale.copy_(_coordinate_scale(x, basis, random_state))
+            net = SubspaceCorrector(shift_net, basis)
     pairs_t = torch.from_numpy(np.stack([upper.row, upper.col], axis=1).astype(np.int64))
     generator = torch.Generator().manual_seed(random_state)
     history = _train(

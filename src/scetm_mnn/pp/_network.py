@@ -1,4 +1,4 @@
-"""The deepMNN residual correction network (Zou et al. 2021)."""
+"""The corrector networks: deepMNN's residual network (Zou et al. 2021) and a bottleneck."""
 
 from __future__ import annotations
 
@@ -41,20 +41,66 @@ class ResidualCorrector(nn.Sequential):
         super().__init__(*(ResidualBlock(n_features, width_factor) for _ in range(n_blocks)))
 
 
-class SubspaceCorrector(nn.Module):
-    """``x ↦ x + P (f(x) − x)``: a corrector ``f`` whose change is kept to a subspace.
+class BottleneckShift(nn.Module):
+    """Expression (genes) → shift in a d-dimensional subspace, through ``n_hidden`` units.
 
-    ``P = B Bᵀ`` projects onto the span of the orthonormal columns of ``basis`` (genes ×
-    dimensions), e.g. the loadings of the frozen PCA in which the corrector's loss compares
-    MNN pairs. Outside that span the loss sees nothing, so any change there would be
-    unsupervised; with the projection the expression is left exactly as it was there.
+    Linear(genes, h) → BatchNorm → PReLU → Linear(h, h) → BatchNorm → PReLU → Linear(h, d)
+    → BatchNorm, times ``scale``. It reads every gene, so it sees what distinguishes cells
+    and batches outside the subspace, but writes only the ``d`` coordinates the loss
+    compares: ``genes · h`` weights rather than the residual network's
+    ``4 · n_blocks · genes²``. ``scale`` (a buffer, ones until set) puts the output in the
+    units of each coordinate, e.g. its standard deviation over the cells, so that the
+    optimizer's steps move every coordinate in proportion to its spread. The scale of the
+    last BatchNorm starts at zero, so the shift starts at zero (the identity correction).
     """
 
-    def __init__(self, corrector: nn.Module, basis: torch.Tensor):
+    def __init__(self, n_genes: int, n_dims: int, n_hidden: int = 1024):
+        super().__init__()
+        if n_hidden < 1:
+            raise ValueError(f"n_hidden must be at least 1, not {n_hidden}.")
+        last_norm = nn.BatchNorm1d(n_dims)
+        nn.init.zeros_(last_norm.weight)
+        self.f = nn.Sequential(
+            nn.Linear(n_genes, n_hidden),
+            nn.BatchNorm1d(n_hidden),
+            nn.PReLU(),
+            nn.Linear(n_hidden, n_hidden),
+            nn.BatchNorm1d(n_hidden),
+            nn.PReLU(),
+            nn.Linear(n_hidden, n_dims),
+            last_norm,
+        )
+        self.register_buffer("scale", torch.ones(n_dims))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The shift of each cell (cells × d)."""
+        return self.f(x) * self.scale
+
+
+class SubspaceCorrector(nn.Module):
+    """``x ↦ x + C Bᵀ``: a corrector whose change is kept to the span of ``B``.
+
+    ``B`` (``basis``, genes × d, orthonormal columns) spans the gene-space directions that
+    the corrector's loss sees, e.g. the loadings of the frozen PCA in which MNN pairs are
+    compared. Outside that span the loss sees nothing, so any change there would be
+    unsupervised; the expression is left exactly as it was there. The shift ``C``
+    (cells × d) is ``corrector(x)`` itself (a :class:`BottleneckShift`), or, with
+    ``residual=True``, the projection ``(f(x) − x) B`` of an expression-to-expression
+    network ``f`` (deepMNN's :class:`ResidualCorrector`).
+    """
+
+    def __init__(self, corrector: nn.Module, basis: torch.Tensor, residual: bool = False):
         super().__init__()
         self.corrector = corrector
+        self.residual = bool(residual)
         self.register_buffer("basis", basis.to(torch.float32))
+
+    def shift(self, x: torch.Tensor) -> torch.Tensor:
+        """The low-rank shift ``C`` of the cells ``x`` (cells × d)."""
+        if self.residual:
+            return (self.corrector(x) - x) @ self.basis
+        return self.corrector(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Correct ``x`` within the subspace."""
-        return x + (self.corrector(x) - x) @ self.basis @ self.basis.T
+        return x + self.shift(x) @ self.basis.T

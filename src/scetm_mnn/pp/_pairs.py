@@ -132,6 +132,7 @@ def find_mnn_pairs(
     min_pairs: int = MIN_PAIRS,
     n_rounds: int = 10,
     normalize: bool = False,
+    max_cells: int | None = None,
 ) -> sparse.csr_matrix:
     """Mutual nearest neighbours across every pair of batches.
 
@@ -150,7 +151,14 @@ def find_mnn_pairs(
     same state across whole populations, and more cells find partners. The offset rounds
     search at most ``OFFSET_SAMPLE`` (5 000) cells per batch, one seeded subsample, and stop
     early once no offset changes by more than ``OFFSET_TOL`` (1 %) of the largest; the last
-    round searches all cells. The offsets only steer the search: the pairs are cells.
+    round searches all cells (or ``max_cells`` per batch). The offsets only steer the
+    search: the pairs are cells.
+
+    With ``max_cells``, each batch larger than that is searched through one seeded
+    subsample of ``max_cells`` cells: the pairs are then the exact mutual nearest
+    neighbours among the sampled cells, and the cost is bounded by the sample, not the
+    batch (:func:`~scetm_mnn.pp.mnn_correct` trains on at most ``max_epochs ×
+    pairs_per_epoch`` pairs, far fewer than a large data set has).
 
     ``latent`` is searched as given, typically centred PCA scores of the log-normalized
     expression (as :func:`~scetm_mnn.pp.mnn_correct` does). Do not L2-normalize centred
@@ -178,6 +186,8 @@ def find_mnn_pairs(
     normalize
         L2-normalize the rows of ``latent`` first (cosine distance). Off by default; see
         above.
+    max_cells
+        Most cells per batch searched (a seeded subsample); ``None`` searches all.
 
     Returns
     -------
@@ -205,6 +215,8 @@ def find_mnn_pairs(
         raise ValueError(f"n_neighbors must be at least 1, not {n_neighbors}.")
     if n_rounds < 1:
         raise ValueError(f"n_rounds must be at least 1, not {n_rounds}.")
+    if max_cells is not None and max_cells < 1:
+        raise ValueError(f"max_cells must be at least 1 (or None), not {max_cells}.")
     if normalize:
         latent = latent / np.maximum(np.linalg.norm(latent, axis=1, keepdims=True), 1e-12)
     codes, uniques = pd.factorize(batches)
@@ -212,12 +224,9 @@ def find_mnn_pairs(
     members = {label: np.flatnonzero(codes == c) for c, label in enumerate(labels)}
     offsets = np.zeros((len(labels), latent.shape[1]), dtype=np.float32)
     rng = np.random.default_rng(random_state)
-    sample = {
-        label: np.sort(rng.choice(idx, OFFSET_SAMPLE, replace=False))
-        if idx.size > OFFSET_SAMPLE
-        else idx
-        for label, idx in members.items()
-    }
+    sample = {label: _subsample(idx, OFFSET_SAMPLE, rng) for label, idx in members.items()}
+    if max_cells is not None:
+        members = {label: _subsample(idx, max_cells, rng) for label, idx in members.items()}
     for round_ in range(1, n_rounds):
         row, col = _search(
             latent, sample, offsets, n_neighbors, random_state, min_pairs, verbose=False
@@ -245,6 +254,11 @@ def find_mnn_pairs(
     pairs.sum_duplicates()
     pairs.data[:] = 1.0
     return pairs
+
+
+def _subsample(idx: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``idx`` itself when it has at most ``size`` entries, else a sorted random sample."""
+    return idx if idx.size <= size else np.sort(rng.choice(idx, size, replace=False))
 
 
 def _search(
