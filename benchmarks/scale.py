@@ -11,17 +11,21 @@ cells) → ``latent`` (``get_latent_representation`` of every cell).
 After each phase it records the process's peak resident memory so far (``ru_maxrss``),
 so the last column is the peak of the whole run. With ``--peers``, harmonypy on the same
 50-component PCA and scVI (the same 2000 steps of 256) run in the same process after ours,
-with their own seconds (their memory adds to the same process's peak; they run last).
-The table ends with t(largest)/t(100k) per phase where both sizes ran.
+with their own seconds (their memory adds to the same process's peak; they run last), at
+the sizes up to ``--peers-max-cells``.
+The table ends with t(largest)/t(100k) per phase where both sizes ran. Each size's row is
+also saved as JSON (``<out>.json``); ``--combine a.json b.json`` rebuilds the table from
+rows of separate runs (e.g. sizes run side by side).
 
 Run: ``.venv/bin/python benchmarks/scale.py [--sizes 10000 100000 300000 1000000]
-[--peers] [--threads 1] [--out benchmarks/results/scale.md]``
+[--peers] [--peers-max-cells 300000] [--threads 1] [--out benchmarks/results/scale.md]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -41,7 +45,6 @@ def _peak_gib() -> float:
 
 def run_one(n_cells: int, peers: bool, threads: int) -> dict:
     """All phases for one size, in this process; returns seconds and peak GiB per phase."""
-    import numpy as np
     import torch
 
     torch.set_num_threads(threads)
@@ -74,11 +77,13 @@ def run_one(n_cells: int, peers: bool, threads: int) -> dict:
         adata, layer="counts", batch_key="batch", corrected_layer="mnn_corrected"
     )
     model = BatchCorrectedSCETM(adata)
-    epochs = max(1, round(STEPS * BATCH / n_cells))
+    epochs = max(1, math.ceil(STEPS * BATCH / n_cells))
     tic = time.perf_counter()
-    model.train(max_epochs=epochs, batch_size=BATCH, seed=0, enable_progress_bar=False)
+    model.train(
+        max_epochs=epochs, max_steps=STEPS, batch_size=BATCH, seed=0, enable_progress_bar=False
+    )
     phase("train", time.perf_counter() - tic)
-    row["train steps"] = epochs * int(np.ceil(n_cells / BATCH))
+    row["train steps"] = int(model.trainer.global_step) if model.trainer else STEPS
     tic = time.perf_counter()
     model.get_latent_representation()
     phase("latent", time.perf_counter() - tic)
@@ -99,7 +104,13 @@ def run_one(n_cells: int, peers: bool, threads: int) -> dict:
         scvi.model.SCVI.setup_anndata(adata, layer="counts", batch_key="batch")
         peer = scvi.model.SCVI(adata, n_latent=10)
         tic = time.perf_counter()
-        peer.train(max_epochs=epochs, batch_size=BATCH, train_size=1.0, enable_progress_bar=False)
+        peer.train(
+            max_epochs=epochs,
+            max_steps=STEPS,
+            batch_size=BATCH,
+            train_size=1.0,
+            enable_progress_bar=False,
+        )
         row["scvi s"] = round(time.perf_counter() - tic, 1)
         row["peak with peers GiB"] = round(_peak_gib(), 2)
     return row
@@ -139,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
         "--sizes", type=int, nargs="+", default=[10_000, 100_000, 300_000, 1_000_000]
     )
     parser.add_argument("--peers", action="store_true", help="also time harmonypy and scVI")
+    parser.add_argument("--peers-max-cells", type=int, default=300_000)
+    parser.add_argument("--combine", type=Path, nargs="+", help="rebuild from saved rows")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale.md")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # worker: one size
@@ -147,9 +160,13 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_one(args.one, args.peers, args.threads)))
         return
     rows = []
+    if args.combine:
+        rows = [row for path in args.combine for row in json.loads(path.read_text())]
+        rows.sort(key=lambda row: row["cells"])
+        args.sizes = []
     for size in args.sizes:
         cmd = [sys.executable, __file__, "--one", str(size), "--threads", str(args.threads)]
-        cmd += ["--peers"] if args.peers else []
+        cmd += ["--peers"] if args.peers and size <= args.peers_max_cells else []
         print(f"{size:,} cells ...", file=sys.stderr, flush=True)
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
@@ -158,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
             break
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     if not rows:
         return
     header = (
