@@ -15,7 +15,7 @@ from anndata import AnnData
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from .._rows import Rows, map_chunks, rows_of
+from .._rows import CHUNK_SIZE, Rows, map_chunks, rows_of
 from .._validation import (
     check_finite,
     check_log_scale,
@@ -40,6 +40,9 @@ _DISTANCES: dict[str, Distance] = {
 }
 _RECALIBRATION_PAIRS = 2048
 """Pairs whose minibatches re-estimate the BatchNorm statistics after training."""
+AUTO_RESIDUAL_MAX_CELLS = 50_000
+"""``network="auto"`` uses deepMNN's residual network up to this many cells, the
+bottleneck network above (``benchmarks/results/corrector_network.md``)."""
 _SCALE_SAMPLE = 10_000
 """Cells (a seeded sample) whose coordinates set the bottleneck network's output scale."""
 _REL_TOL = 1e-3
@@ -91,11 +94,30 @@ def _correct_all(
 
 
 def _coordinate_scale(rows: Rows, basis: torch.Tensor, random_state: int) -> torch.Tensor:
-    """Standard deviation of each coordinate ``x B`` over (a seeded sample of) the cells."""
+    """Standard deviation of each coordinate ``x B`` over (a seeded sample of) the cells.
+
+    The sample is read a chunk of cells at a time, so no more than a chunk is ever dense.
+    """
     n = min(rows.n_obs, _SCALE_SAMPLE)
+    if n < 2:
+        return torch.ones(basis.shape[1])
     sample = np.sort(np.random.default_rng(random_state).choice(rows.n_obs, n, replace=False))
-    coordinates = torch.from_numpy(rows.take(sample)) @ basis
-    return coordinates.std(dim=0).clamp_min(1e-6) if n > 1 else torch.ones(basis.shape[1])
+    basis64 = basis.to(torch.float64)
+    total = torch.zeros(basis.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, n, CHUNK_SIZE):
+        u = torch.from_numpy(rows.take(sample[start : start + CHUNK_SIZE])).double() @ basis64
+        total += u.sum(dim=0)
+        squares += u.pow(2).sum(dim=0)
+    variance = (squares - total.pow(2) / n) / (n - 1)
+    return variance.clamp_min(1e-12).sqrt().to(torch.float32)
+
+
+def _resolve_network(network: str, n_obs: int) -> str:
+    """``"auto"``: the residual network up to ``AUTO_RESIDUAL_MAX_CELLS`` cells."""
+    if network != "auto":
+        return network
+    return "residual" if n_obs <= AUTO_RESIDUAL_MAX_CELLS else "bottleneck"
 
 
 def _adam(params, lr: float) -> torch.optim.Adam:
@@ -233,7 +255,7 @@ def mnn_correct(
     max_search_cells: int | None = 10_000,
     n_comps: int = 50,
     latent: Literal["pca", "autoencoder"] = "pca",
-    network: Literal["bottleneck", "residual"] = "bottleneck",
+    network: Literal["auto", "bottleneck", "residual"] = "auto",
     n_hidden: int = 1024,
     n_blocks: int = 2,
     batch_weight: float = 1.0,
@@ -325,11 +347,15 @@ def mnn_correct(
         ``"pca"`` (PCA of all cells, loadings frozen) or ``"autoencoder"`` (an autoencoder
         pretrained on all cells, encoder frozen).
     network
-        ``"bottleneck"`` (the default: all genes → ``n_hidden`` → ``n_hidden`` → the shift
-        ``C``; cheap at any number of cells) or ``"residual"`` (deepMNN's residual network
-        over the genes, ``n_blocks`` blocks; about 10 times the arithmetic per cell at
-        2000 genes). Both keep the change to the span of ``B``; see
-        ``benchmarks/results/corrector_network.md`` for how they compare.
+        ``"residual"`` (deepMNN's residual network over the genes, ``n_blocks`` blocks),
+        ``"bottleneck"`` (all genes → ``n_hidden`` → ``n_hidden`` → the shift ``C``; about a
+        tenth of the arithmetic per cell at 2000 genes), or ``"auto"`` (the default): the
+        residual network up to ``AUTO_RESIDUAL_MAX_CELLS`` (50 000) cells, the bottleneck
+        above, where correcting every cell with the residual network would dominate the
+        run. Both keep the change to the span of ``B``. On the Baron pancreas the
+        residual network mixes the donors most and the bottleneck still more than Harmony
+        (``benchmarks/results/corrector_network.md``). The choice is recorded in
+        ``uns[key_added]["params"]["network"]``.
     n_hidden
         Hidden units of the bottleneck network.
     n_blocks
@@ -419,8 +445,8 @@ def mnn_correct(
     check_obs_key(adata, batch_key, "batch_key")
     if distance not in _DISTANCES:
         raise ValueError(f"distance must be 'l1' or 'l2', not {distance!r}.")
-    if network not in ("bottleneck", "residual"):
-        raise ValueError(f"network must be 'bottleneck' or 'residual', not {network!r}.")
+    if network not in ("auto", "bottleneck", "residual"):
+        raise ValueError(f"network must be 'auto', 'bottleneck' or 'residual', not {network!r}.")
     if latent not in ("pca", "autoencoder"):
         raise ValueError(f"latent must be 'pca' or 'autoencoder', not {latent!r}.")
     for name, value, minimum in [
@@ -465,7 +491,7 @@ def mnn_correct(
         "max_search_cells": max_search_cells,
         "n_comps": n_comps,
         "latent": latent,
-        "network": network,
+        "network": _resolve_network(network, adata.n_obs),
         "n_hidden": n_hidden,
         "n_blocks": n_blocks,
         "batch_weight": batch_weight,
@@ -536,7 +562,7 @@ def mnn_correct(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_state)
         basis = visible_basis(space)
-        if network == "residual":
+        if params["network"] == "residual":
             net = SubspaceCorrector(
                 ResidualCorrector(x.n_vars, n_blocks=n_blocks), basis, residual=True
             )
