@@ -131,9 +131,8 @@ def test_pairs_are_symmetric_and_across_batches(corrected_sim):
 def test_history_decreases(corrected_sim):
     history = np.asarray(corrected_sim.uns[KEY]["history"])
     assert len(history) == corrected_sim.uns[KEY]["params"]["max_epochs"]
-    # The bottleneck network (default) keeps paired cells' own differences: 1.59 → 1.30 at
-    # seed 0; deepMNN's residual network pulls them onto each other (1.58 → 0.19).
-    assert history[-1] < 0.9 * history[0]
+    assert corrected_sim.uns[KEY]["params"]["network"] == "residual"  # "auto" at 600 cells
+    assert history[-1] < 0.5 * history[0]
     assert history[-5:].mean() < history[:5].mean()
 
 
@@ -373,3 +372,47 @@ def test_raw_counts_are_refused(sim_adata, log_sim):
     small.X = small.X.minimum(40)
     with pytest.raises(ValueError, match="integer-valued, maximum 40"):
         quick(small)
+
+
+def test_bottleneck_network_removes_the_batch_shift(log_sim):
+    """The bottleneck network (the default above AUTO_RESIDUAL_MAX_CELLS) on the same
+    simulated shift: the batch centroids of each type move 4× closer, clusters follow types."""
+    adata = pp.mnn_correct(log_sim, "batch", network="bottleneck", copy=True)
+    assert adata.uns[KEY]["params"]["network"] == "bottleneck"
+    reference = log_sim.copy()
+    sc.pp.pca(reference, n_comps=20, random_state=0)
+    loadings, mean = reference.varm["PCs"], log_sim.X.toarray().mean(axis=0)
+    before = centroid_gap(reference.obsm["X_pca"], log_sim.obs)
+    after = centroid_gap((adata.layers[KEY] - mean) @ loadings, log_sim.obs)
+    assert after < 0.25 * before  # measured: 12.0 → 1.5
+    type_after, batch_after = leiden_aris(adata.obsm["X_" + KEY], log_sim.obs)
+    assert type_after >= 0.95 and batch_after < 0.1
+    # Outside the corrector's subspace the expression is unchanged, as with the residual.
+    basis = adata.varm[KEY + "_basis"]
+    change = adata.layers[KEY] - log_sim.X.toarray()
+    np.testing.assert_allclose(change - change @ basis @ basis.T, 0, atol=1e-4)
+
+
+def test_auto_network_switches_with_size(log_sim, monkeypatch):
+    from scetm_mnn.pp import _mnn_correct
+
+    monkeypatch.setattr(_mnn_correct, "AUTO_RESIDUAL_MAX_CELLS", log_sim.n_obs - 1)
+    adata = quick(log_sim, copy=True)
+    assert adata.uns[KEY]["params"]["network"] == "bottleneck"
+    with pytest.raises(ValueError, match="network must be"):
+        quick(log_sim, copy=True, network="resnet")
+
+
+def test_max_search_cells_samples_each_batch(log_sim):
+    """Only sampled cells are paired; the sample is seeded; pairs stay across batches."""
+    first = quick(log_sim, copy=True, max_search_cells=100)
+    again = quick(log_sim, copy=True, max_search_cells=100)
+    pairs = first.obsp[KEY + "_pairs"]
+    paired = np.flatnonzero(pairs.getnnz(axis=1) > 0)
+    batches = log_sim.obs["batch"].to_numpy()
+    for batch in np.unique(batches):
+        assert np.isin(paired, np.flatnonzero(batches == batch)).sum() <= 100
+    assert (pairs != again.obsp[KEY + "_pairs"]).nnz == 0
+    assert first.uns[KEY]["params"]["max_search_cells"] == 100
+    with pytest.raises(ValueError, match="max_search_cells"):
+        quick(log_sim, copy=True, max_search_cells=0)

@@ -186,3 +186,18 @@ def test_approximate_search_agrees_with_exact(three_batches, monkeypatch):
     again = pp.find_mnn_pairs(latent, batches, n_neighbors=5, random_state=3)
     assert len(as_set(approx) & exact) >= 0.9 * len(exact)
     assert (approx != again).nnz == 0
+
+
+def test_max_cells_searches_a_seeded_sample(three_batches):
+    """With max_cells, pairs are the exact MNN among one seeded sample per batch."""
+    latent, batches = three_batches
+    sampled = pp.find_mnn_pairs(latent, batches, n_neighbors=5, max_cells=30, random_state=1)
+    again = pp.find_mnn_pairs(latent, batches, n_neighbors=5, max_cells=30, random_state=1)
+    assert (sampled != again).nnz == 0
+    paired = np.flatnonzero(sampled.getnnz(axis=1) > 0)
+    for batch in np.unique(batches):
+        assert np.isin(paired, np.flatnonzero(np.asarray(batches) == batch)).sum() <= 30
+    unlimited = pp.find_mnn_pairs(latent, batches, n_neighbors=5, max_cells=10**6)
+    assert (unlimited != pp.find_mnn_pairs(latent, batches, n_neighbors=5)).nnz == 0
+    with pytest.raises(ValueError, match="max_cells"):
+        pp.find_mnn_pairs(latent, batches, max_cells=0)
