@@ -7,6 +7,7 @@ import pytest
 from scipy import sparse
 
 from scetm_mnn import pp
+from scetm_mnn.datasets import simulate
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +97,19 @@ def test_rejects_bad_input(sim_adata, processed):
     bad.X[0, 0] = np.inf
     with pytest.raises(ValueError, match="NaN or infinite"):
         pp.preprocess(bad)
+
+
+def test_hvg_statistics_from_a_sample_above_the_limit(monkeypatch):
+    """Above HVG_MAX_CELLS the genes are ranked on a seeded sample: nearly the same genes."""
+    from scetm_mnn.pp import _preprocess
+
+    adata = simulate(n_cells=3000, n_genes=400, n_batches=3, random_state=4)
+    full = pp.preprocess(adata, n_top_genes=100, batch_key="batch", copy=True)
+    monkeypatch.setattr(_preprocess, "HVG_MAX_CELLS", 1500)
+    sampled = pp.preprocess(adata, n_top_genes=100, batch_key="batch", copy=True)
+    again = pp.preprocess(adata, n_top_genes=100, batch_key="batch", copy=True)
+    assert sampled.shape == (3000, 100) and list(sampled.var_names) == list(again.var_names)
+    assert set(full.var.columns) == set(sampled.var.columns)
+    common = [g for g in sampled.var_names if g in set(full.var_names)]
+    assert len(common) >= 80  # of 100
+    np.testing.assert_array_equal(sampled[:, common].X.toarray(), full[:, common].X.toarray())

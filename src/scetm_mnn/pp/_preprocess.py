@@ -9,6 +9,7 @@ import pandas as pd
 import scanpy as sc
 from anndata import AnnData
 
+from .._rows import Rows
 from .._validation import check_counts, check_obs_key
 from ._actual import make_actual
 
@@ -112,6 +113,10 @@ def preprocess(
     return adata if copy else None
 
 
+HVG_MAX_CELLS = 200_000
+"""Above this many cells the HVG statistics come from a seeded random sample of this many
+(scanpy's seurat flavour copies each batch's rows twice; the sample bounds that memory)."""
+
 _BATCH_COLUMN = "__scetm_mnn_hvg_batch__"
 """Temporary ``obs`` column: the batches as a categorical of the kept cells, for scanpy."""
 
@@ -121,9 +126,14 @@ def _check_filters_keep_data(adata: AnnData, min_genes: int, min_cells: int) -> 
 
     Checked in advance, so that a failing in-place call leaves ``adata`` as it was.
     """
-    x = adata.X
-    cells = np.asarray((x > 0).sum(axis=1)).ravel() >= min_genes
-    genes = np.asarray((x[cells] > 0).sum(axis=0)).ravel() >= min_cells
+    cells = np.zeros(adata.n_obs, dtype=bool)
+    expressing = np.zeros(adata.n_vars, dtype=np.int64)  # kept cells expressing each gene
+    for start, block in Rows(adata.X).chunks(dense=False):  # one chunk of cells at a time
+        positive = block > 0
+        keep = np.asarray(positive.sum(axis=1)).ravel() >= min_genes
+        cells[start : start + block.shape[0]] = keep
+        expressing += np.asarray(positive[keep].sum(axis=0)).ravel()
+    genes = expressing >= min_cells
     if not cells.any() or not genes.any():
         raise ValueError(
             f"No cells or genes pass the filters (min_genes={min_genes}: {int(cells.sum())} "
@@ -146,13 +156,29 @@ def _select_genes(adata: AnnData, n_top_genes: int, batch_key: str | None) -> No
         key = _BATCH_COLUMN
         adata.obs[key] = pd.Categorical(adata.obs[batch_key].astype(str))
     try:
+        # scanpy copies each batch's rows (twice, for seurat's expm1); above HVG_MAX_CELLS the
+        # statistics come from a seeded random sample of cells, which bounds that memory.
+        sample = adata
+        if adata.n_obs > HVG_MAX_CELLS:
+            rng = np.random.default_rng(0)
+            keep = np.sort(rng.choice(adata.n_obs, HVG_MAX_CELLS, replace=False))
+            sample = AnnData(X=adata.X[keep], obs=adata.obs.iloc[keep], var=adata.var[[]])
+            sample.uns["log1p"] = dict(adata.uns.get("log1p", {}))
+            if key is not None:
+                sample.obs[key] = sample.obs[key].cat.remove_unused_categories()
+            logger.info("HVG statistics from %d of %d cells.", HVG_MAX_CELLS, adata.n_obs)
         if n_top_genes >= adata.n_vars:
-            sc.pp.highly_variable_genes(adata, flavor="seurat", batch_key=key)
-            adata.var["highly_variable"] = True
+            sc.pp.highly_variable_genes(sample, flavor="seurat", batch_key=key)
+            sample.var["highly_variable"] = True
         else:
             sc.pp.highly_variable_genes(
-                adata, n_top_genes=n_top_genes, flavor="seurat", batch_key=key, subset=True
+                sample, n_top_genes=n_top_genes, flavor="seurat", batch_key=key
             )
+        if sample is not adata:
+            for column in sample.var.columns:
+                adata.var[column] = sample.var[column].to_numpy()
+        if n_top_genes < adata.n_vars:
+            adata._inplace_subset_var(adata.var["highly_variable"].to_numpy())
     finally:
         if key is not None:
             del adata.obs[key]
