@@ -57,6 +57,16 @@ def quick(adata, **kwargs):
     return pp.mnn_correct(adata, "batch", max_epochs=2, pairs_per_epoch=256, **kwargs)
 
 
+def gap_before_after(log_sim, corrected):
+    """The uncorrected 20-component PCA, and the batch gap in it before and after."""
+    reference = log_sim.copy()
+    sc.pp.pca(reference, n_comps=20, random_state=0)
+    loadings, mean = reference.varm["PCs"], log_sim.X.toarray().mean(axis=0)
+    before = centroid_gap(reference.obsm["X_pca"], log_sim.obs)
+    after = centroid_gap((corrected.layers[KEY] - mean) @ loadings, log_sim.obs)
+    return reference, before, after
+
+
 def centroid_gap(z: np.ndarray, obs) -> float:
     """Mean distance between the batch centroids of each cell type."""
     gaps = []
@@ -142,11 +152,7 @@ def test_history_decreases(corrected_sim):
 def test_simulated_batch_shift_is_removed_and_types_kept(log_sim, corrected_sim):
     """Batch centroids of each cell type move (far more than) 2× closer in the PCA of the
     uncorrected data; Leiden clusters then follow cell types, not batches."""
-    reference = log_sim.copy()
-    sc.pp.pca(reference, n_comps=20, random_state=0)
-    loadings, mean = reference.varm["PCs"], log_sim.X.toarray().mean(axis=0)
-    before = centroid_gap(reference.obsm["X_pca"], log_sim.obs)
-    after = centroid_gap((corrected_sim.layers[KEY] - mean) @ loadings, log_sim.obs)
+    reference, before, after = gap_before_after(log_sim, corrected_sim)
     assert after < 0.25 * before  # measured: 12.0 → 0.3
     type_before, batch_before = leiden_aris(reference.obsm["X_pca"], log_sim.obs)
     type_after, batch_after = leiden_aris(corrected_sim.obsm["X_" + KEY], log_sim.obs)
@@ -379,11 +385,7 @@ def test_bottleneck_network_removes_the_batch_shift(log_sim):
     simulated shift: the batch centroids of each type move 4× closer, clusters follow types."""
     adata = pp.mnn_correct(log_sim, "batch", network="bottleneck", copy=True)
     assert adata.uns[KEY]["params"]["network"] == "bottleneck"
-    reference = log_sim.copy()
-    sc.pp.pca(reference, n_comps=20, random_state=0)
-    loadings, mean = reference.varm["PCs"], log_sim.X.toarray().mean(axis=0)
-    before = centroid_gap(reference.obsm["X_pca"], log_sim.obs)
-    after = centroid_gap((adata.layers[KEY] - mean) @ loadings, log_sim.obs)
+    _, before, after = gap_before_after(log_sim, adata)
     assert after < 0.25 * before  # measured: 12.0 → 1.5
     type_after, batch_after = leiden_aris(adata.obsm["X_" + KEY], log_sim.obs)
     assert type_after >= 0.95 and batch_after < 0.1

@@ -6,6 +6,18 @@ import torch
 from torch import nn
 
 
+def _layer(n_in: int, n_out: int) -> list[nn.Module]:
+    """Linear → BatchNorm → PReLU."""
+    return [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.PReLU()]
+
+
+def _zero_norm(n_features: int) -> nn.BatchNorm1d:
+    """A BatchNorm whose scale starts at zero: the layer's output starts at its bias, 0."""
+    norm = nn.BatchNorm1d(n_features)
+    nn.init.zeros_(norm.weight)
+    return norm
+
+
 class ResidualBlock(nn.Module):
     """``x + f(x)``, f = Linear(d, 2d) → BatchNorm → PReLU → Linear(2d, d) → BatchNorm → PReLU.
 
@@ -16,14 +28,10 @@ class ResidualBlock(nn.Module):
     def __init__(self, n_features: int, width_factor: int = 2):
         super().__init__()
         hidden = width_factor * n_features
-        last_norm = nn.BatchNorm1d(n_features)
-        nn.init.zeros_(last_norm.weight)
         self.f = nn.Sequential(
-            nn.Linear(n_features, hidden),
-            nn.BatchNorm1d(hidden),
-            nn.PReLU(),
+            *_layer(n_features, hidden),
             nn.Linear(hidden, n_features),
-            last_norm,
+            _zero_norm(n_features),
             nn.PReLU(),
         )
 
@@ -58,17 +66,11 @@ class BottleneckShift(nn.Module):
         super().__init__()
         if n_hidden < 1:
             raise ValueError(f"n_hidden must be at least 1, not {n_hidden}.")
-        last_norm = nn.BatchNorm1d(n_dims)
-        nn.init.zeros_(last_norm.weight)
         self.f = nn.Sequential(
-            nn.Linear(n_genes, n_hidden),
-            nn.BatchNorm1d(n_hidden),
-            nn.PReLU(),
-            nn.Linear(n_hidden, n_hidden),
-            nn.BatchNorm1d(n_hidden),
-            nn.PReLU(),
+            *_layer(n_genes, n_hidden),
+            *_layer(n_hidden, n_hidden),
             nn.Linear(n_hidden, n_dims),
-            last_norm,
+            _zero_norm(n_dims),
         )
         self.register_buffer("scale", torch.ones(n_dims))
 
