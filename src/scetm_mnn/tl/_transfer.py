@@ -49,17 +49,17 @@ def transfer_labels(
 
     Each query cell's ``n_neighbors`` nearest reference cells (Euclidean, in
     ``obsm[use_rep]`` of both, one shared embedding such as a mapped query's latent
-    representation) vote with weights ``exp(-d / d̄)``. The uncertainty combines the
-    vote and the distance:
+    representation) vote with weights ``exp(-d / d̄)``, ``d̄`` the cell's mean distance to
+    them. The uncertainty combines the vote and the distance:
 
-    ``uncertainty = 1 − (winning weight share) · min(1, exp(1 − d̄ / D))``
+    ``uncertainty = 1 − (winning weight share) · min(1, p / (1 − distance_quantile))``
 
-    where ``d̄`` is the cell's mean distance to its reference neighbours and ``D`` the
-    ``distance_quantile`` of the same mean distance over the reference's own cells (to
-    their nearest other reference cells). A cell among reference cells of one label gets
-    an uncertainty near 0; one between labels, or farther from the reference than almost
-    every reference cell is from its neighbours (a type the reference lacks), gets a high
-    one. Cells above ``threshold`` are labelled ``unknown_label``.
+    where ``p`` is the fraction of reference cells whose own mean distance to their
+    ``n_neighbors`` nearest other reference cells is at least the query cell's ``d̄``. A
+    cell among reference cells of one label gets an uncertainty near 0; one between
+    labels, or farther from the reference than all but a ``1 − distance_quantile``
+    fraction of reference cells are from their neighbours (such as a type the reference
+    lacks), gets a high one. Cells above ``threshold`` are labelled ``unknown_label``.
 
     ``query`` is changed in place: the function writes ``query.obs[f"{label_key}_predicted"]``
     (categorical) and ``query.obs[f"{label_key}_uncertainty"]`` (float in [0, 1]).
@@ -82,7 +82,9 @@ def transfer_labels(
         cell.
     distance_quantile
         Quantile of the reference's own neighbour distances beyond which the distance
-        lowers the confidence.
+        lowers the confidence (with the default 0.95 and ``threshold=0.5``, a cell farther
+        from the reference than 97.5 % of reference cells are from theirs is
+        ``unknown_label``).
     unknown_label
         The label of the uncertain cells.
 
@@ -113,15 +115,10 @@ def transfer_labels(
         raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}.")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}.")
-    if not 0.0 < distance_quantile <= 1.0:
-        raise ValueError(f"distance_quantile must be in (0, 1], got {distance_quantile}.")
+    if not 0.0 < distance_quantile < 1.0:
+        raise ValueError(f"distance_quantile must be in (0, 1), got {distance_quantile}.")
     check_obs_key(reference, label_key, "label_key")
     labels = reference.obs[label_key]
-    if labels.isna().any():
-        raise ValueError(
-            f"reference.obs[{label_key!r}] has {int(labels.isna().sum())} missing labels; "
-            "drop those cells from the reference first."
-        )
     x_ref, x_query = get_rep(reference, use_rep), get_rep(query, use_rep)
     if x_ref.shape[1] != x_query.shape[1]:
         raise ValueError(
@@ -136,9 +133,10 @@ def transfer_labels(
     index = NearestNeighbors(n_neighbors=k + 1).fit(x_ref)
     distances, neighbours = index.kneighbors(x_query, n_neighbors=k)
     winner, share = _vote(distances, codes[neighbours], len(names))
-    own = index.kneighbors(x_ref, n_neighbors=k + 1)[0][:, 1:]  # without the cell itself
-    scale = max(float(np.quantile(own.mean(axis=1), distance_quantile)), 1e-12)
-    closeness = np.minimum(1.0, np.exp(1.0 - distances.mean(axis=1) / scale))
+    # Each reference cell's mean distance to its k nearest other reference cells.
+    own = np.sort(index.kneighbors(x_ref, n_neighbors=k + 1)[0][:, 1:].mean(axis=1))
+    farther = 1.0 - np.searchsorted(own, distances.mean(axis=1), side="left") / own.size
+    closeness = np.minimum(1.0, farther / (1.0 - distance_quantile))
     uncertainty = np.clip(1.0 - share * closeness, 0.0, 1.0)
     predicted = np.where(uncertainty > threshold, unknown_label, np.asarray(names)[winner])
     categories = [*names, unknown_label] if unknown_label not in names else list(names)
