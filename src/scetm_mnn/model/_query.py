@@ -144,7 +144,7 @@ class QueryMixin:
     >>> query_model = sm.model.BatchCorrectedSCETM.load_query_data(query, model)
     >>> query_model.train(max_epochs=5, enable_progress_bar=False)
     >>> query_model.get_latent_representation().shape
-    (133, 5)
+    (136, 5)
     """
 
     @staticmethod

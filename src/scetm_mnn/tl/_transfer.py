@@ -108,7 +108,7 @@ def transfer_labels(
     >>> sm.tl.transfer_labels(reference, query, "cell_type", "X_pca")
     >>> predicted = query.obs["cell_type_predicted"].astype(str)
     >>> accuracy = (predicted == query.obs["cell_type"].astype(str)).mean()
-    >>> bool(accuracy > 0.9), query.obs["cell_type_uncertainty"].between(0, 1).all()
+    >>> bool(accuracy > 0.9), bool(query.obs["cell_type_uncertainty"].between(0, 1).all())
     (True, True)
     """
     if int(n_neighbors) < 1:
