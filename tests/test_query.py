@@ -158,9 +158,9 @@ def test_new_lambda_row_fits_the_query(split, reference_model, mapped):
 def test_mapped_query_transfers_labels(split, reference_model, mapped):
     model, _, _ = mapped
     reference, query = split[0].copy(), model.adata.copy()
-    reference.obsm["X_scetm"] = reference_model.get_latent_representation()
-    query.obsm["X_scetm"] = model.get_latent_representation()
-    transfer_labels(reference, query, "cell_type", "X_scetm")
+    reference.obsm["X_scetm_mnn"] = reference_model.get_latent_representation()
+    query.obsm["X_scetm_mnn"] = model.get_latent_representation()
+    transfer_labels(reference, query, "cell_type", "X_scetm_mnn")
     predicted = query.obs["cell_type_predicted"].astype(str)
     truth = query.obs["cell_type"].astype(str)
     seen = (truth != NOVEL_TYPE).to_numpy()

@@ -150,7 +150,7 @@ class QueryMixin:
     @staticmethod
     def prepare_query_anndata(
         query: AnnData,
-        reference: BatchCorrectedSCETM | str | os.PathLike,
+        reference: BatchCorrectedSCETM | str | os.PathLike | pd.Index,
         max_missing: float = MAX_MISSING_FRACTION,
         prefix: str | None = None,
     ) -> AnnData:
@@ -166,7 +166,8 @@ class QueryMixin:
         query
             The new cells, raw counts as the reference was registered (same layer).
         reference
-            The trained reference model, or the folder it was saved to.
+            The trained reference model, the folder it was saved to, or its genes (a
+            :class:`pandas.Index` of names, e.g. ``reference_adata.var_names``).
         max_missing
             Largest fraction of the reference's genes the query may lack (default 0.2).
         prefix
@@ -200,7 +201,10 @@ class QueryMixin:
         """
         if not 0.0 <= max_missing <= 1.0:
             raise ValueError(f"max_missing must be a fraction in [0, 1], got {max_missing}.")
-        genes = _reference_parts(reference, prefix)["var_names"]
+        if isinstance(reference, pd.Index):
+            genes = reference.astype(str)
+        else:
+            genes = _reference_parts(reference, prefix)["var_names"]
         names = pd.Index(query.var_names.astype(str))
         if names.has_duplicates:
             duplicated = list(names[names.duplicated()].unique()[:3])
