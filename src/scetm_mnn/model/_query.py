@@ -36,6 +36,7 @@ from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data._constants import _SETUP_ARGS_KEY
 from scvi.model._utils import parse_device_args
+from scvi.model.base import BaseModelClass
 from scvi.model.base._save_load import _initialize_model
 
 from .._validation import check_not_view, check_obs_key
@@ -72,8 +73,6 @@ def _registered_genes(registry: dict) -> pd.Index:
 
 def _reference_parts(reference, prefix: str | None = None) -> dict:
     """Registry, init parameters, genes and weights of a model or of a saved model folder."""
-    from scvi.model.base import BaseModelClass
-
     if isinstance(reference, str | os.PathLike):
         saved = read_model_file(model_path(reference, prefix))
         attrs = saved["attr_dict"]
@@ -259,13 +258,13 @@ class QueryMixin:
         """A new model for ``query``: the reference's weights, with ``λ`` extended.
 
         ``query`` is registered in place with the reference's registry (as
-        :meth:`setup_anndata` registers data), with ``extend_categories=True``: each
-        batch of ``query`` not in the reference gets a new code and a new row of the
-        batch bias ``λ``, started at the mean of the reference's rows. With ``freeze``,
-        every reference weight is frozen (``requires_grad=False``), the encoder's
-        BatchNorm statistics stop updating, and a gradient hook on ``λ`` zeroes the
-        gradient of its reference rows, so ``train()`` fine-tunes only the new rows, on
-        the query alone. The topic-gene matrix ``β = α · ρ`` stays the reference's.
+        :meth:`~scetm_mnn.model.BatchCorrectedSCETM.setup_anndata` registers data), with
+        ``extend_categories=True``: each batch of ``query`` not in the reference gets a new
+        code and a new row of the batch bias ``λ``, started at the mean of the reference's
+        rows. With ``freeze``, every reference weight is frozen (``requires_grad=False``),
+        the encoder's BatchNorm statistics stop updating, and a gradient hook on ``λ``
+        zeroes the gradient of its reference rows, so ``train()`` fine-tunes only the new
+        rows, on the query alone. The topic-gene matrix ``β = α · ρ`` stays the reference's.
 
         **Batches shared with the reference.** A query batch whose name is a batch of the
         reference is taken to be that batch, as scvi-tools does: its cells use that
@@ -292,7 +291,8 @@ class QueryMixin:
             ``"reuse"`` (default): a query batch named like a reference batch uses that
             batch's ``λ`` row (logged as a warning). ``"raise"``: refuse such a query.
         accelerator, device
-            Where to put the model, as in :meth:`load`.
+            Where to put the model, as in
+            :meth:`~scetm_mnn.model.BatchCorrectedSCETM.load`.
         prefix
             File-name prefix, when ``reference`` is a folder saved with one.
 

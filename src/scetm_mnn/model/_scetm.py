@@ -107,8 +107,10 @@ class BatchCorrectedSCETM(
       corrected layer is not count data, so it is never the likelihood's target).
 
     A trained model maps new data without retraining
-    (:class:`~scetm_mnn.model.QueryMixin`): :meth:`prepare_query_anndata`, then
-    :meth:`load_query_data`, then ``train()`` on the query model.
+    (:class:`~scetm_mnn.model.QueryMixin`):
+    :meth:`~scetm_mnn.model.QueryMixin.prepare_query_anndata`, then
+    :meth:`~scetm_mnn.model.QueryMixin.load_query_data`, then ``train()`` on the query
+    model.
 
     Parameters
     ----------
@@ -320,7 +322,8 @@ class BatchCorrectedSCETM(
         max_epochs
             Passes over the data. ``None`` gives about 2,000 optimizer steps
             (:func:`default_max_epochs`), which scETM needs on small data sets; a query
-            model from :meth:`load_query_data` aims for 500 (only new ``λ`` rows train).
+            model from :meth:`~scetm_mnn.model.QueryMixin.load_query_data` aims for 500
+            (only its new ``λ`` rows train).
         batch_size
             Cells sampled per optimizer step. scETM uses 2,000 (for GPUs). With MNN pairs,
             each sampled cell that has a partner in the training split brings one into the
