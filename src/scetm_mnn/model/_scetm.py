@@ -322,7 +322,7 @@ class BatchCorrectedSCETM(
         max_epochs
             Passes over the data. ``None`` gives about 2,000 optimizer steps
             (:func:`default_max_epochs`), which scETM needs on small data sets; a query
-            model from :meth:`~scetm_mnn.model.QueryMixin.load_query_data` aims for 500
+            model from :meth:`~scetm_mnn.model.QueryMixin.load_query_data` aims for 200
             (only its new ``λ`` rows train).
         batch_size
             Cells sampled per optimizer step. scETM uses 2,000 (for GPUs). With MNN pairs,
@@ -330,7 +330,8 @@ class BatchCorrectedSCETM(
             step for the MNN term only, so up to ``2 × batch_size`` cells are encoded; the
             likelihood averages over the sampled cells alone.
         lr
-            Adam learning rate (default 5e-3, see :class:`~scetm_mnn.train.ETMTrainingPlan`).
+            Adam learning rate (default 5e-3, see :class:`~scetm_mnn.train.ETMTrainingPlan`;
+            5e-2 for a query model, whose new ``λ`` rows are a convex fit).
         mnn_weight
             Weight of the MNN term (:func:`scetm_mnn.module.mnn_loss` of the ``δ`` means of
             MNN-paired cells). Needs ``mnn_pairs_key`` in :meth:`setup_anndata`. ``0`` turns
@@ -381,8 +382,12 @@ class BatchCorrectedSCETM(
             return None
         plan_kwargs = dict(plan_kwargs or {})
         datasplitter_kwargs = dict(datasplitter_kwargs or {})
+        # A query model (load_query_data) fits only its new λ rows: fewer, larger steps.
+        defaults = getattr(self, "_train_defaults", {})
         if lr is not None:
             plan_kwargs["lr"] = lr
+        elif "lr" in defaults:
+            plan_kwargs.setdefault("lr", defaults["lr"])
         mnn_weight = self._resolve_mnn_weight(mnn_weight, plan_kwargs.pop("mnn_weight", None))
         if mnn_weight:
             plan_kwargs["mnn_weight"] = mnn_weight
@@ -395,7 +400,7 @@ class BatchCorrectedSCETM(
             train_size = 1.0 - validation_size
         if max_epochs is None:
             n_train = self.adata.n_obs if train_size is None else train_size * self.adata.n_obs
-            n_steps = getattr(self, "_default_n_steps", DEFAULT_N_STEPS)
+            n_steps = defaults.get("n_steps", DEFAULT_N_STEPS)
             max_epochs = default_max_epochs(int(n_train), batch_size, n_steps)
         # Metrics are logged once per epoch (ETMTrainingPlan); per-step logging has nothing
         # to write, and 1 keeps Lightning from warning about short epochs (e.g. under DDP).
