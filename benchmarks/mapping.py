@@ -290,7 +290,7 @@ def run(quick: bool, reverse: bool, log=print) -> pd.DataFrame:
         for method, fn in METHODS.items():
             start = time.perf_counter()
             z_ref, z_query, predicted, seconds = fn(reference, query, cache)
-            row = {"split": name, "method": method}
+            row = {"split": name, "method": method, "query cells": query.n_obs}
             row.update(score(reference, query, z_ref, z_query, predicted, seconds))
             row["total s"] = time.perf_counter() - start  # 0 for rows served from the cache
             rows.append(row)
