@@ -189,49 +189,49 @@ def _scvi_reference(reference: ad.AnnData):
     return model
 
 
+def _cached_scvi(reference: ad.AnnData, cache: dict):
+    """The split's scVI reference, trained once for scVI and scANVI."""
+    if "scvi" not in cache:
+        cache["scvi"] = _scvi_reference(reference)
+    return cache["scvi"]
+
+
+def _scvi_query(model_cls, reference_model, query: ad.AnnData, epochs: int):
+    """``model_cls.load_query_data`` on the unlabelled query, trained as scvi-tools' tutorial."""
+    data = _scvi_data(query, labels=False)
+    data.obs[LABEL_KEY] = UNLABELLED
+    query_model = model_cls.load_query_data(data, reference_model)
+    query_model.train(
+        max_epochs=epochs,
+        plan_kwargs={"weight_decay": 0.0},
+        enable_progress_bar=False,
+        accelerator="cpu",
+    )
+    return query_model
+
+
 def scvi_scarches(reference: ad.AnnData, query: ad.AnnData, cache: dict):
     import scvi
 
-    if "scvi" not in cache:
-        cache["scvi"] = _scvi_reference(reference)
-    model = cache["scvi"]
+    model = _cached_scvi(reference, cache)
     z_ref = model.get_latent_representation()
-
-    def map_query() -> np.ndarray:
-        data = _scvi_data(query, labels=False)
-        data.obs[LABEL_KEY] = UNLABELLED
-        query_model = scvi.model.SCVI.load_query_data(data, model)
-        query_model.train(
-            max_epochs=SCVI_QUERY_EPOCHS,
-            plan_kwargs={"weight_decay": 0.0},
-            enable_progress_bar=False,
-            accelerator="cpu",
-        )
-        return query_model.get_latent_representation()
-
-    z_query, seconds = timed(map_query)
+    z_query, seconds = timed(
+        lambda: _scvi_query(
+            scvi.model.SCVI, model, query, SCVI_QUERY_EPOCHS
+        ).get_latent_representation()
+    )
     return z_ref, z_query, None, seconds
 
 
 def scanvi_scarches(reference: ad.AnnData, query: ad.AnnData, cache: dict):
     import scvi
 
-    if "scvi" not in cache:
-        cache["scvi"] = _scvi_reference(reference)
-    base = cache["scvi"]
+    base = _cached_scvi(reference, cache)
     model = scvi.model.SCANVI.from_scvi_model(base, unlabeled_category=UNLABELLED)
     model.train(max_epochs=SCANVI_EPOCHS, enable_progress_bar=False, accelerator="cpu")
     z_ref = model.get_latent_representation()
     start = time.perf_counter()
-    data = _scvi_data(query, labels=False)
-    data.obs[LABEL_KEY] = UNLABELLED
-    query_model = scvi.model.SCANVI.load_query_data(data, model)
-    query_model.train(
-        max_epochs=SCANVI_QUERY_EPOCHS,
-        plan_kwargs={"weight_decay": 0.0},
-        enable_progress_bar=False,
-        accelerator="cpu",
-    )
+    query_model = _scvi_query(scvi.model.SCANVI, model, query, SCANVI_QUERY_EPOCHS)
     z_query = query_model.get_latent_representation()
     predicted = np.asarray(query_model.predict())
     return z_ref, z_query, predicted, time.perf_counter() - start
