@@ -342,7 +342,7 @@ def main() -> None:
         "",
         "See the docstring of `benchmarks/mapping.py` for the methods and columns.",
         "",
-        "## Summary: (a) averaged over the four held-out donors, (b) and (c)",
+        "## Summary: (a) averaged over the held-out donors, then the cross-species splits",
         "",
         fmt(summary(table)),
         "",
