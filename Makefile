@@ -92,6 +92,7 @@ bench: bench-env
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/corrector.py
 	$(PY) benchmarks/pancreas.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/mapping.py
 
 clean:
 	rm -rf $(VENV) .venv-scetm demo_output docs/_build dist

@@ -81,9 +81,8 @@ PARAMS = [
 @pytest.mark.parametrize("test", PARAMS)
 def test_docstring_examples(test, tmp_path, monkeypatch):
     source = "".join(example.source for example in test.examples)
-    if ("baron_pancreas(" in source or "pancreas_markers(" in source) and not os.environ.get(
-        "SCETM_MNN_DATA"
-    ):
+    reads_data = ("baron_pancreas(", "pancreas_markers(", "load_orthologs(")
+    if any(call in source for call in reads_data) and not os.environ.get("SCETM_MNN_DATA"):
         pytest.skip("this example reads the Baron data; set SCETM_MNN_DATA")
     if "scib_benchmark(" in source and importlib.util.find_spec("scib_metrics") is None:
         pytest.skip('this example needs scib-metrics (pip install "scetm-mnn[bench]")')

@@ -3,6 +3,7 @@
 from ._de import DEMixin
 from ._elbo import LikelihoodMixin
 from ._expression import ExpressionMixin
+from ._query import QueryMixin, freeze_reference
 from ._scetm import BatchCorrectedSCETM, default_max_epochs
 
 __all__ = [
@@ -10,5 +11,7 @@ __all__ = [
     "DEMixin",
     "ExpressionMixin",
     "LikelihoodMixin",
+    "QueryMixin",
     "default_max_epochs",
+    "freeze_reference",
 ]

@@ -50,6 +50,7 @@ from ._de import DEMixin
 from ._elbo import LikelihoodMixin
 from ._expression import ExpressionMixin
 from ._minibatches import minibatches
+from ._query import QueryMixin
 from ._serialization import encode_attributes, model_path, read_model_file
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,12 @@ def default_max_epochs(n_obs: int, batch_size: int, n_steps: int = DEFAULT_N_STE
 
 
 class BatchCorrectedSCETM(
-    ExpressionMixin, LikelihoodMixin, DEMixin, UnsupervisedTrainingMixin, BaseModelClass
+    ExpressionMixin,
+    LikelihoodMixin,
+    DEMixin,
+    QueryMixin,
+    UnsupervisedTrainingMixin,
+    BaseModelClass,
 ):
     """Single-cell embedded topic model (scETM) with batch correction.
 
@@ -99,6 +105,12 @@ class BatchCorrectedSCETM(
       encoder reads the corrected expression, so the topic mixtures come from batch-free
       input. In both modes the decoder reconstructs the observed counts with ``λ`` (a
       corrected layer is not count data, so it is never the likelihood's target).
+
+    A trained model maps new data without retraining
+    (:class:`~scetm_mnn.model.QueryMixin`):
+    :meth:`~scetm_mnn.model.QueryMixin.prepare_query_anndata`, then
+    :meth:`~scetm_mnn.model.QueryMixin.load_query_data`, then ``train()`` on the query
+    model.
 
     Parameters
     ----------
@@ -309,14 +321,17 @@ class BatchCorrectedSCETM(
         ----------
         max_epochs
             Passes over the data. ``None`` gives about 2,000 optimizer steps
-            (:func:`default_max_epochs`), which scETM needs on small data sets.
+            (:func:`default_max_epochs`), which scETM needs on small data sets; a query
+            model from :meth:`~scetm_mnn.model.QueryMixin.load_query_data` aims for 200
+            (only its new ``λ`` rows train).
         batch_size
             Cells sampled per optimizer step. scETM uses 2,000 (for GPUs). With MNN pairs,
             each sampled cell that has a partner in the training split brings one into the
             step for the MNN term only, so up to ``2 × batch_size`` cells are encoded; the
             likelihood averages over the sampled cells alone.
         lr
-            Adam learning rate (default 5e-3, see :class:`~scetm_mnn.train.ETMTrainingPlan`).
+            Adam learning rate (default 5e-3, see :class:`~scetm_mnn.train.ETMTrainingPlan`;
+            5e-2 for a query model, whose new ``λ`` rows are a convex fit).
         mnn_weight
             Weight of the MNN term (:func:`scetm_mnn.module.mnn_loss` of the ``δ`` means of
             MNN-paired cells). Needs ``mnn_pairs_key`` in :meth:`setup_anndata`. ``0`` turns
@@ -357,10 +372,22 @@ class BatchCorrectedSCETM(
             uninterrupted run would have). The default
             logger is :class:`~scetm_mnn.train.HistoryLogger`.
         """
+        if not any(p.requires_grad for p in self.module.parameters()):
+            # A frozen query model whose batches are all the reference's: nothing to fit.
+            logger.warning(
+                "Nothing to train: every parameter is frozen (load_query_data found no new "
+                "batch). The model keeps the reference's weights and is ready to use."
+            )
+            self.is_trained_ = True
+            return None
         plan_kwargs = dict(plan_kwargs or {})
         datasplitter_kwargs = dict(datasplitter_kwargs or {})
+        # A query model (load_query_data) fits only its new λ rows: fewer, larger steps.
+        defaults = getattr(self, "_train_defaults", {})
         if lr is not None:
             plan_kwargs["lr"] = lr
+        elif "lr" in defaults:
+            plan_kwargs.setdefault("lr", defaults["lr"])
         mnn_weight = self._resolve_mnn_weight(mnn_weight, plan_kwargs.pop("mnn_weight", None))
         if mnn_weight:
             plan_kwargs["mnn_weight"] = mnn_weight
@@ -373,7 +400,8 @@ class BatchCorrectedSCETM(
             train_size = 1.0 - validation_size
         if max_epochs is None:
             n_train = self.adata.n_obs if train_size is None else train_size * self.adata.n_obs
-            max_epochs = default_max_epochs(int(n_train), batch_size)
+            n_steps = defaults.get("n_steps", DEFAULT_N_STEPS)
+            max_epochs = default_max_epochs(int(n_train), batch_size, n_steps)
         # Metrics are logged once per epoch (ETMTrainingPlan); per-step logging has nothing
         # to write, and 1 keeps Lightning from warning about short epochs (e.g. under DDP).
         trainer_kwargs.setdefault("log_every_n_steps", 1)

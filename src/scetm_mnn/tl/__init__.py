@@ -1,4 +1,4 @@
-"""Evaluation: Leiden sweeps (ARI, NMI, bARI), batch mixing, scib-metrics, topic meaning."""
+"""Evaluation: Leiden sweeps, batch mixing, scib-metrics, topic meaning, label transfer."""
 
 from ._integration import batch_entropy, integration_metrics
 from ._leiden import DEFAULT_RESOLUTIONS, label_batch_ari, leiden_sweep, sweep_summary
@@ -11,6 +11,7 @@ from ._topics import (
     topic_specificity,
     topic_summary,
 )
+from ._transfer import transfer_labels
 
 __all__ = [
     "DEFAULT_RESOLUTIONS",
@@ -26,4 +27,5 @@ __all__ = [
     "topic_enrichment",
     "topic_specificity",
     "topic_summary",
+    "transfer_labels",
 ]
