@@ -1,8 +1,8 @@
-"""Preprocessing and batch correction: ``preprocess`` and the deep MNN ``mnn_correct``."""
+"""Preprocessing and batch correction: ``preprocess``, the deep MNN ``mnn_correct``."""
 
 from ._corrected import corrected_expression
-from ._mnn_correct import mnn_correct
+from ._corrector import MNNCorrector, mnn_correct
 from ._pairs import find_mnn_pairs
 from ._preprocess import preprocess
 
-__all__ = ["corrected_expression", "find_mnn_pairs", "mnn_correct", "preprocess"]
+__all__ = ["MNNCorrector", "corrected_expression", "find_mnn_pairs", "mnn_correct", "preprocess"]

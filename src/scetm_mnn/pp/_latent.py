@@ -46,11 +46,6 @@ class FrozenPCA(nn.Module):
         return self.center(x) @ self.loadings
 
 
-def _freeze(module: nn.Module) -> nn.Module:
-    module.requires_grad_(False)
-    return module.eval()
-
-
 def fit_pca(x, n_comps: int, random_state: int = 0) -> FrozenPCA:
     """PCA of all cells (exact, centred); the loadings are then frozen.
 
@@ -103,7 +98,27 @@ def fit_pca(x, n_comps: int, random_state: int = 0) -> FrozenPCA:
         n_comps,
         values.sum() / max(total_variance, 1e-12),
     )
-    return _freeze(FrozenPCA(mean32, loadings.astype(np.float32)))
+    return freeze(FrozenPCA(mean32, loadings.astype(np.float32)))
+
+
+def build_encoder(mean: np.ndarray, n_hidden: int, n_comps: int) -> nn.Sequential:
+    """The encoder of :func:`fit_autoencoder`, freshly initialized (also used to load one).
+
+    ``centre → Linear(genes, n_hidden) → ReLU → Linear(n_hidden, n_comps)``, over
+    ``len(mean)`` genes.
+    """
+    return nn.Sequential(
+        Centering(mean),
+        nn.Linear(len(mean), n_hidden),
+        nn.ReLU(),
+        nn.Linear(n_hidden, n_comps),
+    )
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """``module`` with its parameters frozen, in eval mode (a fitted latent space)."""
+    module.requires_grad_(False)
+    return module.eval()
 
 
 def fit_autoencoder(
@@ -144,12 +159,7 @@ def fit_autoencoder(
     n_obs, n_genes = rows.shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_state)
-        encoder = nn.Sequential(
-            Centering(rows.mean().astype(np.float32)),
-            nn.Linear(n_genes, n_hidden),
-            nn.ReLU(),
-            nn.Linear(n_hidden, n_comps),
-        )
+        encoder = build_encoder(rows.mean().astype(np.float32), n_hidden, n_comps)
         decoder = nn.Sequential(
             nn.Linear(n_comps, n_hidden), nn.ReLU(), nn.Linear(n_hidden, n_genes)
         )
@@ -164,7 +174,7 @@ def fit_autoencoder(
         optimizer.step()
         if step == n_steps - 1:
             logger.info("Autoencoder pretrained: %d steps, final MSE %.4f", n_steps, loss.item())
-    return _freeze(encoder)
+    return freeze(encoder)
 
 
 def visible_basis(space: nn.Module) -> torch.Tensor:
