@@ -66,9 +66,9 @@ def fit_adapter(
     query = np.asarray(query, dtype=np.float64)
     change = np.asarray(target, dtype=np.float64) - query
     d = query.shape[1]
-    center = query.mean(axis=0)
     if kind == "none" or query.shape[0] == 0:
-        return FittedAdapter(np.zeros(d, np.float32), center.astype(np.float32))
+        return FittedAdapter(np.zeros(d, np.float32), np.zeros(d, np.float32))
+    center = query.mean(axis=0)
     mean_change = change.mean(axis=0)
     if kind == "shift":
         return FittedAdapter(mean_change.astype(np.float32), center.astype(np.float32))
