@@ -8,8 +8,8 @@ with ``transform``. Rows:
 
 - ``uncorrected``: reference and query in the frozen PCA, neither corrected;
 - ``adapter="none"``: the query through the reference network only;
-- ``adapter="shift"`` / ``"affine"`` (the default): the network, then the query batch's
-  adapter fitted on its MNN pairs with the corrected reference;
+- ``adapter="shift"`` / ``"affine"`` / ``"local"`` (the default): the network, then the
+  query batch's adapter fitted on its MNN pairs with the corrected reference;
 - ``joint fit``: ``mnn_correct`` on all four donors at once (the query is a training
   batch; what a refit would give).
 
@@ -26,7 +26,6 @@ Run: ``.venv/bin/python benchmarks/query.py [--out benchmarks/results/query.md]`
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from pathlib import Path
 
@@ -41,7 +40,7 @@ import scetm_mnn as sm
 
 KEY = "mnn_corrected"
 LABEL_NEIGHBOURS = 15
-ADAPTERS = ("none", "shift", "affine")
+ADAPTERS = ("none", "shift", "affine", "local")
 
 
 def split(counts: ad.AnnData, donor: str) -> tuple[ad.AnnData, ad.AnnData]:
@@ -81,10 +80,8 @@ def run_donor(counts: ad.AnnData, donor: str) -> list[dict]:
         z_query = corrector.space_(torch.from_numpy(np.asarray(query.X.toarray()))).numpy()
     rows.append({"method": "uncorrected", **scores(reference, query, z_ref, z_query)})
     for adapter in ADAPTERS:
-        variant = copy.copy(corrector)
-        variant._kwargs = {**corrector._kwargs, "adapter": adapter}
         tic = time.perf_counter()
-        out = variant.transform(query, copy=True)
+        out = corrector.transform(query, copy=True, adapter=adapter)
         seconds = time.perf_counter() - tic
         rows.append(
             {

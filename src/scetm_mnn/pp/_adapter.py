@@ -11,9 +11,14 @@ to its change, fitted to the pairs by least squares:
 - ``"shift"``: one translation ``b`` (the mean change over the pairs);
 - ``"affine"``: ``b + (u − ū) A``, with ``A`` (d × d) shrunk towards zero by a ridge
   penalty ``ridge · tr(UᵀU)/d · ‖A‖²`` (``U``: the centred coordinates of the paired query
-  cells), so that with few pairs it falls back to the translation.
+  cells), so that with few pairs it falls back to the translation;
+- ``"local"``: the affine map, then what is left of each pair's change, smoothed over the
+  query as in MNN correction (Haghverdi et al. 2018): each cell gets the Gaussian-weighted
+  mean of the residual changes of its ``k`` nearest paired query cells (after the affine
+  map; bandwidth: the distance to the ``k``-th), so that cell types shifted differently are
+  each moved onto their own partners.
 
-Both are closed-form; the change lies in the span of ``B``, like the network's, so the
+All are closed-form; the change lies in the span of ``B``, like the network's, so the
 corrected query is again ``x + C Bᵀ``.
 """
 
@@ -24,23 +29,39 @@ from typing import Literal
 
 import numpy as np
 
-Adapter = Literal["affine", "shift", "none"]
-ADAPTERS = ("affine", "shift", "none")
+Adapter = Literal["local", "affine", "shift", "none"]
+ADAPTERS = ("local", "affine", "shift", "none")
 
 
 @dataclass(frozen=True)
 class FittedAdapter:
-    """``delta(u) = offset + (u − center) @ linear``: the change of coordinates ``u``."""
+    """``delta(u) = offset + (u − center) @ linear``, plus a smoothed local residual.
+
+    With ``anchors`` (paired query cells' coordinates after the affine map) and their
+    ``residuals``, a cell at ``u`` also gets the Gaussian-weighted mean residual of its
+    ``n_neighbors`` nearest anchors, taken at ``u + offset + (u − center) @ linear``.
+    """
 
     offset: np.ndarray
     center: np.ndarray
     linear: np.ndarray | None = None
+    anchors: np.ndarray | None = None
+    residuals: np.ndarray | None = None
+    n_neighbors: int = 20
 
-    def __call__(self, coords: np.ndarray) -> np.ndarray:
-        """The change (cells × d) of the cells with coordinates ``coords`` (cells × d)."""
+    def _affine(self, coords: np.ndarray) -> np.ndarray:
         delta = np.broadcast_to(self.offset, coords.shape).astype(np.float32)
         if self.linear is not None:
             delta = delta + (coords - self.center) @ self.linear
+        return delta
+
+    def __call__(self, coords: np.ndarray) -> np.ndarray:
+        """The change (cells × d) of the cells with coordinates ``coords`` (cells × d)."""
+        delta = self._affine(coords)
+        if self.anchors is not None and len(coords):
+            delta = delta + _smoothed(
+                coords + delta, self.anchors, self.residuals, self.n_neighbors
+            )
         return np.ascontiguousarray(delta, dtype=np.float32)
 
     @property
@@ -49,8 +70,28 @@ class FittedAdapter:
         return float(np.linalg.norm(self.offset))
 
 
+def _smoothed(
+    coords: np.ndarray, anchors: np.ndarray, values: np.ndarray, n_neighbors: int
+) -> np.ndarray:
+    """Gaussian-weighted mean of ``values`` over each cell's nearest ``anchors``."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(n_neighbors, anchors.shape[0])
+    dist, idx = NearestNeighbors(n_neighbors=k).fit(anchors).kneighbors(coords)
+    bandwidth = np.maximum(dist[:, -1:], 1e-6)
+    weights = np.exp(-0.5 * (dist / bandwidth) ** 2)
+    weights /= weights.sum(axis=1, keepdims=True)
+    return np.einsum("ck,ckd->cd", weights, values[idx]).astype(np.float32)
+
+
 def fit_adapter(
-    query: np.ndarray, target: np.ndarray, kind: Adapter, ridge: float = 1.0
+    query: np.ndarray,
+    target: np.ndarray,
+    kind: Adapter,
+    ridge: float = 1.0,
+    *,
+    cells: np.ndarray | None = None,
+    n_neighbors: int = 20,
 ) -> FittedAdapter:
     """Fit an adapter on paired coordinates: ``query[i]`` should move to ``target[i]``.
 
@@ -59,9 +100,14 @@ def fit_adapter(
     query, target
         Pairs × d coordinates of the paired query cells and of their reference partners.
     kind
-        ``"affine"``, ``"shift"`` or ``"none"`` (no change).
+        ``"local"``, ``"affine"``, ``"shift"`` or ``"none"`` (no change).
     ridge
         Relative ridge penalty of the affine map (see the module docstring).
+    cells
+        For ``"local"``: the query cell of each pair (any ids), so that the residuals of a
+        cell's pairs are averaged into one anchor; each pair is its own anchor without.
+    n_neighbors
+        Anchors averaged by ``"local"``.
     """
     query = np.asarray(query, dtype=np.float64)
     change = np.asarray(target, dtype=np.float64) - query
@@ -76,6 +122,24 @@ def fit_adapter(
     gram = u.T @ u
     penalty = ridge * max(np.trace(gram), 1e-12) / d
     linear = np.linalg.solve(gram + penalty * np.eye(d), u.T @ (change - mean_change))
-    return FittedAdapter(
+    affine = FittedAdapter(
         mean_change.astype(np.float32), center.astype(np.float32), linear.astype(np.float32)
+    )
+    if kind == "affine":
+        return affine
+    moved = query + affine(query.astype(np.float32))
+    residual = np.asarray(target, dtype=np.float64) - moved
+    ids = np.arange(query.shape[0]) if cells is None else np.asarray(cells)
+    _, anchor_of, n_pairs = np.unique(ids, return_inverse=True, return_counts=True)
+    anchors = np.zeros((n_pairs.size, d))
+    residuals = np.zeros((n_pairs.size, d))
+    np.add.at(anchors, anchor_of, moved)
+    np.add.at(residuals, anchor_of, residual)
+    return FittedAdapter(
+        affine.offset,
+        affine.center,
+        affine.linear,
+        (anchors / n_pairs[:, None]).astype(np.float32),
+        (residuals / n_pairs[:, None]).astype(np.float32),
+        n_neighbors,
     )

@@ -241,7 +241,10 @@ class MNNCorrector:
     for that batch on those pairs, the reference network staying frozen (as in scArches'
     architecture surgery): ``adapter="affine"`` maps each cell's coordinates ``u`` to a
     change ``b + (u − ū) A`` in the corrector's subspace, fitted by ridge least squares
-    so that paired query cells land on their reference partners; ``"shift"`` fits the
+    so that paired query cells land on their reference partners; ``"local"`` (the
+    default) adds to it what is left of the pairs' changes, smoothed over each cell's
+    ``n_neighbors`` nearest paired query cells (as MNN correction does), so that cell
+    types shifted differently each meet their partners; ``"shift"`` fits the
     translation ``b`` alone; ``"none"`` applies the network only. See the user guide's
     section "Correcting new cells".
 
@@ -258,8 +261,8 @@ class MNNCorrector:
         ``obs`` column with the batch of each cell (in the reference and in queries).
     {params}
     adapter
-        How :meth:`transform` aligns a batch the corrector was not fitted on: ``"affine"``,
-        ``"shift"`` or ``"none"`` (see above).
+        How :meth:`transform` aligns a batch the corrector was not fitted on: ``"local"``,
+        ``"affine"``, ``"shift"`` or ``"none"`` (see above).
     adapter_ridge
         Ridge penalty of the affine adapter, relative to the spread of the paired query
         cells; larger stays closer to a translation.
@@ -315,7 +318,7 @@ class MNNCorrector:
         early_stopping_patience: int = 10,
         random_state: int = 0,
         chunk_size: int | None = None,
-        adapter: Adapter = "affine",
+        adapter: Adapter = "local",
         adapter_ridge: float = 1.0,
     ):
         if distance not in _DISTANCES:
@@ -604,7 +607,7 @@ class MNNCorrector:
 
     # -- correcting -------------------------------------------------------------------------
 
-    def _adapt(self, name: str, coords: np.ndarray, reference_search: np.ndarray):
+    def _adapt(self, name: str, coords: np.ndarray, reference_search: np.ndarray, kind: Adapter):
         """Pairs between query batch ``name`` (its coordinates) and the reference; adapter."""
         p = self._kwargs
         query_search = _apply(self._search, coords)
@@ -628,7 +631,12 @@ class MNNCorrector:
                 stacklevel=4,
             )
         adapter = fit_adapter(
-            coords[query], self._reference_coords[ref], p["adapter"], p["adapter_ridge"]
+            coords[query],
+            self._reference_coords[ref],
+            kind,
+            p["adapter_ridge"],
+            cells=query,
+            n_neighbors=p["n_neighbors"],
         )
         counts = np.bincount(self._reference_codes[ref], minlength=len(self.reference_batches_))
         info = {
@@ -642,7 +650,7 @@ class MNNCorrector:
             "Query batch %r: %d MNN pairs with the reference; adapter %r, shift %.3g.",
             name,
             ref.size,
-            p["adapter"],
+            kind,
             adapter.shift_norm,
         )
         return adapter, info
@@ -654,6 +662,7 @@ class MNNCorrector:
         batches: np.ndarray,
         is_query: np.ndarray,
         dense: bool,
+        kind: Adapter,
     ):
         """``(x̂ over the query's genes or None, latent, C, adapters' info, timing)``."""
         chunk = self._kwargs["chunk_size"]
@@ -676,7 +685,7 @@ class MNNCorrector:
                 for pos, cells in _index_chunks(idx, chunk):
                     coords[pos] = (aligned.take(cells) - mean) @ basis + shift[cells]
                 adapter, adapters[str(name).replace("/", "_")] = self._adapt(
-                    str(name), coords, reference_search
+                    str(name), coords, reference_search, kind
                 )
                 shift[idx] += adapter(coords)
             for _, cells in _index_chunks(np.flatnonzero(is_query), chunk):
@@ -697,6 +706,7 @@ class MNNCorrector:
         *,
         key_added: str = "mnn_corrected",
         known_batches: Literal["reference", "query", "raise"] = "reference",
+        adapter: Adapter | None = None,
         max_missing_genes: float = 0.1,
         dense_layer: bool | None = None,
         copy: bool = False,
@@ -723,6 +733,9 @@ class MNNCorrector:
             What a batch named like a reference batch is: ``"reference"`` (that batch: the
             frozen network only, no adapter), ``"query"`` (a new batch like any other,
             with its own adapter) or ``"raise"`` (a ``ValueError``).
+        adapter
+            The adapter of the new batches for this call; the corrector's ``adapter`` by
+            default.
         max_missing_genes
             Largest fraction of the corrector's genes that ``adata`` may lack.
         {dense}
@@ -734,10 +747,11 @@ class MNNCorrector:
         {outputs}
         ``uns[key_added]``
             ``params``; ``reference_batches``; ``query_batches`` (the batches given an
-            adapter); ``adapters`` (per query batch: ``n_pairs`` with the reference,
-            ``pair_counts`` per reference batch, ``shift_norm``, the size of its mean
-            change); ``n_pairs`` (their total); ``history`` (the fit's loss per epoch);
-            ``timing`` (``apply``, and ``adapt`` with query batches). No ``obsp`` pairs.
+            adapter); ``adapter`` (its kind); ``adapters`` (per query batch: ``n_pairs``
+            with the reference, ``pair_counts`` per reference batch, ``shift_norm``, the
+            size of its mean change); ``n_pairs`` (their total); ``history`` (the fit's
+            loss per epoch); ``timing`` (``apply``, and ``adapt`` with query batches). No
+            ``obsp`` pairs.
 
         Raises
         ------
@@ -770,6 +784,9 @@ class MNNCorrector:
             raise ValueError(
                 f"max_missing_genes must be a fraction in [0, 1), not {max_missing_genes}."
             )
+        kind = self._kwargs["adapter"] if adapter is None else adapter
+        if kind not in ADAPTERS:
+            raise ValueError(f"adapter must be one of {ADAPTERS}, not {kind!r}.")
         rows, batches = self._inputs(adata)
         alignment = align_genes(self.genes_, adata.var_names, max_missing_genes)
         known = np.isin(batches, self.reference_batches_)
@@ -786,12 +803,13 @@ class MNNCorrector:
         if dense_layer is None:
             dense_layer = rows.n_obs * rows.n_vars * 4 <= DENSE_LAYER_MAX_BYTES
         corrected, latent, shift, adapters, timing = self._correct(
-            rows, alignment, batches, is_query, bool(dense_layer)
+            rows, alignment, batches, is_query, bool(dense_layer), kind
         )
         info = {
             "params": {**self.params, "dense_layer": bool(dense_layer)},
             "reference_batches": list(self.reference_batches_),
             "query_batches": [str(b) for b in pd.unique(batches[is_query])],
+            "adapter": kind,
             "adapters": adapters,
             "n_pairs": int(sum(a["n_pairs"] for a in adapters.values())),
             "history": list(self.history_),
