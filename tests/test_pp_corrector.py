@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 
@@ -219,7 +220,12 @@ def test_bad_calls(fitted, data):
 
 
 @pytest.mark.parametrize("latent", ["pca", "autoencoder"])
-def test_save_load_round_trip(data, tmp_path, latent):
+def test_save_load_round_trip(data, tmp_path, latent, monkeypatch):
+    from scetm_mnn.pp import _corrector, _latent
+
+    # The encoder's layout is what is saved; 20 pretraining steps instead of 1000 suffice.
+    short = functools.partial(_latent.fit_autoencoder, n_steps=20)
+    monkeypatch.setattr(_corrector, "fit_autoencoder", short)
     reference = data[1]
     corrector = pp.MNNCorrector("batch", latent=latent, n_comps=10, **QUICK).fit(reference)
     expected = corrector.transform(data[0], copy=True)

@@ -291,8 +291,8 @@ class MNNCorrector:
     >>> corrector.reference_batches_
     ['batch_0', 'batch_1']
     >>> corrector.transform(query)
-    >>> query.obsm["X_mnn_corrected"].shape
-    (200, 50)
+    >>> query.obsm["X_mnn_corrected"].shape == (query.n_obs, 50)
+    True
     >>> query.uns["mnn_corrected"]["adapters"]["batch_2"]["n_pairs"] > 0
     True
     """
