@@ -219,15 +219,20 @@ def test_bad_calls(fitted, data):
 # --- saving -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("latent", ["pca", "autoencoder"])
-def test_save_load_round_trip(data, tmp_path, latent, monkeypatch):
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"latent": "autoencoder"}, {"network": "bottleneck", "n_hidden": 32}],
+    ids=["residual", "autoencoder", "bottleneck"],
+)
+def test_save_load_round_trip(data, tmp_path, kwargs, monkeypatch):
     from scetm_mnn.pp import _corrector, _latent
 
     # The encoder's layout is what is saved; 20 pretraining steps instead of 1000 suffice.
     short = functools.partial(_latent.fit_autoencoder, n_steps=20)
     monkeypatch.setattr(_corrector, "fit_autoencoder", short)
     reference = data[1]
-    corrector = pp.MNNCorrector("batch", latent=latent, n_comps=10, **QUICK).fit(reference)
+    corrector = pp.MNNCorrector("batch", n_comps=10, **kwargs, **QUICK).fit(reference)
+    assert corrector.params["network"] == kwargs.get("network", "residual")  # auto, resolved
     expected = corrector.transform(data[0], copy=True)
     path = corrector.save(tmp_path / "corrector.pt")
     assert path.with_suffix(".json").is_file()

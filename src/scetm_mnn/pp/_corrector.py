@@ -46,12 +46,14 @@ from ._mnn_correct import (
     _DISTANCES,
     _RECALIBRATION_PAIRS,
     _apply,
+    _coordinate_scale,
     _correct_all,
     _recalibrate_batchnorm,
+    _resolve_network,
     _search_latent,
     _train,
 )
-from ._network import ResidualCorrector, SubspaceCorrector
+from ._network import BottleneckShift, ResidualCorrector, SubspaceCorrector
 from ._pairs import find_mnn_pairs, pair_counts
 
 logger = logging.getLogger(__name__)
@@ -81,13 +83,31 @@ _PARAMS_DOC = """\
         Most rounds of the MNN search (``n_rounds`` of :func:`~scetm_mnn.pp.find_mnn_pairs`;
         the offset rounds stop early once the offsets have converged); 1 searches once,
         between the uncorrected batches.
+    max_search_cells
+        Most cells per batch searched for MNN pairs (``max_cells`` of
+        :func:`~scetm_mnn.pp.find_mnn_pairs`: one seeded sample per batch; the pairs are
+        the exact mutual nearest neighbours among the sampled cells). 10 000 cells per
+        batch give far more pairs than training uses and bound the search's cost whatever
+        the data's size; ``None`` searches every cell.
     n_comps
         Dimensions of the latent space.
     latent
         ``"pca"`` (PCA of all cells, loadings frozen) or ``"autoencoder"`` (an autoencoder
         pretrained on all cells, encoder frozen).
+    network
+        ``"residual"`` (deepMNN's residual network over the genes, ``n_blocks`` blocks),
+        ``"bottleneck"`` (all genes → ``n_hidden`` → ``n_hidden`` → the shift ``C``; about a
+        tenth of the arithmetic per cell at 2000 genes), or ``"auto"`` (the default): the
+        residual network up to ``AUTO_RESIDUAL_MAX_CELLS`` (50 000) cells, the bottleneck
+        above, where correcting every cell with the residual network would dominate the
+        run. Both keep the change to the span of ``B``. On the Baron pancreas the
+        residual network mixes the donors most and the bottleneck still more than Harmony
+        (``benchmarks/results/corrector_network.md``). The choice is recorded in
+        ``uns[key_added]["params"]["network"]``.
+    n_hidden
+        Hidden units of the bottleneck network.
     n_blocks
-        Residual blocks; each starts as the identity.
+        Residual blocks of the residual network; each starts as the identity.
     batch_weight
         Weight of the pair term ``L_batch``.
     rec_weight
@@ -198,9 +218,19 @@ def _write(
     adata.uns[key] = info
 
 
-def _build_network(n_genes: int, n_blocks: int, basis: torch.Tensor) -> SubspaceCorrector:
-    """The corrector network at its initialization (the identity), for fitting or loading."""
-    return SubspaceCorrector(ResidualCorrector(n_genes, n_blocks=n_blocks), basis)
+def _build_network(
+    network: str, n_genes: int, n_blocks: int, n_hidden: int, basis: torch.Tensor
+) -> SubspaceCorrector:
+    """The corrector network at its initialization (the identity), for fitting or loading.
+
+    ``network`` is ``"residual"`` or ``"bottleneck"`` (resolved from ``"auto"``); the
+    bottleneck's output scale is left at ones, for the caller to set or load.
+    """
+    if network == "residual":
+        return SubspaceCorrector(
+            ResidualCorrector(n_genes, n_blocks=n_blocks), basis, residual=True
+        )
+    return SubspaceCorrector(BottleneckShift(n_genes, basis.shape[1], n_hidden), basis)
 
 
 def _centre(space: torch.nn.Module) -> np.ndarray:
@@ -305,8 +335,11 @@ class MNNCorrector:
         n_neighbors: int = 20,
         n_search_comps: int = 30,
         search_rounds: int = 10,
+        max_search_cells: int | None = 10_000,
         n_comps: int = 50,
         latent: Literal["pca", "autoencoder"] = "pca",
+        network: Literal["auto", "bottleneck", "residual"] = "auto",
+        n_hidden: int = 1024,
         n_blocks: int = 2,
         batch_weight: float = 1.0,
         rec_weight: float = 0.1,
@@ -323,6 +356,10 @@ class MNNCorrector:
     ):
         if distance not in _DISTANCES:
             raise ValueError(f"distance must be 'l1' or 'l2', not {distance!r}.")
+        if network not in ("auto", "bottleneck", "residual"):
+            raise ValueError(
+                f"network must be 'auto', 'bottleneck' or 'residual', not {network!r}."
+            )
         if latent not in ("pca", "autoencoder"):
             raise ValueError(f"latent must be 'pca' or 'autoencoder', not {latent!r}.")
         if adapter not in ADAPTERS:
@@ -334,11 +371,14 @@ class MNNCorrector:
             ("n_search_comps", n_search_comps, 1),
             ("search_rounds", search_rounds, 1),
             ("n_comps", n_comps, 1),
+            ("n_hidden", n_hidden, 1),
+            ("n_blocks", n_blocks, 1),
             ("max_epochs", max_epochs, 0),
             ("batch_size", batch_size, 1),
             ("pairs_per_epoch", pairs_per_epoch, 1),
             ("early_stopping_patience", early_stopping_patience, 1),
             ("chunk_size", 1 if chunk_size is None else chunk_size, 1),
+            ("max_search_cells", 1 if max_search_cells is None else max_search_cells, 1),
         ]:
             if value < minimum:
                 raise ValueError(f"{name} must be at least {minimum}, not {value}.")
@@ -348,8 +388,11 @@ class MNNCorrector:
             "n_neighbors": n_neighbors,
             "n_search_comps": n_search_comps,
             "search_rounds": search_rounds,
+            "max_search_cells": max_search_cells,
             "n_comps": n_comps,
             "latent": latent,
+            "network": network,
+            "n_hidden": n_hidden,
             "n_blocks": n_blocks,
             "batch_weight": batch_weight,
             "rec_weight": rec_weight,
@@ -369,6 +412,7 @@ class MNNCorrector:
         self.net_: SubspaceCorrector | None = None
         self.space_: torch.nn.Module | None = None
         self.history_: list[float] = []
+        self.network_: str | None = None
         self._search: FrozenPCA | None = None
         self._reference_coords: np.ndarray | None = None
         self._reference_codes: np.ndarray | None = None
@@ -387,6 +431,8 @@ class MNNCorrector:
         """The parameters as recorded in ``uns[key_added]["params"]`` (``layer`` "X" for X)."""
         params = {k: v for k, v in self._kwargs.items() if k != "chunk_size"}
         params["layer"] = "X" if params["layer"] is None else params["layer"]
+        if self.network_ is not None:  # "auto", resolved by the fit
+            params["network"] = self.network_
         return params
 
     @property
@@ -429,9 +475,13 @@ class MNNCorrector:
             space = fit_autoencoder(x, p["n_comps"], random_state=seed)
         z = _apply(space, x, chunk)
         timing["latent"] = time.perf_counter() - tic
+        network = _resolve_network(p["network"], x.n_obs)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = _build_network(x.n_vars, p["n_blocks"], visible_basis(space))
+            basis = visible_basis(space)
+            net = _build_network(network, x.n_vars, p["n_blocks"], p["n_hidden"], basis)
+            if network == "bottleneck":
+                net.corrector.scale.copy_(_coordinate_scale(x, basis, seed))
         history: list[float] = []
         if np.unique(batches).size < 2:
             warnings.warn(
@@ -451,6 +501,7 @@ class MNNCorrector:
                 n_neighbors=p["n_neighbors"],
                 random_state=seed,
                 n_rounds=p["search_rounds"],
+                max_cells=p["max_search_cells"],
             )
             timing["pairs"] = time.perf_counter() - tic
             upper = sparse.triu(pairs, k=1).tocoo()
@@ -500,6 +551,7 @@ class MNNCorrector:
         self.genes_ = [str(g) for g in adata.var_names]
         self.reference_batches_ = [str(b) for b in uniques]
         self.net_, self.space_ = net.eval(), space
+        self.network_ = network
         self.history_ = [float(v) for v in history]
         self._search = fit_pca(coords, p["n_search_comps"], random_state=seed)
         self._reference_coords = np.ascontiguousarray(coords, dtype=np.float32)
@@ -619,6 +671,7 @@ class MNNCorrector:
             n_neighbors=p["n_neighbors"],
             random_state=p["random_state"],
             n_rounds=p["search_rounds"],
+            max_cells=p["max_search_cells"],
         )
         upper = sparse.triu(pairs, k=1).tocoo()  # the reference comes first: row < col
         ref, query = upper.row, upper.col - n_ref
@@ -892,6 +945,7 @@ class MNNCorrector:
             "fit_id": self._fit_id,
             "scetm_mnn_version": __version__,
             "params": self._kwargs,
+            "network": self.network_,
             "genes": self.genes_,
             "reference_batches": self.reference_batches_,
             "n_reference_cells": int(self._reference_coords.shape[0]),
@@ -958,7 +1012,14 @@ class MNNCorrector:
                 space_state["3.weight"].shape[0],
             )
         space.load_state_dict(space_state)
-        net = _build_network(len(meta["genes"]), meta["params"]["n_blocks"], state["net"]["basis"])
+        params = meta["params"]
+        net = _build_network(
+            meta["network"],
+            len(meta["genes"]),
+            params["n_blocks"],
+            params["n_hidden"],
+            state["net"]["basis"],
+        )
         net.load_state_dict(state["net"])
         search = FrozenPCA(
             state["search"]["center.mean"].numpy(), state["search"]["loadings"].numpy()
@@ -969,6 +1030,7 @@ class MNNCorrector:
         corrector.genes_ = list(meta["genes"])
         corrector.reference_batches_ = list(meta["reference_batches"])
         corrector.net_, corrector.space_ = net.eval(), freeze(space)
+        corrector.network_ = meta["network"]
         corrector.history_ = list(meta["history"])
         corrector._search = freeze(search)
         corrector._reference_coords = coords
@@ -987,8 +1049,11 @@ def mnn_correct(
     n_neighbors: int = 20,
     n_search_comps: int = 30,
     search_rounds: int = 10,
+    max_search_cells: int | None = 10_000,
     n_comps: int = 50,
     latent: Literal["pca", "autoencoder"] = "pca",
+    network: Literal["auto", "bottleneck", "residual"] = "auto",
+    n_hidden: int = 1024,
     n_blocks: int = 2,
     batch_weight: float = 1.0,
     rec_weight: float = 0.1,
@@ -1014,20 +1079,24 @@ def mnn_correct(
        (:func:`~scetm_mnn.pp.find_mnn_pairs`, at most ``search_rounds`` rounds: each
        round after the first searches with the batch offsets estimated from the previous
        round's pairs removed, so that pairs join the same states rather than the facing
-       edges of shifted populations).
-    3. A residual network ``f`` over the genes (``n_blocks`` blocks ``x + g(x)``) is
-       trained so that the two cells of each pair land close together in the latent space
-       while the output stays close to the input::
+       edges of shifted populations). Batches larger than ``max_search_cells`` are
+       searched through a seeded sample of that many cells.
+    3. A network is trained so that the two cells of each pair land close together in the
+       latent space while the output stays close to the input::
 
-           x̂ = x + P (f(x) − x)
+           x̂ = x + C(x) Bᵀ
            loss = batch_weight · d(z(x̂_a), z(x̂_b)) + rec_weight · d(x̂, x)
 
        where ``d`` is the mean absolute (``"l1"``) or mean squared (``"l2"``) difference
-       over the latent dimensions or genes, averaged over the minibatch, and ``P``
-       projects onto the gene-space directions the latent map sees (the PCA loadings, or
-       the row space of the encoder's first layer). Outside them the loss is blind, and an
-       unconstrained network adds batch-specific changes there that grow with the data
-       (``benchmarks/results/corrector.md``); with ``P`` the expression is kept as it was.
+       over the latent dimensions or genes, averaged over the minibatch, and ``B`` is an
+       orthonormal basis of the gene-space directions the latent map sees (the PCA
+       loadings, or the row space of the encoder's first layer). Outside them the loss is
+       blind, and an unconstrained network adds batch-specific changes there that grow with
+       the data (``benchmarks/results/corrector.md``); there the expression is kept as it
+       was. The shift ``C`` (cells × ``n_comps``) comes from ``network``: ``"bottleneck"``
+       reads all genes through ``n_hidden`` units and writes ``C`` directly;
+       ``"residual"`` is deepMNN's residual network over the genes (``n_blocks`` blocks
+       ``x + g(x)``), ``C = (f(x) − x) B``.
     4. The BatchNorm statistics are re-estimated for the final weights, and all cells are
        corrected with the network in eval mode, in chunks.
 
@@ -1039,12 +1108,10 @@ def mnn_correct(
     whatever the number of cells or pairs: the pairs of a larger data set are more samples
     of the same alignment problem, and the budget removes the same fraction of the batch
     gap at 10 000, 100 000 and 300 000 simulated cells (``benchmarks/results/corrector.md``).
-    The pair search grows about quadratically with the batch sizes (exact) up to
-    ``EXACT_SEARCH_MAX``, and correcting all cells linearly. Measured in that table, on 2
-    CPU cores shared with other jobs: 100 000 cells × 2000 genes in 4 batches took 185 s
-    (PCA 14 s, pair search 56 s, training 47 s, correcting all cells 61 s), 300 000 cells
-    462 s. The network has ``4 · n_blocks · n_genes²`` weights, so select genes first
-    (e.g. 2000 HVGs).
+    The same holds for the pair search, bounded by ``max_search_cells`` per batch; only
+    the PCA and correcting every cell grow, linearly (``benchmarks/results/scale.md``).
+    The bottleneck network has ``n_genes · n_hidden`` weights in its first layer, the
+    residual network ``4 · n_blocks · n_genes²``, so select genes first (e.g. 2000 HVGs).
 
     Parameters
     ----------
@@ -1100,8 +1167,11 @@ def mnn_correct(
         n_neighbors=n_neighbors,
         n_search_comps=n_search_comps,
         search_rounds=search_rounds,
+        max_search_cells=max_search_cells,
         n_comps=n_comps,
         latent=latent,
+        network=network,
+        n_hidden=n_hidden,
         n_blocks=n_blocks,
         batch_weight=batch_weight,
         rec_weight=rec_weight,
