@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import scvi
+import torch
 
 from scetm_mnn.datasets import simulate
 
@@ -19,6 +20,20 @@ from scetm_mnn.datasets import simulate
 def _seed():
     scvi.settings.seed = 0
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch and BLAS thread for a module (``pytestmark = usefixtures("one_thread")``):
+    results are seeded either way, and multithreading small problems slows them down
+    many-fold when the machine's cores are shared."""
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 import scetm_mnn as sm
 from scetm_mnn import pp
@@ -20,13 +19,7 @@ QUICK = {"max_epochs": 10, "pairs_per_epoch": 256, "search_rounds": 3}
 NEW = "batch_2"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +70,15 @@ def test_wrapper_is_fit_transform(fitted, data):
     for attr, key in [("layers", KEY), ("obsm", "X_" + KEY), ("obsm", KEY + "_shift")]:
         np.testing.assert_array_equal(getattr(adata, attr)[key], getattr(out, attr)[key])
     assert adata.uns[KEY]["history"] == out.uns[KEY]["history"]
+
+
+def test_wrapper_signature_mirrors_the_class():
+    import inspect
+
+    wrapper = inspect.signature(pp.mnn_correct).parameters
+    for name, parameter in inspect.signature(pp.MNNCorrector).parameters.items():
+        if name not in ("adapter", "adapter_ridge"):
+            assert wrapper[name].default == parameter.default, name
 
 
 def test_reference_cells_get_the_fit_transform_output(fitted, data):

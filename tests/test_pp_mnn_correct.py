@@ -15,7 +15,6 @@ import scanpy as sc
 import torch
 from scipy import sparse
 from sklearn.metrics import adjusted_rand_score
-from threadpoolctl import threadpool_limits
 
 from scetm_mnn import pp
 from scetm_mnn.datasets import simulate
@@ -24,15 +23,7 @@ KEY = "mnn_corrected"
 RESOLUTIONS = (0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch and BLAS thread: results are seeded either way, and multithreading small
-    problems slows them down many-fold when the machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

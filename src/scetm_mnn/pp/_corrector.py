@@ -6,6 +6,7 @@ The training and correction steps themselves are in ``scetm_mnn.pp._mnn_correct`
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import textwrap
@@ -1161,30 +1162,17 @@ def mnn_correct(
     >>> adata.uns["mnn_corrected"]["n_pairs"] > 0
     True
     """
+    # The signature mirrors MNNCorrector's (plus the output arguments): forward the rest.
+    arguments = locals()
     corrector = MNNCorrector(
-        batch_key,
-        layer=layer,
-        n_neighbors=n_neighbors,
-        n_search_comps=n_search_comps,
-        search_rounds=search_rounds,
-        max_search_cells=max_search_cells,
-        n_comps=n_comps,
-        latent=latent,
-        network=network,
-        n_hidden=n_hidden,
-        n_blocks=n_blocks,
-        batch_weight=batch_weight,
-        rec_weight=rec_weight,
-        distance=distance,
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        pairs_per_epoch=pairs_per_epoch,
-        lr=lr,
-        early_stopping_patience=early_stopping_patience,
-        random_state=random_state,
-        chunk_size=chunk_size,
+        **{name: arguments[name] for name in _CORRECTOR_ARGUMENTS if name in arguments}
     )
     out = corrector.fit_transform(adata, key_added=key_added, dense_layer=dense_layer, copy=copy)
     if return_corrector:
         return (out, corrector) if copy else corrector
     return out
+
+
+_CORRECTOR_ARGUMENTS = tuple(inspect.signature(MNNCorrector).parameters)
+"""The arguments of :class:`MNNCorrector`; :func:`mnn_correct` has them all but the
+adapter's (which only ``transform`` uses), and passes them on."""
