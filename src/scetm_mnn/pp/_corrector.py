@@ -305,7 +305,9 @@ class MNNCorrector:
     reference_batches_
         The reference batch names.
     net_
-        The residual network (:class:`torch.nn.Module`), eval mode.
+        The network (:class:`torch.nn.Module`), eval mode.
+    network_
+        Its kind, ``"residual"`` or ``"bottleneck"`` (``network="auto"`` resolved).
     space_
         The frozen latent space (:class:`torch.nn.Module`).
     history_
