@@ -287,3 +287,22 @@ def test_backed_query(fitted, data, query_out, tmp_path):
         backed.obsm["X_" + KEY], query_out.obsm["X_" + KEY], rtol=1e-5, atol=1e-5
     )
     backed.file.close()
+
+
+def test_the_model_maps_a_transformed_query(fitted, data):
+    """``load_query_data`` in corrected mode reads the layer ``transform`` wrote (here in
+    its low-rank form only)."""
+    from scetm_mnn.model import BatchCorrectedSCETM
+
+    corrector, out = fitted
+    reference = out.copy()
+    BatchCorrectedSCETM.setup_anndata(
+        reference, layer="counts", batch_key="batch", corrected_layer=KEY
+    )
+    model = BatchCorrectedSCETM(reference, n_topics=4, n_emb=8)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    query = corrector.transform(data[2], copy=True, dense_layer=False)
+    query_model = BatchCorrectedSCETM.load_query_data(query, model)
+    query_model.train(max_epochs=1, enable_progress_bar=False)
+    latent = query_model.get_latent_representation()
+    assert latent.shape == (query.n_obs, 4) and np.isfinite(latent).all()
