@@ -133,10 +133,8 @@ def _table(rows: list[dict]) -> str:
     text += "\n\nPeak resident memory after each phase (GiB, running maximum):\n\n" + memory
     if 100_000 in out.index and out.index.max() > 100_000:
         big = out.index.max()
-        ratio = (
-            out.loc[big, [*seconds.columns, "total s"]]
-            / out.loc[100_000, [*seconds.columns, "total s"]]
-        )
+        columns = [*seconds.columns, "total s"]
+        ratio = out.loc[big, columns].astype(float) / out.loc[100_000, columns].astype(float)
         text += (
             f"\n\nt({big:,})/t(100,000) per phase (linear scaling is {big / 100_000:g}):\n\n"
             + ratio.round(2).to_frame("ratio").T.to_markdown(index=False)
