@@ -29,6 +29,7 @@ __all__ = [
     "DENSE_PRELOAD_BYTES",
     "Rows",
     "ShiftedRows",
+    "index_chunks",
     "is_on_disk",
     "map_chunks",
     "rows_of",
@@ -227,6 +228,19 @@ def _as_float32(block, dense: bool):
         return np.asarray(block.toarray()) if dense else block
     block = np.ascontiguousarray(np.asarray(block), dtype=np.float32)
     return block if dense else sparse.csr_matrix(block)
+
+
+def index_chunks(
+    idx: np.ndarray, chunk_size: int | None = None
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Consecutive pieces ``(positions, cells)`` of the cell indices ``idx``.
+
+    Each piece holds ``chunk_size`` (default ``CHUNK_SIZE``) cells, for ``Rows.take`` a
+    piece at a time.
+    """
+    size = CHUNK_SIZE if chunk_size is None else int(chunk_size)
+    for start in range(0, idx.size, size):
+        yield slice(start, start + size), idx[start : start + size]
 
 
 def map_chunks(

@@ -22,7 +22,7 @@ import torch
 from anndata import AnnData
 from scipy import sparse
 
-from .._rows import Rows, ShiftedRows, map_chunks, rows_of
+from .._rows import Rows, ShiftedRows, index_chunks, map_chunks, rows_of
 from .._validation import (
     check_finite,
     check_log_scale,
@@ -238,13 +238,6 @@ def _centre(space: torch.nn.Module) -> np.ndarray:
     """The per-gene mean that the latent space subtracts first (PCA and encoder alike)."""
     centring = next(m for m in space.modules() if isinstance(m, Centering))
     return centring.mean.numpy()
-
-
-def _index_chunks(idx: np.ndarray, chunk_size: int | None):
-    """Consecutive pieces ``(positions, cells)`` of the cell indices ``idx``."""
-    size = 2048 if chunk_size is None else chunk_size
-    for start in range(0, idx.size, size):
-        yield slice(start, start + size), idx[start : start + size]
 
 
 @torch.inference_mode()
@@ -738,13 +731,13 @@ class MNNCorrector:
             for name in pd.unique(batches[is_query]):
                 idx = np.flatnonzero(is_query & (batches == name))
                 coords = np.empty((idx.size, basis.shape[1]), dtype=np.float32)
-                for pos, cells in _index_chunks(idx, chunk):
+                for pos, cells in index_chunks(idx, chunk):
                     coords[pos] = (aligned.take(cells) - mean) @ basis + shift[cells]
                 adapter, adapters[str(name).replace("/", "_")] = self._adapt(
                     str(name), coords, reference_search, kind
                 )
                 shift[idx] += adapter(coords)
-            for _, cells in _index_chunks(np.flatnonzero(is_query), chunk):
+            for _, cells in index_chunks(np.flatnonzero(is_query), chunk):
                 out = aligned.take(cells) + shift[cells] @ basis.T
                 latent[cells] = _space_of(self.space_, out)
                 if corrected is not None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._rows import CHUNK_SIZE, Rows, map_chunks
+from .._rows import Rows, index_chunks, map_chunks
 from ._latent import FrozenPCA, fit_pca
 from ._network import SubspaceCorrector
 
@@ -93,8 +93,8 @@ def _coordinate_scale(rows: Rows, basis: torch.Tensor, random_state: int) -> tor
     basis64 = basis.to(torch.float64)
     total = torch.zeros(basis.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
-    for start in range(0, n, CHUNK_SIZE):
-        u = torch.from_numpy(rows.take(sample[start : start + CHUNK_SIZE])).double() @ basis64
+    for _, cells in index_chunks(sample):
+        u = torch.from_numpy(rows.take(cells)).double() @ basis64
         total += u.sum(dim=0)
         squares += u.pow(2).sum(dim=0)
     variance = (squares - total.pow(2) / n) / (n - 1)
