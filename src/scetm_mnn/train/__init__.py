@@ -8,6 +8,7 @@ from ._data import (
     resolve_seed,
     source_from_manager,
 )
+from ._denormals import flush_denormals
 from ._logger import HistoryLogger
 from ._plan import ETMTrainingPlan, linear_warmup
 
@@ -18,6 +19,7 @@ __all__ = [
     "MinibatchSource",
     "PreloadedDataSplitter",
     "epoch_order",
+    "flush_denormals",
     "linear_warmup",
     "resolve_seed",
     "source_from_manager",
