@@ -19,19 +19,7 @@ logger = logging.getLogger(__name__)
 
 
 def flushing_denormals() -> bool:
-    """Whether this thread's CPU arithmetic flushes subnormals to zero now.
-
-    Examples
-    --------
-    >>> from scetm_mnn.train._denormals import flush_denormals, flushing_denormals
-    >>> flushing_denormals()
-    False
-    >>> with flush_denormals():
-    ...     print(flushing_denormals())
-    True
-    >>> flushing_denormals()
-    False
-    """
+    """Whether this thread's CPU arithmetic flushes subnormals to zero now."""
     # 1e-30 · 1e-10 is a subnormal; it comes out as 0 only under flush-to-zero.
     return bool((torch.tensor([1e-30]) * 1e-10).item() == 0.0)
 
@@ -41,6 +29,19 @@ def flush_denormals() -> Iterator[None]:
     """Flush subnormals to zero inside the block; restore the caller's setting after.
 
     A no-op where the CPU does not support it (``torch.set_flush_denormal`` returns False).
+    :meth:`~scetm_mnn.model.BatchCorrectedSCETM.train` runs inside it.
+
+    Examples
+    --------
+    >>> from scetm_mnn.train import flush_denormals
+    >>> from scetm_mnn.train._denormals import flushing_denormals
+    >>> flushing_denormals()
+    False
+    >>> with flush_denormals():
+    ...     print(flushing_denormals())
+    True
+    >>> flushing_denormals()
+    False
     """
     before = flushing_denormals()
     supported = torch.set_flush_denormal(True)
