@@ -10,8 +10,9 @@ the topic models (``scetm_mnn.tl.topic_summary`` with the marker sets of
 ``scetm_mnn.datasets.pancreas_markers``); and optionally one scib-metrics ``Benchmarker``
 over all embeddings (``--scib``; Leiden NMI/ARI, no k-means, unscaled).
 
-Writes ``<out>/pancreas.md`` (mean ± sd over the seeds per method, and each seed's rows) and
-``<out>/pancreas_<data>_sweep.csv``; prints the same tables.
+Writes ``<out>/pancreas.md`` (mean ± sd over the seeds per method, and each seed's rows),
+``<out>/pancreas_<data>_sweep.csv`` and ``<out>/pancreas_<data>_seeds.png`` (the metrics over
+the seeds, ``scetm_mnn.pl.seed_metrics``, our methods highlighted); prints the same tables.
 
 Run (after ``make bench-env``):
 ``.venv/bin/python benchmarks/pancreas.py --datasets human mouse --seeds 0 1 2 [--methods pca]``
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import _ours
 import _peers
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from _common import (
@@ -45,6 +47,7 @@ from _common import (
     to_markdown,
 )
 
+from scetm_mnn import pl
 from scetm_mnn.tl import DEFAULT_RESOLUTIONS
 
 #: Method name → callable(adata, seed) -> (embedding, seconds): the peers, then ours.
@@ -87,6 +90,7 @@ def run_dataset(
         log(to_markdown(summary))
     pd.concat(sweeps_all).to_csv(out / f"pancreas_{name}_sweep.csv", index=False)
     per_seed = pd.concat(summaries)
+    log(f"wrote {plot_seeds(per_seed, name, out)}")
     extra = ""
     if "scetm" in methods and _peers.SCETM_INFO:
         info = _peers.SCETM_INFO
@@ -102,6 +106,22 @@ def run_dataset(
         f"### mean ± sd over {len(seeds)} seed(s)\n\n{to_markdown(mean_sd(per_seed))}\n\n"
         f"### per seed\n\n{to_markdown(per_seed)}\n"
     )
+
+
+def plot_seeds(per_seed: pd.DataFrame, name: str, out: Path) -> Path:
+    """Draw the metrics over the seeds, ours highlighted, in ``pancreas_<name>_seeds.png``."""
+    path = out / f"pancreas_{name}_seeds.png"
+    ours = [m for m in pd.unique(per_seed["method"]) if m in _ours.OURS]
+    n_seeds = per_seed["seed"].nunique()
+    fig = pl.seed_metrics(
+        per_seed,
+        highlight=ours or None,
+        title=f"pancreas {name}: mean ± sd over {n_seeds} seed(s)",
+        save=path,
+        show=False,
+    )
+    plt.close(fig)
+    return path
 
 
 def mean_sd(per_seed: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
