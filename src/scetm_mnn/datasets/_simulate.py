@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 
 import anndata as ad
 import numpy as np
@@ -28,6 +29,8 @@ def simulate(
     dispersion: float = 10.0,
     random_state: int = 0,
     filename: str | os.PathLike | None = None,
+    type_proportions: Sequence[float] | None = None,
+    batch_specific_types: Mapping[int, int | Sequence[int]] | None = None,
 ) -> ad.AnnData:
     """Simulate UMI counts for cell types measured in several batches.
 
@@ -44,7 +47,8 @@ def simulate(
     n_batches
         Number of batches.
     n_cell_types
-        Number of cell types; each is present in every batch.
+        Number of cell types; each is present in every batch unless
+        ``batch_specific_types`` says otherwise.
     batch_effect
         Standard deviation of the per-batch, per-gene log fold change. ``0`` gives no
         batch effect on gene expression.
@@ -61,6 +65,17 @@ def simulate(
     filename
         Write the data to this ``.h5ad`` file as they are generated, and return it opened
         with ``backed="r"``: an atlas-sized simulation then never has to fit in memory.
+    type_proportions
+        Relative abundance of each cell type (``n_cell_types`` positive numbers, normalised
+        to sum 1): unbalanced types. Each batch draws its own type proportions around these
+        (a Dirichlet with mean ``type_proportions`` and total concentration
+        ``5 * n_cell_types``, as donors differ). ``None`` (the default) makes the types
+        equally abundant on average.
+    batch_specific_types
+        ``{type_index: batch_index}`` (or ``{type_index: [batch_index, ...]}``): that type is
+        present in those batches only. A batch's cells are shared out over the types it
+        has (their proportions renormalised), so ``n_cells`` and the batch sizes do not
+        change. ``None`` (the default) puts every type in every batch.
 
     Notes
     -----
@@ -84,6 +99,17 @@ def simulate(
     >>> adata = sm.datasets.simulate(n_cells=600, n_genes=100, n_batches=3, random_state=0)
     >>> adata.shape, adata.obs["batch"].nunique(), adata.obs["cell_type"].nunique()
     ((600, 100), 3, 5)
+
+    Unbalanced types, and a type (``type_4``) that only the first batch has:
+
+    >>> adata = sm.datasets.simulate(
+    ...     n_cells=1000, n_genes=100, n_batches=3,
+    ...     type_proportions=[0.5, 0.2, 0.15, 0.1, 0.05], batch_specific_types={4: 0},
+    ... )
+    >>> sorted(adata.obs.loc[adata.obs["cell_type"] == "type_4", "batch"].unique())
+    ['batch_0']
+    >>> adata.n_obs, adata.obs["cell_type"].value_counts().index[0]
+    (1000, 'type_0')
     """
     if n_batches < 1 or n_cell_types < 1:
         raise ValueError("n_batches and n_cell_types must be at least 1.")
@@ -91,6 +117,13 @@ def simulate(
         raise ValueError(
             f"n_cells={n_cells} is too small for {n_batches} batches × {n_cell_types} types."
         )
+    # Dirichlet concentration of each batch's type proportions (5 per type when balanced).
+    concentration = (
+        np.full(n_cell_types, 5.0)
+        if type_proportions is None
+        else 5.0 * n_cell_types * _proportions(type_proportions, n_cell_types)
+    )
+    present = _presence(batch_specific_types, n_batches, n_cell_types)
     rng = np.random.default_rng(random_state)
 
     # Baseline expression: a few high genes, many low ones.
@@ -116,9 +149,14 @@ def simulate(
     cell_types = np.empty(n_cells, dtype=int)
     for b in range(n_batches):
         idx = np.flatnonzero(batches == b)
-        props = rng.dirichlet(np.full(n_cell_types, 5.0))
-        types = rng.choice(n_cell_types, size=idx.size, p=props)
-        types[: min(idx.size, n_cell_types)] = np.arange(min(idx.size, n_cell_types))
+        if present is None:  # every type in every batch (the original draws, unchanged)
+            own = np.arange(n_cell_types)
+            props = rng.dirichlet(concentration)
+        else:
+            own = np.flatnonzero(present[b])
+            props = rng.dirichlet(concentration[own])
+        types = rng.choice(own, size=idx.size, p=props)
+        types[: min(idx.size, own.size)] = own[: min(idx.size, own.size)]
         cell_types[idx] = types
 
     per_type = (
@@ -167,11 +205,76 @@ def simulate(
             "random_state": random_state,
         }
     }
+    if type_proportions is not None:
+        uns["simulation"]["type_proportions"] = concentration / concentration.sum()
+    if present is not None:
+        uns["simulation"]["batch_specific_types"] = {
+            f"type_{t}": np.flatnonzero(present[:, t])
+            for t in range(n_cell_types)
+            if not present[:, t].all()
+        }
     if filename is not None:
         return _write_h5ad(filename, obs, var, varm, uns, (counts_of(*c) for c in chunks))
     return ad.AnnData(
         X=_stack(counts_of(*c) for c in chunks), obs=obs, var=var, varm=varm, uns=uns
     )
+
+
+def _proportions(values: Sequence[float], n_cell_types: int) -> np.ndarray:
+    """``type_proportions`` checked and normalised to sum 1."""
+    props = np.asarray(values, dtype=float)
+    if props.ndim != 1 or props.size != n_cell_types:
+        raise ValueError(
+            f"type_proportions has {props.size} values for n_cell_types={n_cell_types}; "
+            "give one positive number per cell type."
+        )
+    if not np.isfinite(props).all() or (props <= 0).any():
+        raise ValueError(
+            f"type_proportions must be finite and positive, got {props.tolist()}; "
+            "lower n_cell_types to drop a type."
+        )
+    return props / props.sum()
+
+
+def _presence(
+    specific: Mapping[int, int | Sequence[int]] | None, n_batches: int, n_cell_types: int
+) -> np.ndarray | None:
+    """``batch_specific_types`` as a (batch × type) boolean table of which types a batch has.
+
+    ``None`` when every type is in every batch.
+    """
+    if specific is None:
+        return None
+    if not isinstance(specific, Mapping):
+        raise TypeError(
+            "batch_specific_types must be a mapping {type_index: batch_index or "
+            f"[batch_index, ...]}}, got {type(specific).__name__}."
+        )
+    present = np.ones((n_batches, n_cell_types), dtype=bool)
+    for t, batches in specific.items():
+        if not isinstance(t, numbers.Integral) or not 0 <= t < n_cell_types:
+            raise ValueError(
+                f"batch_specific_types has type index {t!r}; cell types are 0 to "
+                f"{n_cell_types - 1} (n_cell_types={n_cell_types})."
+            )
+        batches = [batches] if isinstance(batches, numbers.Integral) else list(batches)
+        if not batches:
+            raise ValueError(f"batch_specific_types gives type {t} no batch to be present in.")
+        for b in batches:
+            if not isinstance(b, numbers.Integral) or not 0 <= b < n_batches:
+                raise ValueError(
+                    f"batch_specific_types puts type {t} in batch {b!r}; batches are 0 to "
+                    f"{n_batches - 1} (n_batches={n_batches})."
+                )
+        present[:, t] = False
+        present[batches, t] = True
+    empty = np.flatnonzero(~present.any(axis=1))
+    if empty.size:
+        raise ValueError(
+            f"batch_specific_types leaves batch(es) {empty.tolist()} with no cell type (every "
+            "type is specific to other batches); keep at least one type in every batch."
+        )
+    return present
 
 
 def _to_csr(counts: np.ndarray) -> sparse.csr_matrix:
