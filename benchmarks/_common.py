@@ -36,6 +36,12 @@ Method = Callable[[ad.AnnData, int], tuple[np.ndarray, float]]
 TOPICS: dict[str, tuple[np.ndarray, pd.DataFrame]] = {}
 #: Neighbours of the kNN batch entropy (normalised to [0, 1]).
 ENTROPY_NEIGHBOURS = 30
+#: scib-metrics Benchmarker aggregates → the benchmark tables' column names.
+SCIB_COLUMNS = {
+    "Bio conservation": "scib Bio",
+    "Batch correction": "scib Batch",
+    "Total": "scib Total",
+}
 
 
 def markers_of(name: str, adata: ad.AnnData) -> dict[str, list[str]]:
@@ -144,7 +150,8 @@ def evaluate(
             "batch entropy": mixing["batch_entropy"],
         }
         if table is not None:
-            row["scib Total"] = float(table.loc[key, "Total"])
+            for column, label in SCIB_COLUMNS.items():
+                row[label] = float(table.loc[key, column])
         row.update(_topic_columns(adata, name, markers))
         row["time s"] = seconds[name]
         rows.append(row)

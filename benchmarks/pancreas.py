@@ -15,7 +15,8 @@ Writes ``<out>/pancreas.md`` (mean ± sd over the seeds per method, and each see
 the seeds, ``scetm_mnn.pl.seed_metrics``, our methods highlighted); prints the same tables.
 
 Run (after ``make bench-env``):
-``.venv/bin/python benchmarks/pancreas.py --datasets human mouse --seeds 0 1 2 [--methods pca]``
+``.venv/bin/python benchmarks/pancreas.py --datasets human mouse [--seeds 0 1 2 3 4]
+[--methods pca]``
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=["human", "mouse"])
     parser.add_argument("--methods", nargs="+", default=None, help="subset of the methods")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--scib", action="store_true", help="also run scib-metrics")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (scVI, scETM)")
     parser.add_argument("--scetm-epochs", type=int, default=_peers.SCETM_EPOCHS)

@@ -40,7 +40,7 @@ from scvi.model.base import BaseModelClass
 from scvi.model.base._save_load import _initialize_model
 
 from .._validation import check_not_view, check_obs_key
-from ..pp._corrected import corrected_source
+from ..pp._corrected import corrected_source, latent_key
 from ._serialization import model_path, read_model_file
 
 if TYPE_CHECKING:
@@ -392,7 +392,15 @@ class QueryMixin:
         if batch_key is not None:
             check_obs_key(query, batch_key, "the reference's batch_key")
         corrected = setup_args.get("corrected_layer")
-        if corrected is not None:
+        if corrected is not None and setup_args.get("corrected_input") == "latent":
+            if latent_key(corrected) not in query.obsm:
+                raise KeyError(
+                    f"The reference's encoder reads the corrector's latent "
+                    f"obsm[{latent_key(corrected)!r}], which the query lacks. Run the "
+                    "reference's corrector on the query first (corrector.transform(query), "
+                    "which writes it), after prepare_query_anndata."
+                )
+        elif corrected is not None:
             try:
                 corrected_source(query, corrected)
             except KeyError:

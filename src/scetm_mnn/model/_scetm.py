@@ -38,7 +38,7 @@ from .._validation import (
     get_matrix,
 )
 from ..module import CORRECTED_KEY, ETMModule
-from ..pp._corrected import corrected_source, shift_key
+from ..pp._corrected import corrected_source, latent_key, shift_key
 from ..train import (
     CORRECTED_SHIFT_KEY,
     ETMTrainingPlan,
@@ -60,6 +60,9 @@ DEFAULT_N_STEPS = 2000
 """Optimizer steps that ``BatchCorrectedSCETM.train`` aims for when ``max_epochs=None``."""
 
 DEFAULT_MNN_WEIGHT = 0.0
+CorrectedInput = Literal["latent", "expression"]
+CORRECTED_INPUTS: tuple[str, ...] = ("latent", "expression")
+"""What the encoder reads of a corrected layer (:meth:`BatchCorrectedSCETM.setup_anndata`)."""
 """Default weight of the MNN term: off, even when MNN pairs are registered.
 
 In corrected mode the encoder already reads the corrector's output, and the decoder's λ
@@ -197,10 +200,12 @@ class BatchCorrectedSCETM(
                 fixed_gene_embeddings=fixed,
                 encoder_input=encoder_input or "proportions",
                 mnn_loss=mnn_loss,
+                n_encoder_input=self._n_encoder_input(),
                 **module_kwargs,
             )
+        reads = setup_args.get("corrected_input", "expression")
         mode = (
-            f"encoder on corrected layer {setup_args['corrected_layer']!r}"
+            f"encoder on corrected {reads} {setup_args['corrected_layer']!r}"
             if corrected
             else f"encoder on counts ({encoder_input or 'proportions'})"
         )
@@ -210,6 +215,13 @@ class BatchCorrectedSCETM(
             f"{0 if fixed is None else fixed.shape[0]} fixed gene-embedding rows."
         )
         self.init_params_ = self._get_init_params(locals())
+
+    def _n_encoder_input(self) -> int | None:
+        """Columns of the corrected latent the encoder reads (``None``: the genes)."""
+        field = self.adata_manager.data_registry.get(CORRECTED_KEY)
+        if field is None or field.attr_name != "obsm":
+            return None
+        return int(self.adata_manager.get_from_registry(CORRECTED_KEY).shape[1])
 
     def _align_fixed_embeddings(self, fixed) -> np.ndarray | None:
         if fixed is None:
@@ -236,6 +248,7 @@ class BatchCorrectedSCETM(
         batch_key: str | None = None,
         corrected_layer: str | None = None,
         mnn_pairs_key: str | None = None,
+        corrected_input: CorrectedInput = "latent",
         **kwargs,
     ) -> None:
         """Register an AnnData with the model.
@@ -259,6 +272,15 @@ class BatchCorrectedSCETM(
         mnn_pairs_key
             Key of ``obsp`` holding an MNN pair matrix (e.g. ``"mnn_corrected_pairs"``
             written by :func:`scetm_mnn.pp.mnn_correct`), used by ``train(mnn_weight=...)``.
+        corrected_input
+            What of ``corrected_layer`` the encoder reads. ``"latent"`` (the default): the
+            corrector's own corrected coordinates, ``obsm["X_" + corrected_layer]`` (its
+            PCA space plus the learned shift, ``d`` = 50 dimensions), where the batches are
+            aligned and the noise of the remaining gene-space directions is left out; on
+            Baron pancreas it gave higher ARI, better mixing and sharper topics (see the
+            user guide, "What the encoder reads"). ``"expression"``: the corrected
+            expression over all genes (the layer, or its low-rank form). Either way the
+            decoder reconstructs all the counts.
         **kwargs
             Passed to :meth:`scvi.data.AnnDataManager.register_fields` (used when loading).
         """
@@ -271,7 +293,22 @@ class BatchCorrectedSCETM(
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
         ]
-        if corrected_layer is not None:
+        if corrected_input not in CORRECTED_INPUTS:
+            raise ValueError(
+                f"corrected_input must be one of {CORRECTED_INPUTS}, not {corrected_input!r}."
+            )
+        if corrected_layer is not None and corrected_input == "latent":
+            obsm_key = latent_key(corrected_layer)
+            if obsm_key not in adata.obsm:
+                raise KeyError(
+                    f"corrected_input='latent' reads adata.obsm[{obsm_key!r}], which is "
+                    f"missing. Run scetm_mnn.pp.mnn_correct(key_added={corrected_layer!r}) "
+                    "(or MNNCorrector.transform) first, which writes it, or pass "
+                    "corrected_input='expression' to read the corrected layer instead."
+                )
+            check_finite(np.asarray(adata.obsm[obsm_key]), f"adata.obsm[{obsm_key!r}]")
+            fields.append(ObsmField(CORRECTED_KEY, obsm_key))
+        elif corrected_layer is not None:
             source, low_rank = corrected_source(adata, corrected_layer)
             name = f"corrected expression {corrected_layer!r}" + (
                 f" (low-rank form over {'adata.X' if source is None else repr(source)})"

@@ -88,6 +88,10 @@ class ETMModule(BaseModuleClass):
         Form of the MNN term (:func:`~scetm_mnn.module.mnn_loss`): ``"local"`` (the
         default) or ``"normalized"``, both scale-invariant, or ``"euclidean"`` (the
         original term, which collapses the topic space; kept for ablations).
+    n_encoder_input
+        Width of what the encoder reads when it is not the ``n_input`` genes: the
+        dimensions of a corrected latent space (``tensors["corrected"]``). ``None``:
+        ``n_input``.
 
     Examples
     --------
@@ -112,6 +116,7 @@ class ETMModule(BaseModuleClass):
         fixed_gene_embeddings: np.ndarray | torch.Tensor | None = None,
         encoder_input: Literal["proportions", "log"] = "proportions",
         mnn_loss: MNNLoss = "local",
+        n_encoder_input: int | None = None,
         **kwargs,
     ):
         super().__init__()
@@ -141,7 +146,8 @@ class ETMModule(BaseModuleClass):
         self.encoder_input = encoder_input
         self.mnn_loss = mnn_loss
 
-        self.encoder = _encoder_layers(n_input, hidden_sizes, dropout_rate)
+        self.n_encoder_input = n_input if n_encoder_input is None else int(n_encoder_input)
+        self.encoder = _encoder_layers(self.n_encoder_input, hidden_sizes, dropout_rate)
         self.mu = nn.Linear(hidden_sizes[-1], n_topics)
         self.log_sigma = nn.Linear(hidden_sizes[-1], n_topics)
 

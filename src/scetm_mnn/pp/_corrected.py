@@ -46,6 +46,11 @@ def shift_key(key: str) -> str:
     return key + SHIFT_SUFFIX
 
 
+def latent_key(key: str) -> str:
+    """``obsm`` key of the corrector's corrected coordinates (its latent space) of ``key``."""
+    return "X_" + key
+
+
 def basis_key(key: str) -> str:
     """``varm`` key of the gene-space basis ``B`` of corrected expression ``key``."""
     return key + BASIS_SUFFIX

@@ -32,7 +32,7 @@ from .._validation import (
 )
 from ._actual import make_actual
 from ._adapter import ADAPTERS, Adapter, fit_adapter
-from ._corrected import DENSE_LAYER_MAX_BYTES, basis_key, shift_key
+from ._corrected import DENSE_LAYER_MAX_BYTES, basis_key, latent_key, shift_key
 from ._genes import AlignedRows, GeneAlignment, align_genes
 from ._latent import (
     Centering,
@@ -211,7 +211,7 @@ def _write(
     make_actual(adata, caller)  # only now: a call that fails leaves a view a view
     if corrected is not None:
         adata.layers[key] = corrected
-    adata.obsm[f"X_{key}"] = latent
+    adata.obsm[latent_key(key)] = latent
     adata.obsm[shift_key(key)] = shift
     adata.varm[basis_key(key)] = np.asarray(basis, dtype=np.float32)
     if pairs is not None:
