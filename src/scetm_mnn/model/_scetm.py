@@ -248,7 +248,7 @@ class BatchCorrectedSCETM(
         batch_key: str | None = None,
         corrected_layer: str | None = None,
         mnn_pairs_key: str | None = None,
-        corrected_input: CorrectedInput = "latent",
+        corrected_input: CorrectedInput | Literal["auto"] = "auto",
         **kwargs,
     ) -> None:
         """Register an AnnData with the model.
@@ -273,17 +273,24 @@ class BatchCorrectedSCETM(
             Key of ``obsp`` holding an MNN pair matrix (e.g. ``"mnn_corrected_pairs"``
             written by :func:`scetm_mnn.pp.mnn_correct`), used by ``train(mnn_weight=...)``.
         corrected_input
-            What of ``corrected_layer`` the encoder reads. ``"latent"`` (the default): the
-            corrector's own corrected coordinates, ``obsm["X_" + corrected_layer]`` (its
-            PCA space plus the learned shift, ``d`` = 50 dimensions), where the batches are
-            aligned and the noise of the remaining gene-space directions is left out; on
-            Baron pancreas it gave higher ARI, better mixing and sharper topics (see the
-            user guide, "What the encoder reads"). ``"expression"``: the corrected
-            expression over all genes (the layer, or its low-rank form). Either way the
-            decoder reconstructs all the counts.
+            What of ``corrected_layer`` the encoder reads. ``"latent"``: the corrector's own
+            corrected coordinates, ``obsm["X_" + corrected_layer]`` (its PCA space plus the
+            learned shift, ``d`` = 50 dimensions), where the batches are aligned and the
+            noise of the remaining gene-space directions is left out; on Baron pancreas it
+            gave higher ARI, better mixing and sharper topics (see the user guide, "What
+            the encoder reads"). ``"expression"``: the corrected expression over all genes
+            (the layer, or its low-rank form). ``"auto"`` (the default): ``"latent"`` when
+            that ``obsm`` entry exists (as :func:`scetm_mnn.pp.mnn_correct` writes it),
+            else ``"expression"`` (a corrected layer from elsewhere); the choice is
+            logged and registered, so a saved model and its queries read the same.
+            Either way the decoder reconstructs all the counts.
         **kwargs
             Passed to :meth:`scvi.data.AnnDataManager.register_fields` (used when loading).
         """
+        source = kwargs.get("source_registry")  # given when a saved model is loaded
+        if source is not None and "corrected_input" not in source.get("setup_args", {}):
+            corrected_input = "expression"  # saved before the option: what it was trained on
+        corrected_input = cls._resolve_corrected_input(adata, corrected_layer, corrected_input)
         setup_method_args = cls._get_setup_method_args(**locals())
         check_not_view(adata, "setup_anndata")
         check_counts(adata, layer)
@@ -293,10 +300,6 @@ class BatchCorrectedSCETM(
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
         ]
-        if corrected_input not in CORRECTED_INPUTS:
-            raise ValueError(
-                f"corrected_input must be one of {CORRECTED_INPUTS}, not {corrected_input!r}."
-            )
         if corrected_layer is not None and corrected_input == "latent":
             obsm_key = latent_key(corrected_layer)
             if obsm_key not in adata.obsm:
@@ -326,6 +329,30 @@ class BatchCorrectedSCETM(
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
+
+    @staticmethod
+    def _resolve_corrected_input(
+        adata: AnnData, corrected_layer: str | None, corrected_input: str
+    ) -> CorrectedInput:
+        """``"auto"`` → ``"latent"`` where the corrector's latent exists, else ``"expression"``."""
+        if corrected_input not in (*CORRECTED_INPUTS, "auto"):
+            raise ValueError(
+                f"corrected_input must be 'auto' or one of {CORRECTED_INPUTS}, not "
+                f"{corrected_input!r}."
+            )
+        if corrected_input != "auto":
+            return corrected_input
+        if corrected_layer is None:
+            return "expression"
+        found = latent_key(corrected_layer) in adata.obsm
+        resolved = "latent" if found else "expression"
+        logger.info(
+            "The encoder reads the corrected %s (obsm[%r] %s).",
+            resolved,
+            latent_key(corrected_layer),
+            "found" if found else "missing",
+        )
+        return resolved
 
     @staticmethod
     def _check_pairs(adata: AnnData, key: str) -> None:

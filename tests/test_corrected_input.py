@@ -1,0 +1,112 @@
+"""What the encoder reads in corrected mode: ``setup_anndata(corrected_input=...)``."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import scanpy as sc
+
+from scetm_mnn.model import BatchCorrectedSCETM
+
+KEY = "mnn_corrected"
+N_LATENT = 7
+FAST = {"enable_progress_bar": False}
+
+
+def _corrected(adata, latent: bool = True):
+    """A log-scale corrected layer and, optionally, a corrector latent beside it."""
+    adata = adata.copy()
+    x = adata.X.toarray()
+    adata.layers[KEY] = np.log1p(x / x.sum(1, keepdims=True) * 1e4).astype(np.float32)
+    if latent:
+        adata.obsm[f"X_{KEY}"] = sc.pp.pca(adata.layers[KEY], n_comps=N_LATENT, random_state=0)
+    return adata
+
+
+def _model(adata, **setup) -> BatchCorrectedSCETM:
+    BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch", corrected_layer=KEY, **setup)
+    return BatchCorrectedSCETM(adata, n_topics=4, n_emb=8)
+
+
+def test_auto_reads_the_correctors_latent_where_it_exists(sim_adata, caplog):
+    with caplog.at_level(logging.INFO, logger="scetm_mnn.model._scetm"):
+        model = _model(_corrected(sim_adata))
+    assert model.adata_manager.registry["setup_args"]["corrected_input"] == "latent"
+    assert "reads the corrected latent" in caplog.text
+    assert model.module.n_encoder_input == N_LATENT
+    assert model.module.encoder[0].in_features == N_LATENT
+    assert model.module.rho.shape[1] == sim_adata.n_vars  # the decoder keeps every gene
+    assert "encoder on corrected latent" in model._model_summary_string
+
+
+def test_auto_reads_the_expression_without_a_latent(sim_adata):
+    model = _model(_corrected(sim_adata, latent=False))
+    assert model.adata_manager.registry["setup_args"]["corrected_input"] == "expression"
+    assert model.module.encoder[0].in_features == sim_adata.n_vars
+
+
+def test_explicit_expression_ignores_the_latent(sim_adata):
+    model = _model(_corrected(sim_adata), corrected_input="expression")
+    assert model.module.encoder[0].in_features == sim_adata.n_vars
+
+
+def test_bad_corrected_input_is_refused(sim_adata):
+    with pytest.raises(ValueError, match="corrected_input must be 'auto' or one of"):
+        _model(_corrected(sim_adata), corrected_input="pca")
+    with pytest.raises(KeyError, match=r"obsm\['X_mnn_corrected'\].*corrected_input='expression'"):
+        _model(_corrected(sim_adata, latent=False), corrected_input="latent")
+    bad = _corrected(sim_adata)
+    bad.obsm[f"X_{KEY}"][0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        _model(bad, corrected_input="latent")
+
+
+def test_the_encoder_reads_the_latent_and_a_save_load_round_trip_keeps_it(sim_adata, tmp_path):
+    adata = _corrected(sim_adata)
+    model = _model(adata)
+    model.train(max_epochs=2, batch_size=300, **FAST)
+    z = model.get_latent_representation()
+    # The latent is the input: permuting it permutes the embedding, the layer is not read.
+    other = adata.copy()
+    other.obsm[f"X_{KEY}"] = other.obsm[f"X_{KEY}"][::-1].copy()
+    np.testing.assert_allclose(model.get_latent_representation(other), z[::-1], atol=1e-5)
+    other = adata.copy()
+    other.layers[KEY] = other.layers[KEY][::-1].copy()
+    np.testing.assert_array_equal(model.get_latent_representation(other), z)
+    model.save(tmp_path / "m")
+    loaded = BatchCorrectedSCETM.load(tmp_path / "m", adata=adata.copy())
+    assert loaded.adata_manager.registry["setup_args"]["corrected_input"] == "latent"
+    np.testing.assert_array_equal(loaded.get_latent_representation(), z)
+
+
+def test_a_model_saved_before_the_option_loads_as_expression(sim_adata, tmp_path):
+    """Registries written before ``corrected_input`` existed read the expression."""
+    adata = _corrected(sim_adata)
+    model = _model(adata.copy(), corrected_input="expression")
+    model.train(max_epochs=1, batch_size=300, **FAST)
+    z = model.get_latent_representation()
+    model.save(tmp_path / "m")
+    registry = model.adata_manager.registry
+    del registry["setup_args"]["corrected_input"]
+    model.save(tmp_path / "old", overwrite=True)
+    loaded = BatchCorrectedSCETM.load(tmp_path / "old", adata=adata.copy())
+    assert loaded.module.encoder[0].in_features == sim_adata.n_vars
+    np.testing.assert_allclose(loaded.get_latent_representation(), z, atol=1e-6)
+
+
+def test_a_query_needs_the_latent_the_reference_reads(sim_adata):
+    adata = _corrected(sim_adata)
+    batch0 = (adata.obs["batch"] == "batch_0").to_numpy()
+    reference, query = adata[batch0].copy(), adata[~batch0].copy()
+    model = _model(reference)
+    model.train(max_epochs=1, batch_size=300, **FAST)
+    lacking = query.copy()
+    del lacking.obsm[f"X_{KEY}"]
+    with pytest.raises(KeyError, match=r"latent obsm\['X_mnn_corrected'\].*transform\(query\)"):
+        BatchCorrectedSCETM.load_query_data(lacking, model)
+    query_model = BatchCorrectedSCETM.load_query_data(query, model)
+    query_model.train(max_epochs=1, **FAST)
+    assert query_model.module.encoder[0].in_features == N_LATENT
+    assert query_model.get_latent_representation().shape == (query.n_obs, 4)
