@@ -10,6 +10,7 @@ import logging
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scanpy as sc
 import torch
@@ -409,3 +410,27 @@ def test_max_search_cells_samples_each_batch(log_sim):
     assert first.uns[KEY]["params"]["max_search_cells"] == 100
     with pytest.raises(ValueError, match="max_search_cells"):
         quick(log_sim, copy=True, max_search_cells=0)
+
+
+def _within_batch_variance(x: np.ndarray, batches) -> float:
+    codes = pd.factorize(np.asarray(batches))[0]
+    return sum(float(x[codes == c].var(axis=0, ddof=1).sum() * ((codes == c).sum() - 1))
+               for c in np.unique(codes))  # fmt: skip
+
+
+def test_the_correction_keeps_the_cells_spread_within_their_batches(log_sim, corrected_sim):
+    """MNN training alone shrinks the coordinates (pulling everything together shortens
+    every pair); the corrector scales them back to their within-batch spread, so the
+    corrected layer keeps its biology above the genes outside the corrector's subspace."""
+    basis = corrected_sim.varm[KEY + "_basis"]
+    x = log_sim.X.toarray()
+    before = _within_batch_variance(x @ basis, log_sim.obs["batch"])
+    latent = corrected_sim.obsm["X_" + KEY]
+    after = _within_batch_variance(latent, log_sim.obs["batch"])
+    assert after == pytest.approx(before, rel=1e-3)
+    layer = _within_batch_variance(corrected_sim.layers[KEY] @ basis, log_sim.obs["batch"])
+    assert layer == pytest.approx(before, rel=1e-3)
+    # A fresh PCA of the corrected layer clusters by type, not batch, as the latent does.
+    pca = sc.pp.pca(corrected_sim.layers[KEY], n_comps=20, random_state=0)
+    type_ari, batch_ari = leiden_aris(pca, log_sim.obs)
+    assert type_ari >= 0.95 and batch_ari < 0.1

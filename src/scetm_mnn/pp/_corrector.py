@@ -51,6 +51,7 @@ from ._mnn_correct import (
     _correct_all,
     _recalibrate_batchnorm,
     _resolve_network,
+    _restore_spread,
     _search_latent,
     _train,
 )
@@ -530,6 +531,8 @@ class MNNCorrector:
             _recalibrate_batchnorm(
                 net, x, pairs_t, p["batch_size"], _RECALIBRATION_PAIRS, generator
             )
+            spread = _restore_spread(net, x, batches, seed)
+            logger.info("Corrected coordinates scaled by %.3g to their batches' spread.", spread)
             timing["train"] = time.perf_counter() - tic
         tic = time.perf_counter()
         corrected, corrected_latent, shift = _correct_all(net, space, x, dense, chunk)
@@ -1016,7 +1019,8 @@ class MNNCorrector:
             params["n_hidden"],
             state["net"]["basis"],
         )
-        net.load_state_dict(state["net"])
+        # Correctors saved before the spread was restored have no spread: 1 and 0 (none).
+        net.load_state_dict({**net.state_dict(), **state["net"]})
         search = FrozenPCA(
             state["search"]["center.mean"].numpy(), state["search"]["loadings"].numpy()
         )

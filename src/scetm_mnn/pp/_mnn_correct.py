@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -99,6 +100,46 @@ def _coordinate_scale(rows: Rows, basis: torch.Tensor, random_state: int) -> tor
         squares += u.pow(2).sum(dim=0)
     variance = (squares - total.pow(2) / n) / (n - 1)
     return variance.clamp_min(1e-12).sqrt().to(torch.float32)
+
+
+@torch.inference_mode()
+def _restore_spread(
+    net: SubspaceCorrector, rows: Rows, batches: np.ndarray, random_state: int
+) -> float:
+    """Give the corrected coordinates back the spread the cells had within their batches.
+
+    MNN training only pulls pairs together, and shrinking every cell's coordinates towards
+    a common point shortens all pair distances too: on Baron human the trained network left
+    the cells' coordinates 38 times less variance than they had (6 times less spread), so
+    the biology in the corrected layer was buried under the unchanged genes outside the
+    corrector's subspace (a fresh PCA of that layer fell from ARI 0.92 to 0.55). Aligning
+    batches removes between-batch variance only, so the pooled within-batch variance of
+    the coordinates is what the correction should keep. One scalar ``s`` (the ratio of the
+    pooled within-batch standard deviations, uncorrected over corrected, on a seeded sample
+    of cells) rescales the corrected coordinates about their mean: neighbourhoods, and
+    with them pairs, clusters and mixing, are unchanged. Returns ``s``.
+    """
+    n = min(rows.n_obs, _SCALE_SAMPLE)
+    sample = np.sort(np.random.default_rng(random_state).choice(rows.n_obs, n, replace=False))
+    before, after = [], []
+    for _, cells in index_chunks(sample):
+        x = torch.from_numpy(rows.take(cells))
+        coords = x @ net.basis
+        before.append(coords.double())
+        after.append((coords + net.raw_shift(x)).double())
+    u, v = torch.cat(before), torch.cat(after)
+    codes = torch.from_numpy(pd.factorize(np.asarray(batches)[sample])[0])
+    within_u = within_v = 0.0
+    for code in codes.unique():
+        members = codes == code
+        if int(members.sum()) > 1:
+            within_u += float(u[members].var(dim=0).sum() * (members.sum() - 1))
+            within_v += float(v[members].var(dim=0).sum() * (members.sum() - 1))
+    if within_v <= 0.0 or within_u <= 0.0:
+        return 1.0
+    spread = float(np.sqrt(within_u / within_v))
+    net.restore_spread(spread, v.mean(dim=0).to(torch.float32))
+    return spread
 
 
 def _resolve_network(network: str, n_obs: int) -> str:

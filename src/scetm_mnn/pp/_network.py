@@ -96,12 +96,33 @@ class SubspaceCorrector(nn.Module):
         self.corrector = corrector
         self.residual = bool(residual)
         self.register_buffer("basis", basis.to(torch.float32))
+        # The spread restored after training (``restore_spread``); 1 and 0: none.
+        self.register_buffer("spread", torch.ones(()))
+        self.register_buffer("centre", torch.zeros(basis.shape[1]))
 
-    def shift(self, x: torch.Tensor) -> torch.Tensor:
-        """The low-rank shift ``C`` of the cells ``x`` (cells × d)."""
+    def raw_shift(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's shift, before the spread is restored (what training sees)."""
         if self.residual:
             return (self.corrector(x) - x) @ self.basis
         return self.corrector(x)
+
+    def shift(self, x: torch.Tensor) -> torch.Tensor:
+        """The low-rank shift ``C`` of the cells ``x`` (cells × d).
+
+        With a restored spread ``s`` about the centre ``m`` (``restore_spread``), the
+        corrected coordinates are ``m + s (x B + C_raw − m)``: the network's alignment,
+        scaled back to the spread the cells had within their batches.
+        """
+        raw = self.raw_shift(x)
+        if bool(self.spread == 1.0) and not bool(self.centre.any()):
+            return raw
+        coords = x @ self.basis
+        return self.centre + self.spread * (coords + raw - self.centre) - coords
+
+    def restore_spread(self, spread: float, centre: torch.Tensor) -> None:
+        """Scale the corrected coordinates by ``spread`` about ``centre`` from now on."""
+        self.spread.fill_(float(spread))
+        self.centre.copy_(torch.as_tensor(centre, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Correct ``x`` within the subspace."""
