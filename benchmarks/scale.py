@@ -37,6 +37,7 @@ from pathlib import Path
 STEPS, BATCH = 2000, 256
 PHASES = ("simulate", "preprocess", "pca", "pairs", "corrector", "apply", "train", "latent")
 PEERS = ("harmony", "scvi")
+ROW_MARK = "ours done: "
 
 
 def _peak_gib() -> float:
@@ -87,6 +88,8 @@ def run_one(n_cells: int, peers: bool, threads: int) -> dict:
     tic = time.perf_counter()
     model.get_latent_representation()
     phase("latent", time.perf_counter() - tic)
+    # Ours is complete: should a peer fail (e.g. run out of memory), the parent keeps this.
+    print(ROW_MARK + json.dumps(row), file=sys.stderr, flush=True)
 
     if peers:
         import harmonypy
@@ -125,7 +128,14 @@ def _table(rows: list[dict]) -> str:
     out = seconds.copy()
     out["total s"] = total
     out["peak GiB"] = frame["latent GiB"]
-    for extra in ("pairs n", "train steps", "dense layer", "harmony s", "scvi s"):
+    for extra in (
+        "pairs n",
+        "train steps",
+        "dense layer",
+        "harmony s",
+        "scvi s",
+        "peak with peers GiB",
+    ):
         if extra in frame:
             out[extra] = frame[extra]
     text = out.reset_index().to_markdown(index=False)
@@ -169,9 +179,15 @@ def main(argv: list[str] | None = None) -> None:
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             print(done.stderr[-3000:], file=sys.stderr)
-            print(f"{size:,} cells failed (exit {done.returncode}); stopping.", file=sys.stderr)
-            break
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            ours = [line for line in done.stderr.splitlines() if line.startswith(ROW_MARK)]
+            failed = f"{size:,} cells failed (exit {done.returncode})"
+            if not ours:
+                print(f"{failed}; stopping.", file=sys.stderr)
+                break
+            print(f"{failed} in a peer; ours kept.", file=sys.stderr)
+            rows.append({**json.loads(ours[-1][len(ROW_MARK) :]), "peers failed": True})
+        else:
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     if not rows:
