@@ -18,6 +18,7 @@ from scetm_mnn.train import HistoryLogger, MinibatchSource, PreloadedDataSplitte
 from scetm_mnn.train._device import DeviceRows, gather_csr_rows
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+pytestmark = pytest.mark.usefixtures("one_thread")  # as each rank runs; restored afterwards
 
 
 # ------------------------------------------------------------------ shards
