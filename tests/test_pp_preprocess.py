@@ -134,3 +134,41 @@ def test_normalization_in_chunks_equals_scanpys_and_allocates_no_copy():
     np.testing.assert_array_equal(adata.X.data, expected.X.data)
     assert adata.X.dtype == expected.X.dtype
     assert peak < 0.2 * adata.X.data.nbytes  # scanpy's division holds 2 × nbytes more
+
+
+def test_filters_give_scanpys_columns_and_cells():
+    adata = simulate(n_cells=400, n_genes=200, random_state=2)
+    adata.X[:5] = 0  # five empty cells
+    adata.X[:, :7] = 0  # seven unexpressed genes
+    adata.X.eliminate_zeros()
+    expected = adata.copy()
+    sc.pp.filter_cells(expected, min_genes=1)
+    sc.pp.filter_genes(expected, min_cells=3)
+    out = pp.preprocess(adata, n_top_genes=10_000, copy=True)
+    assert out.shape == expected.shape == (395, 193)
+    assert list(out.obs_names) == list(expected.obs_names)
+    np.testing.assert_array_equal(out.obs["n_genes"], expected.obs["n_genes"])
+    np.testing.assert_array_equal(out.var["n_cells"], expected.var["n_cells"])
+    np.testing.assert_array_equal(out.layers["counts"].toarray(), expected.X.toarray())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+def test_in_place_preprocessing_holds_one_new_matrix(monkeypatch, dtype):
+    """In place, the counts matrix becomes the layer: the caller's reference to it still
+    holds the counts, and only X's new float matrix is allocated (a copy for the layer
+    beside a float X would be two)."""
+    from scetm_mnn.pp import _preprocess
+
+    monkeypatch.setattr(_preprocess, "HVG_MAX_CELLS", 500)  # the HVG sample stays small
+    adata = simulate(n_cells=12_000, n_genes=300, random_state=3)
+    adata.X = adata.X.astype(dtype)
+    counts = adata.X
+    before = counts.copy()
+    size = counts.data.nbytes + counts.indices.nbytes + counts.indptr.nbytes
+    tracemalloc.start()
+    pp.preprocess(adata, n_top_genes=10_000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert (counts != before).nnz == 0 and counts.dtype == dtype
+    assert (adata.layers["counts"] != before).nnz == 0
+    assert peak < 1.5 * size

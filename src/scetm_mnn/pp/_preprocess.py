@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -96,18 +97,18 @@ def preprocess(
     check_counts(adata, argument=None)
     if batch_key is not None:
         check_obs_key(adata, batch_key, "batch_key")
-    _check_filters_keep_data(adata, min_genes, min_cells)  # before anything is changed
+    kept = _filters(adata, min_genes, min_cells)  # before anything is changed
     if copy:
         adata = adata.copy()
     else:
         make_actual(adata, "preprocess")
-    if min_genes > 0:
-        sc.pp.filter_cells(adata, min_genes=min_genes)
-    if min_cells > 0:
-        sc.pp.filter_genes(adata, min_cells=min_cells)
-    adata.layers[counts_layer] = adata.X.copy()
-    if not np.issubdtype(adata.X.dtype, np.floating):
-        adata.X = adata.X.astype(np.float32)
+    _apply_filters(adata, kept, min_genes, min_cells)
+    # The counts matrix itself becomes the layer and X a float copy of it: one new matrix,
+    # where a copy for the layer and then a float X would hold three at once.
+    counts = adata.X
+    floating = np.issubdtype(counts.dtype, np.floating)
+    adata.X = counts.copy() if floating else counts.astype(np.float32)
+    adata.layers[counts_layer] = counts
     _normalize_total_in_place(adata, target_sum)
     sc.pp.log1p(adata)  # in place on X's values
     _select_genes(adata, n_top_genes, batch_key)
@@ -147,25 +148,64 @@ _BATCH_COLUMN = "__scetm_mnn_hvg_batch__"
 """Temporary ``obs`` column: the batches as a categorical of the kept cells, for scanpy."""
 
 
-def _check_filters_keep_data(adata: AnnData, min_genes: int, min_cells: int) -> None:
-    """Raise ``ValueError`` when the cell and gene filters would leave nothing.
+class _Kept(NamedTuple):
+    """Which cells and genes pass the filters, and the counts the filters read."""
+
+    cells: np.ndarray
+    n_genes: np.ndarray
+    genes: np.ndarray
+    n_cells: np.ndarray
+
+
+def _filters(adata: AnnData, min_genes: int, min_cells: int) -> _Kept:
+    """The cells and genes that pass the filters, read a chunk of cells at a time.
+
+    They are those :func:`scanpy.pp.filter_cells` and then :func:`scanpy.pp.filter_genes`
+    would keep.
 
     Checked in advance, so that a failing in-place call leaves ``adata`` as it was.
+
+    Raises
+    ------
+    ValueError
+        When the filters would leave no cell or no gene.
     """
-    cells = np.zeros(adata.n_obs, dtype=bool)
-    expressing = np.zeros(adata.n_vars, dtype=np.int64)  # kept cells expressing each gene
+    n_genes = np.zeros(adata.n_obs, dtype=np.int64)  # genes each cell expresses
+    n_cells = np.zeros(adata.n_vars, dtype=np.int64)  # kept cells expressing each gene
     for start, block in Rows(adata.X).chunks(dense=False):  # one chunk of cells at a time
         positive = block > 0
-        keep = np.asarray(positive.sum(axis=1)).ravel() >= min_genes
-        cells[start : start + block.shape[0]] = keep
-        expressing += np.asarray(positive[keep].sum(axis=0)).ravel()
-    genes = expressing >= min_cells
+        expressed = np.asarray(positive.sum(axis=1)).ravel()
+        n_genes[start : start + block.shape[0]] = expressed
+        n_cells += np.asarray(positive[expressed >= min_genes].sum(axis=0)).ravel()
+    cells, genes = n_genes >= min_genes, n_cells >= min_cells
     if not cells.any() or not genes.any():
         raise ValueError(
             f"No cells or genes pass the filters (min_genes={min_genes}: {int(cells.sum())} "
             f"of {adata.n_obs} cells; min_cells={min_cells}: {int(genes.sum())} of "
             f"{adata.n_vars} genes); lower them."
         )
+    return _Kept(cells, n_genes, genes, n_cells)
+
+
+def _apply_filters(adata: AnnData, kept: _Kept, min_genes: int, min_cells: int) -> None:
+    """Write scanpy's ``obs["n_genes"]`` and ``var["n_cells"]`` and drop what fails.
+
+    The same columns and subsets as :func:`scanpy.pp.filter_cells` and
+    :func:`scanpy.pp.filter_genes`, from counts already read; a filter that drops nothing
+    copies nothing (anndata's subsetting copies every matrix, even to keep them all).
+    """
+    if min_genes > 0:
+        adata.obs["n_genes"] = kept.n_genes
+        if not kept.cells.all():
+            logger.info("Filtered out %d cells with fewer than %d genes.",
+                        int((~kept.cells).sum()), min_genes)  # fmt: skip
+            adata._inplace_subset_obs(kept.cells)
+    if min_cells > 0:
+        adata.var["n_cells"] = kept.n_cells
+        if not kept.genes.all():
+            logger.info("Filtered out %d genes expressed in fewer than %d cells.",
+                        int((~kept.genes).sum()), min_cells)  # fmt: skip
+            adata._inplace_subset_var(kept.genes)
 
 
 def _select_genes(adata: AnnData, n_top_genes: int, batch_key: str | None) -> None:
