@@ -16,6 +16,17 @@ import torch
 from scetm_mnn.datasets import simulate
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One torch thread for the whole session: a seeded training gives the same numbers on
+    any machine and in any test order (the result of a seed depends on the thread count),
+    and small problems train faster on one thread when the machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     scvi.settings.seed = 0
