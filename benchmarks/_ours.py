@@ -1,6 +1,8 @@
 """scetm-mnn's own entries for the pancreas benchmark (same interface as ``_peers``).
 
 - ``scetm_mnn_orig``: BatchCorrectedSCETM on counts with the batch bias λ (original scETM mode);
+- ``scetm_mnn_orig_equal``: the same at scETM 0.5.0's work: its batch size (2000) and its
+  number of epochs (``pancreas.py --scetm-epochs``), so both see the same cells;
 - ``mnn_latent``: the corrector's own output in its PCA space (``obsm["X_mnn_corrected"]``:
   the uncorrected PCA coordinates plus the learned shift; ``pp.mnn_correct`` alone);
 - ``mnn_pca``: a fresh PCA (50) of the corrected expression layer;
@@ -24,6 +26,7 @@ import anndata as ad
 import numpy as np
 import scanpy as sc
 from _common import TOPICS, timed
+from _peers import SCETM_BATCH_SIZE, SCETM_EPOCHS
 
 from scetm_mnn import pp
 from scetm_mnn.model import BatchCorrectedSCETM
@@ -55,6 +58,18 @@ def _topic_model(
 def scetm_mnn_orig(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
     """BatchCorrectedSCETM in original scETM mode (counts + λ, no corrector)."""
     return timed(lambda: _topic_model(adata, seed, "scetm_mnn_orig"))
+
+
+def scetm_mnn_orig_equal(
+    adata: ad.AnnData, seed: int = 0, n_epochs: int = SCETM_EPOCHS
+) -> tuple[np.ndarray, float]:
+    """Original mode at scETM 0.5.0's work: batch size 2000, ``n_epochs`` epochs.
+
+    An epoch visits every cell once in both, so the two see the same cells: scETM 0.5.0
+    in ``max(n / 2000, 1)`` steps of 2000 per epoch, ours in ``ceil(n / 2000)`` steps.
+    """
+    train = {"batch_size": SCETM_BATCH_SIZE, "max_epochs": n_epochs}
+    return timed(lambda: _topic_model(adata, seed, "scetm_mnn_orig_equal", train_kwargs=train))
 
 
 def mnn_latent(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
@@ -117,6 +132,7 @@ def scetm_mnn_euclid(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, floa
 
 OURS = {
     "scetm_mnn_orig": scetm_mnn_orig,
+    "scetm_mnn_orig_equal": scetm_mnn_orig_equal,
     "mnn_latent": mnn_latent,
     "mnn_pca": mnn_pca,
     "scetm_mnn": scetm_mnn,

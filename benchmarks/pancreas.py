@@ -149,6 +149,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)  # ours too: spinning OpenMP workers on shared cores
     methods = dict(METHODS)
     methods["scetm"] = functools.partial(_peers.scetm, n_epochs=args.scetm_epochs)
+    methods["scetm_mnn_orig_equal"] = functools.partial(
+        _ours.scetm_mnn_orig_equal, n_epochs=args.scetm_epochs
+    )
     if args.methods:
         unknown = set(args.methods) - set(methods)
         if unknown:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scanpy as sc
 
+from scetm_mnn._rows import Rows
 from scetm_mnn.model import BatchCorrectedSCETM
 
 KEY = "mnn_corrected"
@@ -63,7 +64,9 @@ def test_bad_corrected_input_is_refused(sim_adata):
         _model(bad, corrected_input="latent")
 
 
-def test_the_encoder_reads_the_latent_and_a_save_load_round_trip_keeps_it(sim_adata, tmp_path):
+def test_the_encoder_reads_the_latent_and_a_save_load_round_trip_keeps_it(
+    sim_adata, tmp_path, monkeypatch
+):
     adata = _corrected(sim_adata)
     model = _model(adata)
     model.train(max_epochs=2, batch_size=300, **FAST)
@@ -75,6 +78,18 @@ def test_the_encoder_reads_the_latent_and_a_save_load_round_trip_keeps_it(sim_ad
     other = adata.copy()
     other.layers[KEY] = other.layers[KEY][::-1].copy()
     np.testing.assert_array_equal(model.get_latent_representation(other), z)
+    # Nor are the counts: encoding every cell reads no row of them.
+    read, take = [], Rows.take
+
+    def recording_take(self, *args, **kwargs):
+        read.append(self.shape)
+        return take(self, *args, **kwargs)
+
+    monkeypatch.setattr(Rows, "take", recording_take)
+    np.testing.assert_array_equal(model.get_latent_representation(), z)
+    model.get_topic_proportions()
+    assert read and all(shape == (adata.n_obs, N_LATENT) for shape in read)
+    monkeypatch.undo()
     model.save(tmp_path / "m")
     loaded = BatchCorrectedSCETM.load(tmp_path / "m", adata=adata.copy())
     assert loaded.adata_manager.registry["setup_args"]["corrected_input"] == "latent"

@@ -47,10 +47,13 @@ def minibatches(
     adata: AnnData | None,
     indices: Sequence[int] | np.ndarray | None,
     batch_size: int | None,
+    encoder_only: bool = False,
 ) -> tuple[AnnData, np.ndarray, Iterator[dict[str, torch.Tensor]]]:
     """The validated AnnData, the cell indices and their minibatches, on the model's device.
 
-    The module is put in eval mode (no dropout, BatchNorm running statistics).
+    The module is put in eval mode (no dropout, BatchNorm running statistics). With
+    ``encoder_only``, the minibatches hold only what the encoder reads (no counts when it
+    reads a corrected input; ``MinibatchSource.encoder_only``).
     """
     model._check_if_trained(warn=False)
     adata = model._validate_anndata(adata)
@@ -60,6 +63,8 @@ def minibatches(
     preload = indices.size * 2 >= adata.n_obs
     manager = model.get_anndata_manager(adata, required=True)
     source = source_from_manager(manager, preload=preload)
+    if encoder_only:
+        source = source.encoder_only()
     model.module.eval()
     device = model.device
 

@@ -529,7 +529,7 @@ class BatchCorrectedSCETM(
         batch_size: int | None,
     ) -> np.ndarray:
         """Posterior means μ of δ for the chosen cells (only their rows are read)."""
-        _, _, batches = minibatches(self, adata, indices, batch_size)
+        _, _, batches = minibatches(self, adata, indices, batch_size, encoder_only=True)
         mus = [
             self.module.inference(**self.module._get_inference_input(tensors))["qz"].loc.cpu()
             for tensors in batches

@@ -184,7 +184,7 @@ class ETMModule(BaseModuleClass):
 
     # ------------------------------------------------------------------ scvi interface
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
-        return {"x": tensors[REGISTRY_KEYS.X_KEY], "corrected": tensors.get(CORRECTED_KEY)}
+        return {"x": tensors.get(REGISTRY_KEYS.X_KEY), "corrected": tensors.get(CORRECTED_KEY)}
 
     def _get_generative_input(
         self, tensors: dict[str, torch.Tensor], inference_outputs: dict, **kwargs
@@ -199,13 +199,16 @@ class ETMModule(BaseModuleClass):
 
     @auto_move_data
     def inference(
-        self, x: torch.Tensor, corrected: torch.Tensor | None = None, n_samples: int = 1
+        self, x: torch.Tensor | None, corrected: torch.Tensor | None = None, n_samples: int = 1
     ) -> dict:
         """Encode expression into ``q(δ)``; sample ``δ`` and return ``θ = softmax(δ)``.
 
-        ``x`` are counts; ``corrected``, when given, is what the encoder reads instead.
+        ``x`` are counts; ``corrected``, when given, is what the encoder reads instead, and
+        ``x`` may then be ``None`` (only the proportions ``p`` the loss reads need it).
         """
-        p = self.normalize(x)
+        if x is None and corrected is None:
+            raise ValueError("inference needs the counts x, or the corrected input to encode.")
+        p = None if x is None else self.normalize(x)
         if corrected is not None:
             h = self.encoder(corrected)
         else:

@@ -10,6 +10,7 @@ densifies only them.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable, Iterator
 
@@ -133,9 +134,33 @@ class MinibatchSource:
             self.placement, self._pin = ("pinned", True) if pinned else ("host", False)
         return self.placement
 
+    def encoder_only(self) -> MinibatchSource:
+        """The same source, serving only what an encoder that reads ``corrected`` needs.
+
+        Its minibatches hold ``corrected`` and the batch index but no counts, so encoding
+        every cell reads no row of the counts matrix. Without ``corrected``, the encoder
+        reads the counts, and this source itself is returned.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from scetm_mnn.train import MinibatchSource
+        >>> source = MinibatchSource(np.ones((4, 3)), corrected=np.zeros((4, 2)))
+        >>> sorted(next(source.encoder_only().iterate(np.arange(4), 2)))
+        ['corrected']
+        """
+        if self.corrected is None:
+            return self
+        lean = copy.copy(self)
+        lean.x = None
+        return lean
+
     def tensors(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        """The minibatch for ``rows``: dense ``X``, the corrected layer and the batch index."""
-        out = {REGISTRY_KEYS.X_KEY: _tensor(self.x, rows, self._pin)}
+        """The minibatch for ``rows``: dense ``X``, the corrected layer and the batch index.
+
+        A source from :meth:`encoder_only` leaves ``X`` out.
+        """
+        out = {} if self.x is None else {REGISTRY_KEYS.X_KEY: _tensor(self.x, rows, self._pin)}
         if self.corrected is not None:
             out[CORRECTED_KEY] = _tensor(self.corrected, rows, self._pin)
         if self.batch_index is not None:
