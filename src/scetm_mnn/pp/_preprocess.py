@@ -195,17 +195,17 @@ def _apply_filters(adata: AnnData, kept: _Kept, min_genes: int, min_cells: int) 
     copies nothing (anndata's subsetting copies every matrix, even to keep them all).
     """
     if min_genes > 0:
-        adata.obs["n_genes"] = kept.n_genes
-        if not kept.cells.all():
-            logger.info("Filtered out %d cells with fewer than %d genes.",
-                        int((~kept.cells).sum()), min_genes)  # fmt: skip
-            adata._inplace_subset_obs(kept.cells)
+        _keep(adata, "obs", "n_genes", kept.n_genes, kept.cells, "cells, < %d genes", min_genes)
     if min_cells > 0:
-        adata.var["n_cells"] = kept.n_cells
-        if not kept.genes.all():
-            logger.info("Filtered out %d genes expressed in fewer than %d cells.",
-                        int((~kept.genes).sum()), min_cells)  # fmt: skip
-            adata._inplace_subset_var(kept.genes)
+        _keep(adata, "var", "n_cells", kept.n_cells, kept.genes, "genes in < %d cells", min_cells)
+
+
+def _keep(adata, axis, column, counts, keep, what, threshold) -> None:
+    """Store one filter's ``counts`` in ``adata.<axis>[column]``; subset to ``keep`` if needed."""
+    getattr(adata, axis)[column] = counts
+    if not keep.all():
+        logger.info("Filtered out %d " + what + ".", int((~keep).sum()), threshold)
+        getattr(adata, f"_inplace_subset_{axis}")(keep)
 
 
 def _select_genes(adata: AnnData, n_top_genes: int, batch_key: str | None) -> None:
