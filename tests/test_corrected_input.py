@@ -10,6 +10,7 @@ import scanpy as sc
 
 from scetm_mnn._rows import Rows
 from scetm_mnn.model import BatchCorrectedSCETM
+from scetm_mnn.train import source_from_manager
 
 KEY = "mnn_corrected"
 N_LATENT = 7
@@ -90,6 +91,7 @@ def test_the_encoder_reads_the_latent_and_a_save_load_round_trip_keeps_it(
     model.get_topic_proportions()
     assert read and all(shape == (adata.n_obs, N_LATENT) for shape in read)
     monkeypatch.undo()
+    assert source_from_manager(model.adata_manager, encoder_only=True).x is None
     model.save(tmp_path / "m")
     loaded = BatchCorrectedSCETM.load(tmp_path / "m", adata=adata.copy())
     assert loaded.adata_manager.registry["setup_args"]["corrected_input"] == "latent"

@@ -160,6 +160,8 @@ def test_in_place_preprocessing_holds_one_new_matrix(monkeypatch, dtype):
     from scetm_mnn.pp import _preprocess
 
     monkeypatch.setattr(_preprocess, "HVG_MAX_CELLS", 500)  # the HVG sample stays small
+    # once on a few cells first: scanpy's lazy imports and numba's compilation are not data
+    pp.preprocess(simulate(n_cells=600, n_genes=300, random_state=3), n_top_genes=10_000)
     adata = simulate(n_cells=12_000, n_genes=300, random_state=3)
     adata.X = adata.X.astype(dtype)
     counts = adata.X

@@ -53,7 +53,7 @@ def minibatches(
 
     The module is put in eval mode (no dropout, BatchNorm running statistics). With
     ``encoder_only``, the minibatches hold only what the encoder reads (no counts when it
-    reads a corrected input; ``MinibatchSource.encoder_only``).
+    reads a corrected input; ``source_from_manager(encoder_only=True)``).
     """
     model._check_if_trained(warn=False)
     adata = model._validate_anndata(adata)
@@ -62,9 +62,7 @@ def minibatches(
     # densify only their own rows.
     preload = indices.size * 2 >= adata.n_obs
     manager = model.get_anndata_manager(adata, required=True)
-    source = source_from_manager(manager, preload=preload)
-    if encoder_only:
-        source = source.encoder_only()
+    source = source_from_manager(manager, preload=preload, encoder_only=encoder_only)
     model.module.eval()
     device = model.device
 

@@ -195,16 +195,20 @@ def _apply_filters(adata: AnnData, kept: _Kept, min_genes: int, min_cells: int) 
     copies nothing (anndata's subsetting copies every matrix, even to keep them all).
     """
     if min_genes > 0:
-        _keep(adata, "obs", "n_genes", kept.n_genes, kept.cells, "cells, < %d genes", min_genes)
+        what = f"cells with fewer than {min_genes} genes"
+        _apply_filter(adata, "obs", "n_genes", kept.n_genes, kept.cells, what)
     if min_cells > 0:
-        _keep(adata, "var", "n_cells", kept.n_cells, kept.genes, "genes in < %d cells", min_cells)
+        what = f"genes expressed in fewer than {min_cells} cells"
+        _apply_filter(adata, "var", "n_cells", kept.n_cells, kept.genes, what)
 
 
-def _keep(adata, axis, column, counts, keep, what, threshold) -> None:
+def _apply_filter(
+    adata: AnnData, axis: str, column: str, counts: np.ndarray, keep: np.ndarray, what: str
+) -> None:
     """Store one filter's ``counts`` in ``adata.<axis>[column]``; subset to ``keep`` if needed."""
     getattr(adata, axis)[column] = counts
     if not keep.all():
-        logger.info("Filtered out %d " + what + ".", int((~keep).sum()), threshold)
+        logger.info("Filtered out %d %s.", int((~keep).sum()), what)
         getattr(adata, f"_inplace_subset_{axis}")(keep)
 
 

@@ -10,7 +10,6 @@ densifies only them.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterable, Iterator
 
@@ -57,6 +56,7 @@ class MinibatchSource:
         ``Rows`` (``scetm_mnn._rows``). In memory it is held as float32, dense when it fits
         in ``DENSE_PRELOAD_BYTES`` (256 MiB), else CSR with only each
         minibatch densified; on disk each minibatch reads its rows from the file.
+        ``None`` with ``corrected`` given: minibatches for an encoder that reads only that.
     batch_index
         Integer batch code per cell, or ``None``.
     mnn_pairs
@@ -78,9 +78,11 @@ class MinibatchSource:
     """
 
     def __init__(self, x, batch_index: np.ndarray | None = None, mnn_pairs=None, corrected=None):
-        self.x = _as_rows(x)
+        if x is None and corrected is None:
+            raise ValueError("A MinibatchSource needs the counts x, or a corrected input.")
+        self.x = None if x is None else _as_rows(x)
         self.corrected = None if corrected is None else _as_rows(corrected)
-        self.n_obs = self.x.shape[0]
+        self.n_obs = (self.corrected if self.x is None else self.x).shape[0]
         self.batch_index = (
             None
             if batch_index is None
@@ -134,31 +136,10 @@ class MinibatchSource:
             self.placement, self._pin = ("pinned", True) if pinned else ("host", False)
         return self.placement
 
-    def encoder_only(self) -> MinibatchSource:
-        """The same source, serving only what an encoder that reads ``corrected`` needs.
-
-        Its minibatches hold ``corrected`` and the batch index but no counts, so encoding
-        every cell reads no row of the counts matrix. Without ``corrected``, the encoder
-        reads the counts, and this source itself is returned.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from scetm_mnn.train import MinibatchSource
-        >>> source = MinibatchSource(np.ones((4, 3)), corrected=np.zeros((4, 2)))
-        >>> sorted(next(source.encoder_only().iterate(np.arange(4), 2)))
-        ['corrected']
-        """
-        if self.corrected is None:
-            return self
-        lean = copy.copy(self)
-        lean.x = None
-        return lean
-
     def tensors(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         """The minibatch for ``rows``: dense ``X``, the corrected layer and the batch index.
 
-        A source from :meth:`encoder_only` leaves ``X`` out.
+        A source without counts (``x=None``) leaves ``X`` out.
         """
         out = {} if self.x is None else {REGISTRY_KEYS.X_KEY: _tensor(self.x, rows, self._pin)}
         if self.corrected is not None:
@@ -337,12 +318,17 @@ def registered_rows(adata_manager: AnnDataManager, key: str, preload: bool = Tru
 
 
 def source_from_manager(
-    adata_manager: AnnDataManager, mnn_pairs=None, preload: bool = True
+    adata_manager: AnnDataManager,
+    mnn_pairs=None,
+    preload: bool = True,
+    encoder_only: bool = False,
 ) -> MinibatchSource:
     """A :class:`MinibatchSource` over the data registered in ``adata_manager``.
 
     ``preload=False`` keeps in-memory sparse data sparse, so that a pass over a few cells
     densifies only their rows (inference); ``True`` densifies small data once (training).
+    ``encoder_only=True`` serves only what the encoder reads: where it reads a corrected
+    input, the counts are left out and never read (encoding every cell).
 
     Examples
     --------
@@ -353,6 +339,8 @@ def source_from_manager(
     >>> model = sm.model.BatchCorrectedSCETM(adata, n_topics=4)
     >>> source_from_manager(model.adata_manager).n_obs
     200
+    >>> source_from_manager(model.adata_manager, encoder_only=True).x is None  # reads counts
+    False
     """
     registry = adata_manager.data_registry
     batch = (
@@ -368,8 +356,11 @@ def source_from_manager(
             adata_manager.get_from_registry(CORRECTED_SHIFT_KEY),
             adata_manager.adata.varm[basis_key(key)],
         )
+    counts = None
+    if corrected is None or not encoder_only:
+        counts = registered_rows(adata_manager, REGISTRY_KEYS.X_KEY, preload)
     return MinibatchSource(
-        registered_rows(adata_manager, REGISTRY_KEYS.X_KEY, preload),
+        counts,
         batch,
         mnn_pairs=mnn_pairs,
         corrected=corrected,
