@@ -84,16 +84,23 @@ def test_lr_decays_per_step(trained):
     assert optimizer.param_groups[0]["lr"] == pytest.approx(5e-3 * np.exp(-6e-5 * steps))
 
 
-def test_clusters_follow_cell_types(trained):
+def test_clusters_follow_cell_types(sim_adata):
+    """Leiden on the latent finds the cell types, over three seeds (one seed of a model this
+    small, 120 steps on 600 cells, is an anecdote: its best ARI ranges 0.78-1.0)."""
     from scetm_mnn import tl
 
-    adata = trained.adata.copy()
-    adata.obsm["X_etm"] = trained.get_latent_representation()
-    sweep = tl.leiden_sweep(
-        adata, "X_etm", "cell_type", "batch", resolutions=(0.05, 0.1, 0.2, 0.4, 0.8)
-    )
-    best = sweep["ARI"].max()
-    assert best > 0.8
+    best = []
+    for seed in (0, 1, 2):
+        scvi.settings.seed = seed
+        adata = _setup(sim_adata.copy(), batch_key="batch")
+        model = BatchCorrectedSCETM(adata, n_topics=8, n_emb=16)
+        model.train(max_epochs=40, batch_size=256, **FAST)
+        adata.obsm["X_etm"] = model.get_latent_representation()
+        sweep = tl.leiden_sweep(
+            adata, "X_etm", "cell_type", "batch", resolutions=(0.05, 0.1, 0.2, 0.4, 0.8)
+        )
+        best.append(sweep["ARI"].max())
+    assert np.mean(best) > 0.85 and min(best) > 0.7, best
 
 
 def test_batch_bias_defaults(sim_adata):

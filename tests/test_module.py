@@ -3,7 +3,14 @@ import pytest
 import torch
 from scvi import REGISTRY_KEYS
 
-from scetm_mnn.module import ANCHOR_KEY, CORRECTED_KEY, MNN_PAIRS_KEY, ETMModule, mnn_loss
+from scetm_mnn.module import (
+    ANCHOR_KEY,
+    CORRECTED_KEY,
+    MNN_PAIRS_KEY,
+    ETMModule,
+    mnn_loss,
+    proportions_nll,
+)
 
 
 def _tensors(n_cells=32, n_genes=50, n_batch=2, seed=0):
@@ -19,8 +26,7 @@ def test_shapes_and_finite_loss():
     inf, gen, loss = module(_tensors())
     assert inf["qz"].loc.shape == (32, 7)
     assert torch.allclose(inf["theta"].sum(-1), torch.ones(32))
-    assert gen["log_px"].shape == (32, 50)
-    assert torch.allclose(gen["log_px"].exp().sum(-1), torch.ones(32), atol=1e-5)
+    assert gen["logits"].shape == (32, 50)
     assert loss.reconstruction_loss["reconstruction_loss"].shape == (32,)
     assert loss.kl_local["kl_local"].shape == (32,)
     assert torch.isfinite(loss.loss)
@@ -42,8 +48,27 @@ def test_reconstruction_is_multinomial_nll_of_proportions():
     tensors = {REGISTRY_KEYS.X_KEY: torch.tensor([[1.0, 0, 3, 0, 0]])}
     _inf, gen, loss = module(tensors)
     p = torch.tensor([[0.25, 0, 0.75, 0, 0]])
-    expected = -(p * gen["log_px"]).sum(-1)
+    expected = -(p * torch.log_softmax(gen["logits"], -1)).sum(-1)
     assert torch.allclose(loss.reconstruction_loss["reconstruction_loss"], expected)
+
+
+def test_fused_nll_has_the_composed_value_and_gradient():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 40, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.poisson(torch.rand(2, 6, 40, generator=g, dtype=torch.float64) * 3)
+    x[0, 1] = 0  # an empty cell: no loss, no gradient
+    p = x / x.sum(-1, keepdim=True).clamp(min=1e-8)
+    weights = torch.rand(2, 6, generator=g, dtype=torch.float64)
+    fused = proportions_nll(logits, p)
+    (grad_fused,) = torch.autograd.grad((fused * weights).sum(), logits)
+    composed = -(p * torch.log_softmax(logits, -1)).sum(-1)
+    (grad_composed,) = torch.autograd.grad((composed * weights).sum(), logits)
+    torch.testing.assert_close(fused, composed)
+    torch.testing.assert_close(grad_fused, grad_composed)
+    assert fused[0, 1] == 0 and torch.all(grad_fused[0, 1] == 0)
+    assert torch.autograd.gradcheck(lambda lg: proportions_nll(lg, p), (logits,))
+    with pytest.raises(ValueError, match="same shape"):
+        proportions_nll(logits, p[..., :-1])
 
 
 def test_corrected_layer_feeds_the_encoder_and_counts_stay_the_target():
@@ -57,7 +82,7 @@ def test_corrected_layer_feeds_the_encoder_and_counts_stay_the_target():
     assert torch.equal(seen[0], corrected)  # read as it is
     p = torch.tensor([[0.25, 0.75, 0.0]])
     assert torch.allclose(inf["p"], p)
-    expected = -(p * gen["log_px"]).sum(-1)
+    expected = -(p * torch.log_softmax(gen["logits"], -1)).sum(-1)
     assert torch.allclose(loss.reconstruction_loss["reconstruction_loss"], expected)
 
 
@@ -74,7 +99,7 @@ def test_partners_enter_only_the_mnn_term():
         module.log_sigma.bias.fill_(-10.0)
     _, gen, loss = module(with_partners)
     _, _, plain = module(only)
-    assert gen["log_px"].shape == (4, 50)  # partners are not decoded
+    assert gen["logits"].shape == (4, 50)  # partners are not decoded
     assert loss.n_obs_minibatch == 4
     # without an MNN weight the loss is that of the sampled cells alone
     torch.testing.assert_close(loss.loss, plain.loss, rtol=1e-4, atol=1e-4)
@@ -85,8 +110,14 @@ def test_batch_bias_shifts_logits_per_batch():
     with torch.no_grad():
         module.batch_bias[1] = torch.tensor([5.0, 0, 0, 0])
     theta = torch.full((2, 2), 0.5)
-    out = module.generative(theta, torch.tensor([[0], [1]]))["log_px"]
+    out = module.generative(theta, torch.tensor([[0], [1]]))["logits"]
     assert out[1, 0] > out[0, 0]
+    beta = module.topic_gene_logits()
+    torch.testing.assert_close(out, theta @ beta + module.batch_bias[[0, 1]])
+    # with a sample axis, (S, B, K): each draw gets its cell's bias
+    thetas = torch.softmax(torch.randn(3, 2, 2), -1)
+    drawn = module.generative(thetas, torch.tensor([[1], [0]]))["logits"]
+    torch.testing.assert_close(drawn, thetas @ beta + module.batch_bias[[1, 0]])
     with pytest.raises(ValueError, match="batch index"):
         module.generative(theta, None)
 

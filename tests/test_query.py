@@ -33,7 +33,11 @@ def reference_model(split):
     reference = split[0].copy()
     BatchCorrectedSCETM.setup_anndata(reference, batch_key="batch")
     model = BatchCorrectedSCETM(reference, n_topics=8, n_emb=32)
-    model.train(max_epochs=80, enable_progress_bar=False, seed=0)
+    # 160 epochs (two steps of 256 cells each), then 80 for the query: at 80 and 40 the
+    # label transfer of seeds 0-7 ranged 0.52-0.97 on the seen types and 0-1 on the novel
+    # one, so whether a seed passed was chance; at 160 and 80 every seed reached >= 0.90
+    # and >= 0.78.
+    model.train(max_epochs=160, enable_progress_bar=False, seed=0)
     return model
 
 
@@ -44,7 +48,7 @@ def mapped(split, reference_model):
     query = BatchCorrectedSCETM.prepare_query_anndata(split[1], reference_model)
     model = BatchCorrectedSCETM.load_query_data(query, reference_model)
     start = model.module.batch_bias.detach().clone()
-    model.train(max_epochs=40, enable_progress_bar=False, seed=0)
+    model.train(max_epochs=80, enable_progress_bar=False, seed=0)
     return model, before, start
 
 

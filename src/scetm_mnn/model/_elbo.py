@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
@@ -71,7 +72,7 @@ class LikelihoodMixin:
         module = self.module
         inference_outputs = module.inference(**module._get_inference_input(tensors))
         generative_input = module._get_generative_input(tensors, inference_outputs)
-        log_px = module.generative(**generative_input)["log_px"]
+        log_px = F.log_softmax(module.generative(**generative_input)["logits"], dim=-1)
         return {
             "reconstruction_loss": -multinomial_log_prob(tensors[REGISTRY_KEYS.X_KEY], log_px),
             "kl_local": kl_standard_normal(inference_outputs["qz"]),
@@ -218,7 +219,7 @@ class LikelihoodMixin:
                     **module._get_inference_input(tensors), n_samples=n
                 )
                 generative_input = module._get_generative_input(tensors, inference_outputs)
-                log_px = module.generative(**generative_input)["log_px"]
+                log_px = F.log_softmax(module.generative(**generative_input)["logits"], dim=-1)
                 delta = inference_outputs["z"]
                 if n == 1:  # inference drops the sample axis for a single draw
                     delta, log_px = delta[None], log_px[None]

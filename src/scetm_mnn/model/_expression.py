@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import sparse
 import torch
+import torch.nn.functional as F
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
@@ -137,7 +138,7 @@ class ExpressionMixin:
                 generative_input = module._get_generative_input(
                     with_batch(tensors, code), inference_outputs
                 )
-                expr = expr + module.generative(**generative_input)["log_px"].exp()
+                expr = expr + F.softmax(module.generative(**generative_input)["logits"], dim=-1)
             expr = expr / len(codes)
             if genes is not None:
                 expr = expr[..., torch.from_numpy(genes).to(expr.device)]

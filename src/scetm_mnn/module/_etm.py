@@ -13,7 +13,7 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
-from ._likelihood import sample_multinomial
+from ._likelihood import proportions_nll, sample_multinomial
 from ._mnn_loss import MNN_LOSSES, MNNLoss, mnn_loss
 
 MNN_PAIRS_KEY = "mnn_pairs"
@@ -221,15 +221,22 @@ class ETMModule(BaseModuleClass):
 
     @auto_move_data
     def generative(self, theta: torch.Tensor, batch_index: torch.Tensor | None = None) -> dict:
-        """Decode topic mixtures into per-gene log-probabilities."""
-        logits = theta @ self.topic_gene_logits()
-        if self.batch_bias is not None:
-            if batch_index is None:
-                raise ValueError("The batch bias needs the batch index of each cell.")
-            # A one-hot product: its backward is a small matmul, unlike index_put's scatter.
-            one_hot = F.one_hot(batch_index.reshape(-1).long(), self.n_batch).to(logits.dtype)
-            logits = logits + one_hot @ self.batch_bias
-        return {"log_px": F.log_softmax(logits, dim=-1)}
+        """Decode topic mixtures into per-gene logits, ``θ · α · ρ + λ_s``.
+
+        ``log_softmax`` of the logits gives the per-gene log-probabilities ``log p̂``. The
+        training loss never forms them (:func:`~scetm_mnn.module.proportions_nll`).
+        """
+        beta = self.topic_gene_logits()
+        if self.batch_bias is None:
+            return {"logits": theta @ beta}
+        if batch_index is None:
+            raise ValueError("The batch bias needs the batch index of each cell.")
+        # One product of [θ, one-hot(s)] with [β; λ]: the bias costs a few more columns of
+        # the decoder's product, not a product and a sum of its own (nor index_put's scatter
+        # in the backward).
+        one_hot = F.one_hot(batch_index.reshape(-1).long(), self.n_batch).to(theta.dtype)
+        design = torch.cat([theta, one_hot.expand(*theta.shape[:-1], self.n_batch)], dim=-1)
+        return {"logits": design @ torch.cat([beta, self.batch_bias], dim=0)}
 
     def loss(
         self,
@@ -252,7 +259,7 @@ class ETMModule(BaseModuleClass):
         anchor = tensors.get(ANCHOR_KEY)
         if anchor is not None:
             p, loc, scale = p[anchor], loc[anchor], scale[anchor]
-        reconstruction = -(p * generative_outputs["log_px"]).sum(dim=-1)
+        reconstruction = proportions_nll(generative_outputs["logits"], p)
         kl = kl_divergence(
             Normal(loc, scale), Normal(torch.zeros_like(loc), torch.ones_like(scale))
         )
@@ -285,8 +292,8 @@ class ETMModule(BaseModuleClass):
         inference_outputs = self.inference(
             **self._get_inference_input(tensors), n_samples=n_samples
         )
-        log_px = self.generative(**self._get_generative_input(tensors, inference_outputs))[
-            "log_px"
+        logits = self.generative(**self._get_generative_input(tensors, inference_outputs))[
+            "logits"
         ]
-        totals = tensors[REGISTRY_KEYS.X_KEY].to(log_px.device).sum(dim=-1).round()
-        return sample_multinomial(log_px.exp(), totals.expand(log_px.shape[:-1]))
+        totals = tensors[REGISTRY_KEYS.X_KEY].to(logits.device).sum(dim=-1).round()
+        return sample_multinomial(F.softmax(logits, dim=-1), totals.expand(logits.shape[:-1]))

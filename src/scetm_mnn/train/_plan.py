@@ -261,6 +261,22 @@ class ETMTrainingPlan(TrainingPlan):
         if state is not None:
             torch.set_rng_state(state)
 
+    def _optimizer_creator_fn(self, optimizer_cls: type[torch.optim.Optimizer]):
+        """scvi-tools' Adam (or AdamW) creator, with torch's fused kernel where it has one.
+
+        The fused step updates all parameters in one kernel (CPU and CUDA): about a third
+        of the single-tensor step's time here. Other devices keep the default.
+        """
+
+        def create(params) -> torch.optim.Optimizer:
+            params = list(params)
+            fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+            return optimizer_cls(
+                params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=fused
+            )
+
+        return create
+
     def configure_optimizers(self) -> dict:
         """Adam, with the per-step exponential learning-rate decay."""
         config = super().configure_optimizers()
