@@ -17,6 +17,17 @@ def test_linear_warmup_schedule():
     assert linear_warmup(0, 0, 0.0, 1e-7) == 1e-7
 
 
+def test_adam_is_fused_on_cpu_and_plain_where_torch_has_no_fused_kernel():
+    from scetm_mnn._optim import fused_adam
+
+    plan = ETMTrainingPlan(ETMModule(10, n_topics=2, n_emb=3), optimizer="AdamW")
+    optimizer = plan.configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"]
+    assert optimizer.defaults["lr"] == plan.lr and optimizer.defaults["eps"] == plan.eps
+    on_meta = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    assert not fused_adam([on_meta], lr=1e-3).defaults["fused"]
+
+
 def test_plan_defaults_follow_scetm():
     plan = ETMTrainingPlan(ETMModule(10, n_topics=2, n_emb=3))
     assert plan.lr == 5e-3 and plan.eps == 1e-8 and plan.weight_decay == 0.0

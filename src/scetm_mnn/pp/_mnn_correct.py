@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .._optim import fused_adam
 from .._rows import Rows, index_chunks, map_chunks
 from ._latent import FrozenPCA, fit_pca
 from ._network import SubspaceCorrector
@@ -149,15 +150,6 @@ def _resolve_network(network: str, n_obs: int) -> str:
     return "residual" if n_obs <= AUTO_RESIDUAL_MAX_CELLS else "bottleneck"
 
 
-def _adam(params, lr: float) -> torch.optim.Adam:
-    """Adam, fused where this torch supports it (about twice as fast a step on CPU)."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except RuntimeError:  # pragma: no cover - torch < 2.4 has no fused CPU Adam
-        return torch.optim.Adam(params, lr=lr)
-
-
 def _pair_rows(rows: Rows, pairs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """The cells of pairs ``idx``: all first cells, then all second cells (2m × genes)."""
     return torch.from_numpy(rows.take(pairs[idx].T.reshape(-1).numpy()))
@@ -185,7 +177,7 @@ def _train(
     replacement, split into equal minibatches of about ``batch_size`` pairs. Training stops
     early when the epoch loss has not improved for ``patience`` epochs.
     """
-    optimizer = _adam(net.parameters(), lr)
+    optimizer = fused_adam(net.parameters(), lr=lr)
     n_pairs = pairs.shape[0]
     per_epoch = min(n_pairs, pairs_per_epoch)
     n_steps = max(1, math.ceil(per_epoch / batch_size))

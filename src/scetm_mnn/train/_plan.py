@@ -9,6 +9,8 @@ import torch
 from scvi.module.base import BaseModuleClass
 from scvi.train import TrainingPlan
 
+from .._optim import fused_adam
+
 
 def linear_warmup(step: int, warmup_steps: int, min_weight: float, max_weight: float) -> float:
     """Weight rising linearly from ``min_weight`` at step 0 to ``max_weight`` at ``warmup_steps``.
@@ -262,20 +264,13 @@ class ETMTrainingPlan(TrainingPlan):
             torch.set_rng_state(state)
 
     def _optimizer_creator_fn(self, optimizer_cls: type[torch.optim.Optimizer]):
-        """scvi-tools' Adam (or AdamW) creator, with torch's fused kernel where it has one.
+        """scvi-tools' Adam (or AdamW) creator, with torch's fused step where it has one.
 
-        The fused step updates all parameters in one kernel (CPU and CUDA): about a third
-        of the single-tensor step's time here. Other devices keep the default.
+        ``fused_adam`` chooses it (about a third of the default step's time here).
         """
-
-        def create(params) -> torch.optim.Optimizer:
-            params = list(params)
-            fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-            return optimizer_cls(
-                params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=fused
-            )
-
-        return create
+        return lambda params: fused_adam(
+            params, optimizer_cls, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay
+        )
 
     def configure_optimizers(self) -> dict:
         """Adam, with the per-step exponential learning-rate decay."""
