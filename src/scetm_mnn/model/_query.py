@@ -26,7 +26,7 @@ import logging
 import os
 import warnings
 from copy import deepcopy
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Self
 
 import numpy as np
 import pandas as pd
@@ -41,10 +41,8 @@ from scvi.model.base._save_load import _initialize_model
 
 from .._validation import check_not_view, check_obs_key
 from ..pp._corrected import corrected_source, latent_key
+from ..pp._genes import match_genes
 from ._serialization import model_path, read_model_file
-
-if TYPE_CHECKING:
-    from ._scetm import BatchCorrectedSCETM
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +148,11 @@ class QueryMixin:
     (136, 5)
     """
 
-    @staticmethod
+    @classmethod
     def prepare_query_anndata(
+        cls,
         query: AnnData,
-        reference: BatchCorrectedSCETM | str | os.PathLike | pd.Index,
+        reference: Self | str | os.PathLike | pd.Index,
         max_missing: float = MAX_MISSING_FRACTION,
         prefix: str | None = None,
     ) -> AnnData:
@@ -208,17 +207,11 @@ class QueryMixin:
             genes = reference.astype(str)
         else:
             genes = _reference_parts(reference, prefix)["var_names"]
-        names = pd.Index(query.var_names.astype(str))
-        if names.has_duplicates:
-            duplicated = list(names[names.duplicated()].unique()[:3])
-            raise ValueError(
-                f"The query has duplicate gene names (e.g. {duplicated}); make them unique "
-                "first, e.g. query.var_names_make_unique()."
-            )
-        order = names.get_indexer(genes)
-        n_missing = int((order < 0).sum())
+        alignment = match_genes(genes, query.var_names.astype(str))
+        order = alignment.columns
+        n_missing = alignment.missing.size
         fraction = n_missing / len(genes)
-        n_extra = int((~names.isin(genes)).sum())
+        n_extra = alignment.n_extra
         if fraction > max_missing:
             raise ValueError(
                 f"The query lacks {n_missing} of the reference's {len(genes)} genes "
@@ -252,13 +245,13 @@ class QueryMixin:
     def load_query_data(
         cls,
         query: AnnData,
-        reference: BatchCorrectedSCETM | str | os.PathLike,
+        reference: Self | str | os.PathLike,
         freeze: bool = True,
         shared_batches: SharedBatches = "reuse",
         accelerator: str = "auto",
         device: int | str = "auto",
         prefix: str | None = None,
-    ) -> BatchCorrectedSCETM:
+    ) -> Self:
         """A new model for ``query``: the reference's weights, with ``λ`` extended.
 
         ``query`` is registered in place with the reference's registry (as
@@ -350,7 +343,7 @@ class QueryMixin:
             raise ValueError(
                 f"The query's genes differ from the reference's {len(genes)} genes "
                 f"({len(missing)} missing, {query.n_vars} given, or in another order). "
-                "Align them first: query = BatchCorrectedSCETM.prepare_query_anndata(query, "
+                f"Align them first: query = {cls.__name__}.prepare_query_anndata(query, "
                 "reference)."
             )
         setup_args = dict(registry[_SETUP_ARGS_KEY])

@@ -4,6 +4,8 @@ The corrector's network reads the reference genes, in the reference order. A que
 them in another order, hold extra genes, or lack a few: :func:`align_genes` works out the
 mapping once (or raises a clear error), and :class:`AlignedRows` serves the query's rows
 over the reference genes, chunk by chunk, without densifying the whole matrix.
+:func:`match_genes`, the matching itself, also serves the model's query mapping
+(``scetm_mnn.model.QueryMixin.prepare_query_anndata``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class GeneAlignment:
         """Reference genes (indices) that the query lacks."""
         return np.flatnonzero(self.columns < 0)
 
+    @property
+    def n_extra(self) -> int:
+        """Number of the query's genes that are not reference genes."""
+        return self.n_query_genes - int((self.columns >= 0).sum())
+
     def query_basis(self, basis: np.ndarray) -> np.ndarray:
         """``basis`` (reference genes × d) over the query's genes: zero rows for extra genes.
 
@@ -64,6 +71,25 @@ def _quote(names) -> str:
     return shown + (", ..." if len(names) > _SHOWN else "")
 
 
+def match_genes(reference: pd.Index | np.ndarray, query: pd.Index) -> GeneAlignment:
+    """Where each ``reference`` gene is among the ``query``'s genes, matched by name.
+
+    Raises
+    ------
+    ValueError
+        The query's names are not unique.
+    """
+    query = pd.Index(query)
+    if not query.is_unique:
+        dup = query[query.duplicated()].unique()
+        raise ValueError(
+            f"The query's var_names are not unique (duplicate gene names {_quote(dup)}), so "
+            "its genes cannot be matched to the reference's by name. Make them unique first, "
+            "e.g. `query.var_names_make_unique()`."
+        )
+    return GeneAlignment(query.get_indexer(pd.Index(reference)).astype(np.int64), len(query))
+
+
 def align_genes(
     reference: pd.Index | np.ndarray, query: pd.Index, max_missing: float
 ) -> GeneAlignment:
@@ -80,15 +106,7 @@ def align_genes(
         reference genes are missing.
     """
     reference = pd.Index(reference)
-    query = pd.Index(query)
-    if not query.is_unique:
-        dup = query[query.duplicated()].unique()
-        raise ValueError(
-            f"The query's var_names are not unique ({_quote(dup)}), so its genes cannot be "
-            "matched to the corrector's. Call `adata.var_names_make_unique()` first."
-        )
-    columns = query.get_indexer(reference).astype(np.int64)
-    alignment = GeneAlignment(columns, len(query))
+    alignment = match_genes(reference, query)
     missing = alignment.missing
     if missing.size > max_missing * reference.size:
         raise ValueError(
@@ -106,11 +124,10 @@ def align_genes(
             UserWarning,
             stacklevel=3,
         )
-    n_extra = len(query) - (columns >= 0).sum()
-    if n_extra:
+    if alignment.n_extra:
         logger.info(
             "The query has %d genes the corrector was not fitted on; they are left uncorrected.",
-            n_extra,
+            alignment.n_extra,
         )
     return alignment
 
