@@ -131,13 +131,9 @@ class Rows(_RowAccess):
             x = np.ascontiguousarray(np.asarray(x), dtype=np.float32)
         self.data = x
         self.shape: tuple[int, int] = (int(x.shape[0]), int(x.shape[1]))
-
-    @property
-    def is_sparse(self) -> bool:
+        # Read per minibatch (``_read``), so decided once here rather than per call.
+        self.is_sparse: bool = sparse.issparse(x) or _is_csr_dataset(x)
         """Whether the rows are stored sparse (in memory or on disk)."""
-        from anndata.abc import CSRDataset
-
-        return sparse.issparse(self.data) or isinstance(self.data, CSRDataset)
 
     def _read(self, rows: np.ndarray):
         """Stored rows ``rows`` (increasing for on-disk data), sparse or dense."""
@@ -220,6 +216,12 @@ class ShiftedRows(_RowAccess):
     def chunk(self, start: int, stop: int, dense: bool = True) -> np.ndarray:
         """Cells ``start:stop`` (always dense float32)."""
         return self.rows.chunk(start, stop) + self.shift[start:stop] @ self.basis_t
+
+
+def _is_csr_dataset(x) -> bool:
+    from anndata.abc import CSRDataset
+
+    return isinstance(x, CSRDataset)
 
 
 def _as_float32(block, dense: bool):
