@@ -6,6 +6,7 @@ from lightning.pytorch.callbacks import Callback
 from scipy import sparse
 
 from scetm_mnn.model import BatchCorrectedSCETM, default_max_epochs
+from scetm_mnn.model._scetm import DEFAULT_MNN_WEIGHT
 
 FAST = {"enable_progress_bar": False}
 
@@ -246,8 +247,12 @@ def test_mnn_term_trains_with_pairs(sim_adata):
     assert model.trainer.lightning_module.loss_kwargs["mnn_weight"] == 1.0
     assert "mnn_loss_train" in model.history
     default = BatchCorrectedSCETM(adata, n_topics=5, n_emb=8)
-    default.train(max_epochs=1, batch_size=300, **FAST)  # registered pairs: off by default
-    assert "mnn_weight" not in default.trainer.lightning_module.loss_kwargs
+    default.train(max_epochs=1, batch_size=300, **FAST)  # registered pairs: on by default
+    assert default.trainer.lightning_module.loss_kwargs["mnn_weight"] == DEFAULT_MNN_WEIGHT
+    assert DEFAULT_MNN_WEIGHT == 1.0
+    unpaired = BatchCorrectedSCETM(_setup(sim_adata.copy(), batch_key="batch"), n_topics=5)
+    unpaired.train(max_epochs=1, batch_size=300, **FAST)  # no pairs: off
+    assert "mnn_weight" not in unpaired.trainer.lightning_module.loss_kwargs
     model.train(max_epochs=1, batch_size=300, mnn_weight=0.0, **FAST)
     assert "mnn_weight" not in model.trainer.lightning_module.loss_kwargs
     plain = _setup(sim_adata.copy(), batch_key="batch")

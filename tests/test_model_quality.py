@@ -50,7 +50,7 @@ def _train(data, corrected: bool, mnn: bool, seed: int = 0) -> BatchCorrectedSCE
     model.train(
         max_epochs=epochs,
         batch_size=BATCH,
-        mnn_weight=1.0 if mnn else None,  # the MNN term is off by default
+        mnn_weight=1.0 if mnn else 0.0,
         seed=seed,
         enable_progress_bar=False,
     )
@@ -100,7 +100,7 @@ def test_each_programme_is_recovered_by_one_topic(models, corrected, mnn):
     assert (table["ratio"] >= 5).all(), table[["topic", "ratio"]]
 
 
-@pytest.mark.parametrize("mnn", [False, True], ids=["default", "mnn_on"])
+@pytest.mark.parametrize("mnn", [False, True], ids=["mnn_off", "default"])
 def test_corrected_mode_keeps_peaked_topic_mixtures(models, mnn):
     theta = models[(True, mnn)].adata.obsm["X_topics"]
     # a collapsed topic space has max θ ≈ 1/K for every cell
@@ -110,7 +110,7 @@ def test_corrected_mode_keeps_peaked_topic_mixtures(models, mnn):
 def test_default_pipeline_beats_the_uncorrected_data(models, corrected_sim):
     from scetm_mnn.tl._integration import _batch_entropy, _knn_batch_counts
 
-    adata = models[(True, False)].adata  # the pipeline's defaults
+    adata = models[(True, True)].adata  # the pipeline's defaults (corrector, MNN term)
     adata.obsm["X_pca"] = sc.pp.pca(corrected_sim.X, n_comps=30, random_state=0)
     codes = adata.obs["batch"].cat.codes.to_numpy()
     entropy = {
@@ -120,3 +120,40 @@ def test_default_pipeline_beats_the_uncorrected_data(models, corrected_sim):
     ari = {k: _best_ari(adata, k) for k in ("X_pca", "X_scetm")}
     assert entropy["X_scetm"] >= entropy["X_pca"] + 0.3
     assert ari["X_scetm"] >= ari["X_pca"] + 0.3
+
+
+def _knn_accuracy(x: np.ndarray, labels: np.ndarray) -> float:
+    """5-fold cross-validated accuracy of a 15-nearest-neighbour cell-type classifier."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    return float(cross_val_score(KNeighborsClassifier(15), x, labels, cv=folds).mean())
+
+
+def test_the_topic_model_keeps_what_the_corrector_gave(models):
+    # The latent the pipeline clusters on must not lose the corrector's cell-type
+    # neighbourhoods: its kNN accuracy is at most 0.01 below that of the latent it reads.
+    adata = models[(True, True)].adata
+    labels = adata.obs["cell_type"].to_numpy()
+    ours = _knn_accuracy(adata.obsm["X_scetm"], labels)
+    corrector = _knn_accuracy(np.asarray(adata.obsm["X_mnn_corrected"]), labels)
+    assert ours >= corrector - 0.01, (ours, corrector)
+
+
+@pytest.mark.parametrize("mnn", [False, True], ids=["mnn_off", "mnn_on"])
+@pytest.mark.parametrize("corrected", [False, True], ids=["original", "corrected"])
+def test_no_exposed_topic_is_unused_or_a_copy(models, corrected, mnn):
+    model = models[(corrected, mnn)]
+    theta = model.get_topic_proportions()
+    beta = model.get_topic_gene_matrix()
+    n = model.n_live_topics
+    assert theta.shape[1] == beta.shape[0] == len(model.topic_names) == n
+    assert 2 <= n <= N_TOPICS
+    np.testing.assert_allclose(theta.sum(axis=1), 1.0, rtol=1e-5)
+    # dead: mean θ below a tenth of uniform over all K topics
+    usage = model._full_topic_proportions(None, None).mean(axis=0)
+    assert (usage[model.exposed_topics] >= 0.1 / N_TOPICS).all()
+    top = [set(beta.columns[np.argsort(-row)[:20]]) for row in beta.to_numpy()]
+    overlaps = [len(a & b) / 20 for i, a in enumerate(top) for b in top[i + 1 :]]
+    assert max(overlaps, default=0.0) <= 0.8, max(overlaps)

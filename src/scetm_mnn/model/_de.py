@@ -185,7 +185,7 @@ class DEMixin:
         _, _, draws = posterior_draws(
             self, adata, indices, batch_size, n_samples, lambda _, out: out["theta"]
         )
-        return overall_draws(draws, n_samples_overall)
+        return self._expose_theta(overall_draws(draws, n_samples_overall))
 
     @shared_parameters
     def differential_topic_usage(

@@ -86,6 +86,7 @@ def _reference_parts(reference, prefix: str | None = None) -> dict:
                 k: v for k, v in saved["model_state_dict"].items() if k != "pyro_param_store"
             },
             "trained": bool(attrs.get("is_trained_", True)),
+            "topic_map": attrs.get("topic_map_"),
         }
     if not isinstance(reference, BaseModelClass):
         raise TypeError(
@@ -98,6 +99,7 @@ def _reference_parts(reference, prefix: str | None = None) -> dict:
         "var_names": _registered_genes(reference.registry_),
         "state": {k: v.detach().cpu().clone() for k, v in reference.module.state_dict().items()},
         "trained": bool(reference.is_trained_),
+        "topic_map": deepcopy(getattr(reference, "topic_map_", None)),
     }
 
 
@@ -369,6 +371,7 @@ class QueryMixin:
         if freeze:
             freeze_reference(model.module, n_reference)
         model.is_trained_ = False
+        model.topic_map_ = parts["topic_map"]  # the reference's topics, not the query's
         if freeze:
             model._train_defaults = {"n_steps": QUERY_STEPS, "lr": QUERY_LR}
         n_trainable = sum(p.numel() for p in model.module.parameters() if p.requires_grad)
