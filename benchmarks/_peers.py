@@ -1,12 +1,39 @@
-"""The peer methods of the benchmarks: uncorrected PCA, Harmony, scVI and the original scETM.
+"""The peer methods of the benchmarks: uncorrected PCA, Harmony, Scanorama, BBKNN, scVI, scETM.
 
 Each peer takes the preprocessed AnnData (raw counts in ``layers["counts"]``, log-normalized
-HVGs in ``X``, ``obs["batch"]``) and a seed, and returns ``(embedding, wall seconds)``.
+HVGs in ``X``, ``obs["batch"]``) and a seed, and returns ``(embedding, wall seconds)``; a
+graph method (BBKNN) returns ``(_common.Graph, wall seconds)`` instead.
 
 - ``pca``: :func:`scanpy.pp.pca`, 50 components, ``random_state=seed``.
 - ``harmony``: harmonypy's ``run_harmony`` (defaults, ``random_state=seed``) on that PCA
   (stored in ``obsm["X_pca"]`` by :func:`pca`, or computed here); the time counts Harmony
   only.
+- ``scanorama``: Scanorama 1.7's ``scanorama.integrate`` on the log-normalized HVGs split by
+  batch (one matrix per batch, in the batches' sorted order, the same 2000 genes), every
+  default (``dimred=100``, ``knn=20``, ``sigma=15``, ``alpha=0.1``, approximate (Annoy)
+  matching, no extra HVG filter), ``seed=seed`` (it seeds ``np.random`` and ``random``);
+  Scanorama L2-normalizes each cell and reduces to 100 dimensions itself. Its integrated
+  100-dimensional embedding, back in the AnnData's cell order, is the embedding. The time
+  counts ``integrate`` only.
+- ``bbknn``: BBKNN 1.6's ``bbknn.matrix.bbknn`` (what ``bbknn.bbknn`` runs on an AnnData) on
+  the same 50-component PCA as Harmony, every default: 3 neighbours within each batch
+  (12 per cell on the 4 human batches, 6 on the 2 mouse ones, the cell itself among them),
+  Annoy (the default ``computation``; 10 trees, Euclidean), UMAP connectivities, trimmed to
+  10 × the neighbours. Annoy takes no seed from BBKNN, but its index is deterministic (its
+  own fixed seed), so the graph is the same for every seed. It returns a graph, not an
+  embedding: ``_common.run_methods`` stores it in ``obsp`` and ``_common.evaluate`` scores
+  it on that graph: the Leiden sweep on its connectivities (the same resolutions, igraph
+  Leiden, 2 iterations, the run's seed, ARI/NMI/bARI), the kNN batch entropy on each cell's
+  BBKNN neighbours (its row of the distances; batch-balanced by construction, so it is a
+  constant of the number of batches, 0.990 for 4 and 0.971 for 2, not a measure of mixing
+  comparable with the embeddings' 30-neighbour entropy), and scib-metrics on a
+  ``NeighborsResults`` of those neighbours whose connectivities are BBKNN's: Leiden
+  NMI/ARI, cLISI, iLISI, kBET per label and graph connectivity, called as the Benchmarker
+  calls them, on BBKNN's neighbourhood for every neighbour count (LISI's perplexity is a
+  third of it, 4 or 2, instead of 30); the metrics that need an embedding (isolated
+  labels, label silhouette, BRAS, PCR comparison) are NaN, and the Bio / Batch aggregates
+  are means over the rest. The time counts ``bbknn.matrix.bbknn`` only (the first call in
+  a process includes numba's compilation of UMAP's fuzzy simplicial set, about 3 s).
 - ``scvi``: scvi-tools ``SCVI`` on the counts with ``batch_key="batch"`` and every default
   (n_latent=10, ``max_epochs=min(400, round(400 * 20000 / n_cells))``, batch size 128).
 - ``scetm``: scETM 0.5.0 from PyPI in ``.venv-scetm`` through ``_scetm_runner.py``, defaults
@@ -21,9 +48,11 @@ HVGs in ``X``, ``obs["batch"]``) and a seed, and returns ``(embedding, wall seco
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -31,7 +60,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
-from _common import BATCH_KEY, BENCH_DIR, REPO_DIR, TOPICS, timed
+from _common import BATCH_KEY, BENCH_DIR, REPO_DIR, TOPICS, Graph, timed
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +106,41 @@ def harmony(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
             ).Z_corr
         )
         return z if z.shape[0] == adata.n_obs else z.T
+
+    return timed(run)
+
+
+def scanorama(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
+    """Scanorama (``scanorama.integrate``, defaults, ``seed=seed``) on the per-batch HVGs."""
+    import scanorama as scanorama_lib
+
+    batches = adata.obs[BATCH_KEY].astype("category")
+    positions = [np.flatnonzero(batches == b) for b in batches.cat.categories]
+    x = adata.X.tocsr() if hasattr(adata.X, "tocsr") else np.asarray(adata.X)
+    datasets = [x[p] for p in positions]
+    genes = [adata.var_names.to_numpy() for _ in positions]
+
+    def run() -> np.ndarray:
+        with contextlib.redirect_stdout(sys.stderr):  # its gene count, past verbose=0
+            integrated, _ = scanorama_lib.integrate(datasets, genes, seed=seed, verbose=0)
+        return np.vstack(integrated)
+
+    emb, sec = timed(run)
+    order = np.empty(adata.n_obs, dtype=np.int64)
+    order[np.concatenate(positions)] = np.arange(adata.n_obs)
+    return emb[order], sec
+
+
+def bbknn(adata: ad.AnnData, seed: int = 0) -> tuple[Graph, float]:
+    """BBKNN (``bbknn.matrix.bbknn``, defaults) on the 50-component PCA; returns its graph."""
+    import bbknn as bbknn_lib
+
+    x_pca = adata.obsm["X_pca"] if "X_pca" in adata.obsm else _pca_embedding(adata, seed)
+    batches = adata.obs[BATCH_KEY].astype(str).to_numpy()
+
+    def run() -> Graph:
+        distances, connectivities, _ = bbknn_lib.matrix.bbknn(np.asarray(x_pca), batches)
+        return Graph(connectivities=connectivities.tocsr(), distances=distances.tocsr())
 
     return timed(run)
 
@@ -174,10 +238,12 @@ def amortized_lda(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
     return timed(run)
 
 
-#: The peers in the order they run (Harmony reuses the PCA).
+#: The peers in the order they run (Harmony and BBKNN reuse the PCA).
 PEERS = {
     "pca": pca,
     "harmony": harmony,
+    "scanorama": scanorama,
+    "bbknn": bbknn,
     "scvi": scvi,
     "scetm": scetm,
     "amortized_lda": amortized_lda,

@@ -8,7 +8,10 @@ the same seed) scored by ARI and NMI against the cell types and by bARI (ARI aga
 batches); the kNN batch entropy (30 neighbours, normalised to [0, 1]); the topic measures of
 the topic models (``scetm_mnn.tl.topic_summary`` with the marker sets of
 ``scetm_mnn.datasets.pancreas_markers``); and optionally one scib-metrics ``Benchmarker``
-over all embeddings (``--scib``; Leiden NMI/ARI, no k-means, unscaled).
+over all embeddings (``--scib``; Leiden NMI/ARI, no k-means, unscaled). A graph method
+(BBKNN) is stored in ``obsp`` and scored on its own graph (``_common.evaluate``; see
+``_peers``): the same sweep on its connectivities, the batch entropy over its neighbours,
+and scib-metrics' graph metrics only.
 
 Writes ``<out>/pancreas.md`` (mean ± sd over the seeds per method, and each seed's rows),
 ``<out>/pancreas_<data>_sweep.csv`` and ``<out>/pancreas_<data>_seeds.png`` (the metrics over
@@ -51,8 +54,10 @@ from _common import (
 from scetm_mnn import pl
 from scetm_mnn.tl import DEFAULT_RESOLUTIONS
 
-#: Method name → callable(adata, seed) -> (embedding, seconds): the peers, then ours.
+#: Method name → callable(adata, seed) -> (embedding or graph, seconds): the peers, then ours.
 METHODS: dict[str, Method] = {**_peers.PEERS, **_ours.OURS}
+#: The methods that return a graph (``_common.Graph``), scored on it.
+GRAPH_METHODS = ("bbknn",)
 
 
 def log(msg: str) -> None:
@@ -60,7 +65,10 @@ def log(msg: str) -> None:
 
 
 def _versions() -> str:
-    names = ("scetm-mnn", "scvi-tools", "scanpy", "torch", "harmonypy", "scib-metrics", "jax")
+    names = (
+        "scetm-mnn", "scvi-tools", "scanpy", "torch", "harmonypy", "scanorama", "bbknn",
+        "scib-metrics", "jax",
+    )  # fmt: skip
     found = []
     for name in names:
         try:
@@ -68,6 +76,29 @@ def _versions() -> str:
         except PackageNotFoundError:
             continue
     return ", ".join(found) + ", scETM 0.5.0 (own venv)"
+
+
+def _graph_note(methods: dict[str, Method]) -> str:
+    """The header's paragraph on the graph methods among ``methods`` (empty without any)."""
+    graphs = [m for m in GRAPH_METHODS if m in methods]
+    if not graphs:
+        return ""
+    return (
+        f"Graph methods ({', '.join(graphs)}) give a neighbour graph, not an embedding, and "
+        "are scored on it: the Leiden sweep runs on its connectivities (same resolutions, "
+        "Leiden and scores); the batch entropy is over each cell's own neighbours in the "
+        "graph (BBKNN: 3 in each batch, the cell itself among them: 11 others with 4 batches, "
+        "5 with 2). "
+        "BBKNN's graph is batch-balanced by construction, so its entropy is fixed by the "
+        "number of batches (0.990 for 4, 0.971 for 2) and not comparable one to one with the "
+        "embeddings' 30-neighbour entropy. scib: scib-metrics' graph metrics (Leiden NMI/ARI "
+        "on its connectivities, cLISI and iLISI on its neighbours, perplexity a third of "
+        "their number, kBET per label, graph connectivity), called as the Benchmarker calls "
+        "them; the embedding metrics (isolated labels, label silhouette, BRAS, PCR "
+        "comparison) are NaN for it, and its scib Bio / Batch are the means over the "
+        "others (Total = 0.6 Bio + 0.4 Batch), so they are not comparable one to one "
+        "either.\n\n"
+    )
 
 
 def run_dataset(
@@ -172,7 +203,7 @@ def main() -> None:
         "with ≥ 20 cells), topic diversity (unique fraction of the top-20 genes). "
         "scib: scib-metrics Benchmarker (Leiden NMI/ARI, no k-means, unscaled). "
         f"Time: wall seconds of the method on the CPU, {args.threads} torch thread(s).\n\n"
-        f"Versions: {_versions()}.\n\n"
+        f"{_graph_note(methods)}Versions: {_versions()}.\n\n"
     )
     sections = []
     for name in args.datasets:  # rewritten after each data set, so a long run keeps its part
