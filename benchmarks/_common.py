@@ -345,6 +345,7 @@ def _topic_columns(adata: ad.AnnData, name: str, markers) -> dict[str, float]:
         "markers": summary["marker_hits"],
         "of": summary["n_marker_types"],
         "diversity": summary["diversity"],
+        "topics": float(topic_gene.shape[0]),
     }
 
 
