@@ -1,0 +1,168 @@
+"""Golden outputs of the topic model, so that a refactor provably changes nothing.
+
+``tests/data/golden_model.npz`` holds what a seeded ``BatchCorrectedSCETM`` gives on a small
+simulation, in three set-ups: original mode (counts, batch bias), corrected mode reading
+the corrector's latent (with its MNN pairs, so the MNN term is on), and corrected mode
+reading the low-rank corrected expression. ``tests/data/golden_model/`` is the corrected
+model of the second set-up saved by ``model.save`` (without its AnnData). Both were made
+by the code of e8bc9cc, before ``model/_scetm.py`` was split into mixins (issue #31). Every
+numeric parameter is passed explicitly, so a later change of a default does not touch
+them. A deliberate change of the model's output regenerates them::
+
+    python tests/test_golden_model.py --update
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scvi
+
+import scetm_mnn as sm
+from scetm_mnn.model import BatchCorrectedSCETM
+from test_golden_corrector import single_threaded
+
+DATA = Path(__file__).parent / "data"
+GOLDEN = DATA / "golden_model.npz"
+SAVED = DATA / "golden_model"
+KEY = "mnn_corrected"
+TOL = {"rtol": 1e-6, "atol": 1e-6}
+
+CORRECT = {
+    "n_neighbors": 15,
+    "n_search_comps": 10,
+    "search_rounds": 3,
+    "max_search_cells": 10_000,
+    "n_comps": 10,
+    "latent": "pca",
+    "network": "bottleneck",
+    "n_hidden": 16,
+    "n_blocks": 2,
+    "batch_weight": 1.0,
+    "rec_weight": 0.1,
+    "distance": "l1",
+    "max_epochs": 3,
+    "batch_size": 64,
+    "pairs_per_epoch": 256,
+    "lr": 0.1,
+    "early_stopping_patience": 10,
+    "random_state": 0,
+}
+"""``mnn_correct``'s arguments: a small corrector trained for a few epochs."""
+MODEL = {
+    "n_topics": 6,
+    "n_emb": 8,
+    "hidden_sizes": (128,),
+    "dropout_rate": 0.1,
+    "mnn_loss": "local",
+}
+TRAIN = {"max_epochs": 3, "batch_size": 256, "lr": 5e-3, "seed": 0}
+SETUPS = {
+    "original": {"batch_key": "batch"},
+    "latent": {
+        "layer": "counts",
+        "batch_key": "batch",
+        "corrected_layer": KEY,
+        "mnn_pairs_key": KEY + "_pairs",
+        "corrected_input": "latent",
+    },
+    "expression": {
+        "layer": "counts",
+        "batch_key": "batch",
+        "corrected_layer": KEY,
+        "corrected_input": "expression",
+    },
+}
+"""``setup_anndata``'s arguments of each set-up; ``original`` reads the raw simulation."""
+SAVED_SETUP = "latent"
+
+
+def simulated():
+    """300 cells × 100 genes (2 batches) as simulated, with raw counts in ``X``."""
+    return sm.datasets.simulate(n_cells=300, n_genes=100, random_state=0)
+
+
+def corrected():
+    """The simulation preprocessed (counts in ``layers["counts"]``) and MNN-corrected."""
+    adata = simulated()
+    sm.pp.preprocess(adata, n_top_genes=100, batch_key="batch")
+    with single_threaded():
+        sm.pp.mnn_correct(adata, "batch", key_added=KEY, dense_layer=False, **CORRECT)
+    return adata
+
+
+def data(setup: str):
+    return simulated() if setup == "original" else corrected()
+
+
+def trained(setup: str, adata) -> BatchCorrectedSCETM:
+    scvi.settings.seed = 0  # the initial weights' seed
+    with single_threaded(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's notes on a CPU run
+        BatchCorrectedSCETM.setup_anndata(adata, **SETUPS[setup])
+        model = BatchCorrectedSCETM(adata, **MODEL)
+        model.train(**TRAIN, enable_progress_bar=False)
+    return model
+
+
+def outputs(setup: str, model: BatchCorrectedSCETM) -> dict[str, np.ndarray]:
+    """The model's outputs, as arrays named ``<setup>_<output>``."""
+    with single_threaded():
+        got = {
+            "latent": model.get_latent_representation(),
+            "theta": model.get_topic_proportions(),
+            "beta": model.get_topic_gene_matrix().to_numpy(),
+            "alpha": model.get_topic_embeddings().to_numpy(),
+            "rho": model.get_gene_embeddings().to_numpy(),
+            "topic_names": np.asarray(model.topic_names),
+            "top_genes": model.get_top_genes(5).to_numpy().astype(str),
+        }
+    return {f"{setup}_{name}": value for name, value in got.items()}
+
+
+@pytest.fixture(scope="module")
+def golden():
+    with np.load(GOLDEN) as stored:
+        return dict(stored)
+
+
+def _compare(got: dict, golden: dict) -> None:
+    for name, value in got.items():
+        if value.dtype.kind in "US":
+            np.testing.assert_array_equal(value, golden[name], err_msg=name)
+        else:
+            np.testing.assert_allclose(value, golden[name], **TOL, err_msg=name)
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_a_trained_model_gives_the_golden_outputs(setup, golden):
+    _compare(outputs(setup, trained(setup, data(setup))), golden)
+
+
+def test_a_model_saved_before_the_split_loads_and_gives_the_same_outputs(golden):
+    model = BatchCorrectedSCETM.load(SAVED, adata=data(SAVED_SETUP), accelerator="cpu")
+    setup_args = model.adata_manager.registry["setup_args"]
+    assert {k: setup_args[k] for k in SETUPS[SAVED_SETUP]} == SETUPS[SAVED_SETUP]
+    assert model.is_trained_
+    _compare(outputs(SAVED_SETUP, model), golden)
+
+
+def update() -> None:
+    """Regenerate the golden arrays and the saved model from the current code."""
+    arrays, models = {}, {}
+    for setup in SETUPS:
+        models[setup] = trained(setup, data(setup))
+        arrays.update(outputs(setup, models[setup]))
+    np.savez_compressed(GOLDEN, **arrays)
+    models[SAVED_SETUP].save(SAVED, overwrite=True, save_anndata=False)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--update"]:
+        sys.exit(f"usage: python {sys.argv[0]} --update   (rewrites {GOLDEN} and {SAVED})")
+    update()
+    print(f"wrote {GOLDEN} and {SAVED}")
