@@ -38,8 +38,9 @@ from scipy import sparse
 from scetm_mnn._rows import Rows
 from scetm_mnn.datasets import baron_pancreas
 from scetm_mnn.pp import find_mnn_pairs, mnn_correct, preprocess
+from scetm_mnn.pp._fitting import search_latent as _search_latent
+from scetm_mnn.pp._latent import apply_frozen as _apply
 from scetm_mnn.pp._latent import fit_pca
-from scetm_mnn.pp._mnn_correct import _apply, _search_latent
 from scetm_mnn.pp._pairs import pair_counts
 
 K = 20

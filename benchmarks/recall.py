@@ -30,8 +30,8 @@ import pandas as pd
 
 import scetm_mnn as sm
 from scetm_mnn.pp import _pairs
+from scetm_mnn.pp._latent import apply_frozen as _apply
 from scetm_mnn.pp._latent import fit_pca
-from scetm_mnn.pp._mnn_correct import _apply
 
 K = 20
 

@@ -95,8 +95,8 @@ def run_one(n_cells: int, peers: bool, threads: int) -> dict:
         import harmonypy
         import scvi
 
+        from scetm_mnn.pp._latent import apply_frozen as _apply
         from scetm_mnn.pp._latent import fit_pca
-        from scetm_mnn.pp._mnn_correct import _apply
 
         pca = _apply(fit_pca(adata.X, 50), adata.X)  # the uncorrected 50-component PCA
         tic = time.perf_counter()

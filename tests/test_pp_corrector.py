@@ -74,11 +74,21 @@ def test_wrapper_is_fit_transform(fitted, data):
 
 def test_wrapper_signature_mirrors_the_class():
     import inspect
+    import re
 
     wrapper = inspect.signature(pp.mnn_correct).parameters
-    for name, parameter in inspect.signature(pp.MNNCorrector).parameters.items():
+    corrector = inspect.signature(pp.MNNCorrector).parameters
+    for name, parameter in corrector.items():
         if name not in ("adapter", "adapter_ridge"):
             assert wrapper[name].default == parameter.default, name
+            assert wrapper[name].annotation == parameter.annotation, name
+    own = {"adata", "key_added", "dense_layer", "copy", "return_corrector"}
+    assert set(wrapper) - set(corrector) == own
+    for obj in (pp.mnn_correct, pp.MNNCorrector):  # every parameter documented
+        for name in inspect.signature(obj).parameters:
+            assert re.search(rf"^ *{name}$", obj.__doc__, re.MULTILINE), (obj, name)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'adapter'"):
+        pp.mnn_correct(None, "batch", adapter="shift")  # transform's, not the wrapper's
 
 
 def test_reference_cells_get_the_fit_transform_output(fitted, data):
@@ -227,11 +237,11 @@ def test_bad_calls(fitted, data):
     ids=["residual", "autoencoder", "bottleneck"],
 )
 def test_save_load_round_trip(data, tmp_path, kwargs, monkeypatch):
-    from scetm_mnn.pp import _corrector, _latent
+    from scetm_mnn.pp import _fitting, _latent
 
     # The encoder's layout is what is saved; 20 pretraining steps instead of 1000 suffice.
     short = functools.partial(_latent.fit_autoencoder, n_steps=20)
-    monkeypatch.setattr(_corrector, "fit_autoencoder", short)
+    monkeypatch.setattr(_fitting, "fit_autoencoder", short)
     reference = data[1]
     corrector = pp.MNNCorrector("batch", n_comps=10, **kwargs, **QUICK).fit(reference)
     assert corrector.params["network"] == kwargs.get("network", "residual")  # auto, resolved

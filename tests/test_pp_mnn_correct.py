@@ -392,9 +392,9 @@ def test_bottleneck_network_removes_the_batch_shift(log_sim):
 
 
 def test_auto_network_switches_with_size(log_sim, monkeypatch):
-    from scetm_mnn.pp import _mnn_correct
+    from scetm_mnn.pp import _fitting
 
-    monkeypatch.setattr(_mnn_correct, "AUTO_RESIDUAL_MAX_CELLS", log_sim.n_obs - 1)
+    monkeypatch.setattr(_fitting, "AUTO_RESIDUAL_MAX_CELLS", log_sim.n_obs - 1)
     adata = quick(log_sim, copy=True)
     assert adata.uns[KEY]["params"]["network"] == "bottleneck"
     with pytest.raises(ValueError, match="network must be"):

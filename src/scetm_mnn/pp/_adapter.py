@@ -19,15 +19,34 @@ to its change, fitted to the pairs by least squares:
   each moved onto their own partners.
 
 All are closed-form; the change lies in the span of ``B``, like the network's, so the
-corrected query is again ``x + C Bᵀ``.
+corrected query is again ``x + C Bᵀ``. :func:`correct_cells` is what
+:meth:`~scetm_mnn.pp.MNNCorrector.transform` runs: the frozen network on every cell, then,
+for each new batch, its MNN pairs with the reference (:func:`adapt_batch`) and its adapter.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import pandas as pd
+import torch
+from scipy import sparse
+
+from .._rows import Rows, ShiftedRows, index_chunks, map_chunks
+from ._genes import AlignedRows, GeneAlignment
+from ._latent import apply_frozen, centre_of
+from ._network import correct_all
+from ._pairs import find_mnn_pairs
+
+if TYPE_CHECKING:
+    from ._fitting import Fitted
+
+logger = logging.getLogger(__name__)
 
 Adapter = Literal["local", "affine", "shift", "none"]
 ADAPTERS = ("local", "affine", "shift", "none")
@@ -143,3 +162,137 @@ def fit_adapter(
         (residuals / n_pairs[:, None]).astype(np.float32),
         n_neighbors,
     )
+
+
+def query_cells(
+    batches: np.ndarray, reference_batches: list[str], known_batches: str, batch_key: str
+) -> np.ndarray:
+    """Which cells get an adapter: those of new batches, or every cell (``"query"``).
+
+    ``known_batches`` is what a batch named like a reference batch is (``"reference"``,
+    ``"query"`` or ``"raise"``, see ``MNNCorrector.transform``).
+    """
+    known = np.isin(batches, reference_batches)
+    if known_batches == "raise" and known.any():
+        clash = sorted(set(batches[known]))
+        raise ValueError(
+            f"The batches {clash} of adata.obs[{batch_key!r}] have the names of "
+            "reference batches. Rename them if they are new batches, or pass "
+            "known_batches='reference' (corrected as those batches) or 'query' (aligned "
+            "as new batches)."
+        )
+    return ~known if known_batches == "reference" else np.ones(known.size, dtype=bool)
+
+
+def adapt_batch(
+    name: str,
+    coords: np.ndarray,
+    reference_search: np.ndarray,
+    kind: Adapter,
+    p: dict[str, Any],
+    fitted: Fitted,
+) -> tuple[FittedAdapter, dict]:
+    """MNN pairs between query batch ``name`` (its coordinates) and the reference; adapter.
+
+    ``p`` are the corrector's parameters, ``fitted`` its state. Returns the adapter and
+    what ``uns[key]["adapters"][name]`` records of it.
+    """
+    query_search = apply_frozen(fitted.search, coords)
+    n_ref = reference_search.shape[0]
+    labels = np.array(["reference"] * n_ref + [f"query {name!r}"] * len(coords))
+    pairs = find_mnn_pairs(
+        np.vstack([reference_search, query_search]),
+        labels,
+        n_neighbors=p["n_neighbors"],
+        random_state=p["random_state"],
+        n_rounds=p["search_rounds"],
+        max_cells=p["max_search_cells"],
+    )
+    upper = sparse.triu(pairs, k=1).tocoo()  # the reference comes first: row < col
+    ref, query = upper.row, upper.col - n_ref
+    if ref.size == 0:
+        warnings.warn(
+            f"No MNN pairs were found between the query batch {name!r} and the "
+            "reference, so it is corrected by the reference network alone. Check that it "
+            "shares cell types with the reference, or increase n_neighbors.",
+            UserWarning,
+            stacklevel=4,
+        )
+    adapter = fit_adapter(
+        coords[query],
+        fitted.reference_coords[ref],
+        kind,
+        p["adapter_ridge"],
+        cells=query,
+        n_neighbors=p["n_neighbors"],
+    )
+    batches = fitted.reference_batches
+    counts = np.bincount(fitted.reference_codes[ref], minlength=len(batches))
+    info = {
+        "n_pairs": int(ref.size),
+        "shift_norm": adapter.shift_norm,
+        "pair_counts": {b.replace("/", "_"): int(n) for b, n in zip(batches, counts)},
+    }
+    logger.info(
+        "Query batch %r: %d MNN pairs with the reference; adapter %r, shift %.3g.",
+        name,
+        ref.size,
+        kind,
+        adapter.shift_norm,
+    )
+    return adapter, info
+
+
+@torch.inference_mode()
+def _latent_of(space: torch.nn.Module, block: np.ndarray) -> np.ndarray:
+    return space(torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))).numpy()
+
+
+def correct_cells(
+    rows: Rows,
+    alignment: GeneAlignment,
+    batches: np.ndarray,
+    is_query: np.ndarray,
+    dense: bool,
+    kind: Adapter,
+    p: dict[str, Any],
+    fitted: Fitted,
+):
+    """Correct ``rows``: the frozen network, then an adapter per batch of ``is_query``.
+
+    Returns ``(x̂ over the query's genes or None, latent, C, adapters' info, timing)``.
+    """
+    chunk = p["chunk_size"]
+    net, space = fitted.net, fitted.space
+    mean = centre_of(space)
+    aligned = rows if alignment.identical else AlignedRows(rows, alignment, mean)
+    timing: dict[str, float] = {}
+    tic = time.perf_counter()
+    corrected, latent, shift = correct_all(
+        net, space, aligned, dense and alignment.identical, chunk
+    )
+    timing["apply"] = time.perf_counter() - tic
+    basis = net.basis.numpy()
+    adapters: dict[str, dict] = {}
+    if is_query.any():
+        tic = time.perf_counter()
+        reference_search = apply_frozen(fitted.search, fitted.reference_coords)
+        for name in pd.unique(batches[is_query]):
+            idx = np.flatnonzero(is_query & (batches == name))
+            coords = np.empty((idx.size, basis.shape[1]), dtype=np.float32)
+            for pos, cells in index_chunks(idx, chunk):
+                coords[pos] = (aligned.take(cells) - mean) @ basis + shift[cells]
+            adapter, adapters[str(name).replace("/", "_")] = adapt_batch(
+                str(name), coords, reference_search, kind, p, fitted
+            )
+            shift[idx] += adapter(coords)
+        for _, cells in index_chunks(np.flatnonzero(is_query), chunk):
+            out = aligned.take(cells) + shift[cells] @ basis.T
+            latent[cells] = _latent_of(space, out)
+            if corrected is not None:
+                corrected[cells] = out
+        timing["adapt"] = time.perf_counter() - tic
+    if dense and corrected is None:
+        shifted = ShiftedRows(rows, shift, alignment.query_basis(basis))
+        corrected = map_chunks(lambda block: block, shifted, chunk)
+    return corrected, latent, shift, adapters, timing

@@ -23,6 +23,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._rows import Rows, ShiftedRows, rows_of
+from .._validation import (
+    check_finite,
+    check_log_scale,
+    check_not_view,
+    check_obs_key,
+    get_matrix,
+)
+from ._actual import make_actual
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -79,6 +87,51 @@ def corrected_source(adata: AnnData, key: str) -> tuple[str | None, bool]:
         f"varm[{basis_key(key)!r}]). Run scetm_mnn.pp.mnn_correct(adata, batch_key, "
         f"key_added={key!r}) first."
     )
+
+
+def read_input(adata: AnnData, layer: str | None, batch_key: str) -> tuple[Rows, np.ndarray]:
+    """Checked row access to the log-expression the corrector reads, and the batches."""
+    check_obs_key(adata, batch_key, "batch_key")
+    matrix = get_matrix(adata, layer, argument="layer")
+    name = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    check_finite(matrix, name)
+    check_log_scale(matrix, name)
+    return rows_of(adata, layer), adata.obs[batch_key].astype(str).to_numpy()
+
+
+def dense_default(rows: Rows) -> bool:
+    """Whether ``dense_layer=None`` writes the dense layer: up to ``DENSE_LAYER_MAX_BYTES``."""
+    return rows.n_obs * rows.n_vars * 4 <= DENSE_LAYER_MAX_BYTES
+
+
+def output_target(adata: AnnData, copy: bool, caller: str) -> AnnData:
+    """The AnnData to write into: a copy, or ``adata`` itself (checked before any work)."""
+    if copy and adata.isbacked:
+        raise ValueError(
+            "copy=True would load the whole backed AnnData into memory. Use copy=False: the "
+            "results are added to the (read-only) backed object in memory, and X stays on "
+            "disk; or load it first with `adata = adata.to_memory()`."
+        )
+    if copy:
+        return adata.copy()
+    if adata.isbacked:
+        check_not_view(adata, caller)  # before the work: writing could not make it actual
+    return adata
+
+
+def write_corrected(
+    adata: AnnData, caller: str, key: str, corrected, latent, shift, basis, pairs, info: dict
+) -> None:
+    """Write a correction's outputs under ``key`` (``pairs`` only when not ``None``)."""
+    make_actual(adata, caller)  # only now: a call that fails leaves a view a view
+    if corrected is not None:
+        adata.layers[key] = corrected
+    adata.obsm[latent_key(key)] = latent
+    adata.obsm[shift_key(key)] = shift
+    adata.varm[basis_key(key)] = np.asarray(basis, dtype=np.float32)
+    if pairs is not None:
+        adata.obsp[f"{key}_pairs"] = pairs
+    adata.uns[key] = info
 
 
 def corrected_rows(adata: AnnData, key: str = "mnn_corrected") -> Rows | ShiftedRows:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._rows import Rows
+from .._rows import Rows, map_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -191,3 +191,19 @@ def visible_basis(space: nn.Module) -> torch.Tensor:
         weight = first.weight.T  # genes × hidden
     q, _ = torch.linalg.qr(weight.detach().to(torch.float64))
     return q.to(torch.float32)
+
+
+def centre_of(space: nn.Module) -> np.ndarray:
+    """The per-gene mean that a latent space subtracts first (PCA and encoder alike)."""
+    centring = next(m for m in space.modules() if isinstance(m, Centering))
+    return centring.mean.numpy()
+
+
+@torch.inference_mode()
+def apply_frozen(module: nn.Module, x, chunk_size: int | None = None) -> np.ndarray:
+    """``module(x)`` in eval mode, a chunk of cells at a time, as float32 numpy.
+
+    ``x`` is anything ``Rows`` (``scetm_mnn._rows``) reads: dense, sparse or on disk.
+    """
+    module.eval()
+    return map_chunks(lambda block: module(torch.from_numpy(block)).numpy(), Rows(x), chunk_size)

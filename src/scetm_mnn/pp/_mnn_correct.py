@@ -1,254 +1,150 @@
-"""The steps of the deepMNN corrector: training on MNN pairs, and correcting every cell.
+"""``mnn_correct``: the deepMNN corrector in one scanpy-style call.
 
-:class:`~scetm_mnn.pp.MNNCorrector` (``scetm_mnn.pp._corrector``) runs them.
+It is ``MNNCorrector(batch_key, ...).fit_transform(adata)``: the corrector's parameters are
+declared, with their defaults, by :class:`~scetm_mnn.pp.MNNCorrector` alone and passed
+through; the signature that ``help``, IDEs' runtime introspection and the API reference
+show (``mnn_correct.__signature__``) is built from the class's, and the docstring from the
+same parameter table (``scetm_mnn.pp._corrector_doc``).
 """
 
 from __future__ import annotations
 
-import logging
-import math
-from collections.abc import Callable
+import inspect
+import typing
 
-import numpy as np
-import pandas as pd
-import torch
-from tqdm.auto import tqdm
+from anndata import AnnData
 
-from .._optim import fused_adam
-from .._rows import Rows, index_chunks, map_chunks
-from ._latent import FrozenPCA, fit_pca
-from ._network import SubspaceCorrector
-
-logger = logging.getLogger(__name__)
-
-Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-_DISTANCES: dict[str, Distance] = {
-    # Mean over rows and dimensions: deepMNN's L1, and the squared L2.
-    "l1": lambda a, b: (a - b).abs().mean(),
-    "l2": lambda a, b: (a - b).pow(2).mean(),
-}
-_RECALIBRATION_PAIRS = 2048
-"""Pairs whose minibatches re-estimate the BatchNorm statistics after training."""
-AUTO_RESIDUAL_MAX_CELLS = 50_000
-"""``network="auto"`` uses deepMNN's residual network up to this many cells, the
-bottleneck network above (``benchmarks/results/corrector_network.md``)."""
-_SCALE_SAMPLE = 10_000
-"""Cells (a seeded sample) whose coordinates set the bottleneck network's output scale."""
-_REL_TOL = 1e-3
-"""An epoch improves on the best loss when it is lower by more than this fraction."""
+from ._corrector import MNNCorrector
+from ._corrector_doc import document
 
 
-@torch.inference_mode()
-def _apply(module: torch.nn.Module, x, chunk_size: int | None = None) -> np.ndarray:
-    """``module(x)`` in eval mode, a chunk of cells at a time, as float32 numpy.
-
-    ``x`` is anything ``Rows`` (``scetm_mnn._rows``) reads: dense, sparse or on disk.
-    """
-    module.eval()
-    return map_chunks(lambda block: module(torch.from_numpy(block)).numpy(), Rows(x), chunk_size)
-
-
-@torch.inference_mode()
-def _correct_all(
-    net: SubspaceCorrector,
-    space: torch.nn.Module,
-    rows: Rows,
-    dense: bool,
-    chunk_size: int | None = None,
-) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """Correct every cell in one pass of chunks: ``(x̂ or None, latent of x̂, C)``.
-
-    ``x̂ = x + C Bᵀ`` with ``C = (f(x) − x) B`` (see ``scetm_mnn.pp._corrected``); the
-    dense ``x̂`` is only assembled when ``dense``.
-    """
-    net.eval()
-    basis = net.basis
-    corrected = np.empty(rows.shape, dtype=np.float32) if dense else None
-    shift = np.empty((rows.n_obs, basis.shape[1]), dtype=np.float32)
-    latent = None
-    for start, block in rows.chunks(chunk_size):
-        x = torch.from_numpy(block)
-        c = net.shift(x)
-        out = x + c @ basis.T
-        z = space(out).numpy()
-        if latent is None:
-            latent = np.empty((rows.n_obs, z.shape[1]), dtype=np.float32)
-        stop = start + block.shape[0]
-        shift[start:stop] = c.numpy()
-        latent[start:stop] = z
-        if corrected is not None:
-            corrected[start:stop] = out.numpy()
-        del block, x, out  # before the next chunk is read
-    return corrected, latent, shift
-
-
-def _coordinate_scale(rows: Rows, basis: torch.Tensor, random_state: int) -> torch.Tensor:
-    """Standard deviation of each coordinate ``x B`` over (a seeded sample of) the cells.
-
-    The sample is read a chunk of cells at a time, so no more than a chunk is ever dense.
-    """
-    n = min(rows.n_obs, _SCALE_SAMPLE)
-    if n < 2:
-        return torch.ones(basis.shape[1])
-    sample = np.sort(np.random.default_rng(random_state).choice(rows.n_obs, n, replace=False))
-    basis64 = basis.to(torch.float64)
-    total = torch.zeros(basis.shape[1], dtype=torch.float64)
-    squares = torch.zeros_like(total)
-    for _, cells in index_chunks(sample):
-        u = torch.from_numpy(rows.take(cells)).double() @ basis64
-        total += u.sum(dim=0)
-        squares += u.pow(2).sum(dim=0)
-    variance = (squares - total.pow(2) / n) / (n - 1)
-    return variance.clamp_min(1e-12).sqrt().to(torch.float32)
-
-
-@torch.inference_mode()
-def _restore_spread(
-    net: SubspaceCorrector, rows: Rows, batches: np.ndarray, random_state: int
-) -> float:
-    """Give the corrected coordinates back the spread the cells had within their batches.
-
-    MNN training only pulls pairs together, and shrinking every cell's coordinates towards
-    a common point shortens all pair distances too: on Baron human the trained network left
-    the cells' coordinates 38 times less variance than they had (6 times less spread), so
-    the biology in the corrected layer was buried under the unchanged genes outside the
-    corrector's subspace (a fresh PCA of that layer fell from ARI 0.92 to 0.55). Aligning
-    batches removes between-batch variance only, so the pooled within-batch variance of
-    the coordinates is what the correction should keep. One scalar ``s`` (the ratio of the
-    pooled within-batch standard deviations, uncorrected over corrected, on a seeded sample
-    of cells) rescales the corrected coordinates about their mean: neighbourhoods, and
-    with them pairs, clusters and mixing, are unchanged. Returns ``s``.
-    """
-    n = min(rows.n_obs, _SCALE_SAMPLE)
-    sample = np.sort(np.random.default_rng(random_state).choice(rows.n_obs, n, replace=False))
-    before, after = [], []
-    for _, cells in index_chunks(sample):
-        x = torch.from_numpy(rows.take(cells))
-        coords = x @ net.basis
-        before.append(coords.double())
-        after.append((coords + net.raw_shift(x)).double())
-    u, v = torch.cat(before), torch.cat(after)
-    codes = torch.from_numpy(pd.factorize(np.asarray(batches)[sample])[0])
-    within_u = within_v = 0.0
-    for code in codes.unique():
-        members = codes == code
-        if int(members.sum()) > 1:
-            within_u += float(u[members].var(dim=0).sum() * (members.sum() - 1))
-            within_v += float(v[members].var(dim=0).sum() * (members.sum() - 1))
-    if within_v <= 0.0 or within_u <= 0.0:
-        return 1.0
-    spread = float(np.sqrt(within_u / within_v))
-    net.restore_spread(spread, v.mean(dim=0).to(torch.float32))
-    return spread
-
-
-def _resolve_network(network: str, n_obs: int) -> str:
-    """``"auto"``: the residual network up to ``AUTO_RESIDUAL_MAX_CELLS`` cells."""
-    if network != "auto":
-        return network
-    return "residual" if n_obs <= AUTO_RESIDUAL_MAX_CELLS else "bottleneck"
-
-
-def _pair_rows(rows: Rows, pairs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """The cells of pairs ``idx``: all first cells, then all second cells (2m × genes)."""
-    return torch.from_numpy(rows.take(pairs[idx].T.reshape(-1).numpy()))
-
-
-def _train(
-    net: torch.nn.Module,
-    space: torch.nn.Module,
-    rows: Rows,
-    pairs: torch.Tensor,
+@document
+def mnn_correct(
+    adata: AnnData,
+    batch_key: str,
     *,
-    batch_weight: float,
-    rec_weight: float,
-    distance: Distance,
-    max_epochs: int,
-    batch_size: int,
-    pairs_per_epoch: int,
-    lr: float,
-    patience: int,
-    generator: torch.Generator,
-) -> list[float]:
-    """Adam on minibatches of pairs; returns the loss of each epoch.
+    key_added: str = "mnn_corrected",
+    dense_layer: bool | None = None,
+    copy: bool = False,
+    return_corrector: bool = False,
+    **params,
+) -> AnnData | MNNCorrector | tuple[AnnData, MNNCorrector] | None:
+    """Remove batch effects with a residual network trained on MNN pairs (deepMNN).
 
-    An epoch is a pass over ``min(n_pairs, pairs_per_epoch)`` pairs drawn without
-    replacement, split into equal minibatches of about ``batch_size`` pairs. Training stops
-    early when the epoch loss has not improved for ``patience`` epochs.
+    1. A frozen latent space is fitted on all cells: PCA (``z = (x − mean) @ W``) or the
+       encoder of a small pretrained autoencoder.
+    2. Mutual nearest neighbours between every pair of batches are found by Euclidean
+       distance in the leading ``n_search_comps`` centred PCA scores of the log-expression
+       (:func:`~scetm_mnn.pp.find_mnn_pairs`, at most ``search_rounds`` rounds: each
+       round after the first searches with the batch offsets estimated from the previous
+       round's pairs removed, so that pairs join the same states rather than the facing
+       edges of shifted populations). Batches larger than ``max_search_cells`` are
+       searched through a seeded sample of that many cells.
+    3. A network is trained so that the two cells of each pair land close together in the
+       latent space while the output stays close to the input::
+
+           x̂ = x + C(x) Bᵀ
+           loss = batch_weight · d(z(x̂_a), z(x̂_b)) + rec_weight · d(x̂, x)
+
+       where ``d`` is the mean absolute (``"l1"``) or mean squared (``"l2"``) difference
+       over the latent dimensions or genes, averaged over the minibatch, and ``B`` is an
+       orthonormal basis of the gene-space directions the latent map sees (the PCA
+       loadings, or the row space of the encoder's first layer). Outside them the loss is
+       blind, and an unconstrained network adds batch-specific changes there that grow with
+       the data (``benchmarks/results/corrector.md``); there the expression is kept as it
+       was. The shift ``C`` (cells × ``n_comps``) comes from ``network``: ``"bottleneck"``
+       reads all genes through ``n_hidden`` units and writes ``C`` directly;
+       ``"residual"`` is deepMNN's residual network over the genes (``n_blocks`` blocks
+       ``x + g(x)``), ``C = (f(x) − x) B``.
+    4. The BatchNorm statistics are re-estimated for the final weights, and all cells are
+       corrected with the network in eval mode, in chunks.
+
+    This is ``MNNCorrector(batch_key, ...).fit_transform(adata)``
+    (:class:`~scetm_mnn.pp.MNNCorrector`); pass ``return_corrector=True`` to keep the
+    fitted corrector, e.g. to correct cells of new batches later or to save it.
+
+    Training costs at most ``max_epochs × pairs_per_epoch`` pairs (10 240 by default)
+    whatever the number of cells or pairs: the pairs of a larger data set are more samples
+    of the same alignment problem, and the budget removes the same fraction of the batch
+    gap at 10 000, 100 000 and 300 000 simulated cells (``benchmarks/results/corrector.md``).
+    The same holds for the pair search, bounded by ``max_search_cells`` per batch; only
+    the PCA and correcting every cell grow, linearly (``benchmarks/results/scale.md``).
+    The bottleneck network has ``n_genes · n_hidden`` weights in its first layer, the
+    residual network ``4 · n_blocks · n_genes²``, so select genes first (e.g. 2000 HVGs).
+
+    Parameters
+    ----------
+    adata
+        Log-normalized expression in ``X`` (or ``layers[layer]``) over the genes to correct,
+        e.g. the output of :func:`~scetm_mnn.pp.preprocess`; dense or sparse, any float
+        dtype. A view is made an actual AnnData when ``copy=False``.
+    batch_key
+        ``obs`` column with the batch of each cell.
+    {params}
+    key_added
+        Prefix of the output keys.
+    {writing}
+    return_corrector
+        Also return the fitted :class:`~scetm_mnn.pp.MNNCorrector`: alone, or as
+        ``(adata, corrector)`` with ``copy=True``.
+
+    Returns
+    -------
+    {outputs}
+    {fit_outputs}
+
+    Raises
+    ------
+    KeyError
+        ``batch_key`` is not an ``obs`` column, or ``layer`` is not a layer.
+    ValueError
+        Non-finite values; data that look like raw counts rather than log-scale (maximum
+        above 50, or integer-valued with maximum above 10); invalid parameters; or no MNN
+        pairs between any batches.
+
+    Examples
+    --------
+    >>> import scetm_mnn as sm
+    >>> adata = sm.datasets.simulate(n_cells=600, n_genes=200, n_batches=3, random_state=0)
+    >>> sm.pp.preprocess(adata, n_top_genes=200, batch_key="batch")
+    >>> sm.pp.mnn_correct(adata, "batch", max_epochs=2)
+    >>> adata.layers["mnn_corrected"].shape, adata.obsm["X_mnn_corrected"].shape
+    ((600, 200), (600, 50))
+    >>> adata.uns["mnn_corrected"]["n_pairs"] > 0
+    True
     """
-    optimizer = fused_adam(net.parameters(), lr=lr)
-    n_pairs = pairs.shape[0]
-    per_epoch = min(n_pairs, pairs_per_epoch)
-    n_steps = max(1, math.ceil(per_epoch / batch_size))
-    history: list[float] = []
-    best, waited = math.inf, 0
-    net.train()
-    epochs = tqdm(range(max_epochs), desc="mnn_correct", unit="epoch", disable=None)
-    for epoch in epochs:
-        order = torch.randperm(n_pairs, generator=generator)[:per_epoch]
-        total = 0.0
-        for idx in torch.tensor_split(order, n_steps):
-            m = idx.numel()
-            x_in = _pair_rows(rows, pairs, idx)
-            out = net(x_in)
-            z = space(out)
-            loss = batch_weight * distance(z[:m], z[m:]) + rec_weight * distance(out, x_in)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * m
-        history.append(total / per_epoch)
-        epochs.set_postfix(loss=f"{history[-1]:.4g}", refresh=False)
-        if epoch == 0 or history[-1] < best - _REL_TOL * abs(best):
-            best, waited = history[-1], 0
-        else:
-            waited += 1
-            if waited >= patience:
-                logger.info("Early stopping after epoch %d (loss %.4g).", epoch + 1, best)
-                break
-    epochs.close()
-    return history
+    unknown = [name for name in params if name not in _FORWARDED]
+    if unknown:
+        raise TypeError(f"mnn_correct() got an unexpected keyword argument {unknown[0]!r}")
+    corrector = MNNCorrector(batch_key, **params)
+    out = corrector.fit_transform(adata, key_added=key_added, dense_layer=dense_layer, copy=copy)
+    if return_corrector:
+        return (out, corrector) if copy else corrector
+    return out
 
 
-@torch.no_grad()
-def _recalibrate_batchnorm(
-    net: torch.nn.Module,
-    rows: Rows,
-    pairs: torch.Tensor,
-    batch_size: int,
-    n_pairs: int,
-    generator: torch.Generator,
-) -> None:
-    """Recompute the BatchNorm running statistics of the trained network.
-
-    During training they are exponential averages over minibatches seen with older
-    weights, which after few steps are far from the final network's statistics (and would
-    then shift every corrected cell in eval mode). They are reset and re-estimated as the
-    plain average over minibatches of ``n_pairs`` pairs drawn like the training ones.
-    """
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm1d)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    net.train()
-    order = torch.randperm(pairs.shape[0], generator=generator)[:n_pairs]
-    for idx in torch.tensor_split(order, max(1, math.ceil(order.numel() / batch_size))):
-        net(_pair_rows(rows, pairs, idx))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    net.eval()
+_FORWARDED = tuple(inspect.signature(MNNCorrector).parameters)[1:-2]
+"""The corrector's parameters that mnn_correct passes on: all but ``batch_key`` (its own
+argument) and ``adapter``, ``adapter_ridge`` (which only ``transform`` uses)."""
+_PLACED_BEFORE = {"key_added": "random_state", "dense_layer": "chunk_size"}
+"""Where mnn_correct's own keywords stand among the corrector's (as they always have)."""
 
 
-def _search_latent(
-    x, z: np.ndarray, space: torch.nn.Module, n_comps: int, random_state: int
-) -> np.ndarray:
-    """The latent in which ``mnn_correct`` searches MNN pairs: ``n_comps`` centred PCA scores.
+def _full_signature() -> tuple[inspect.Signature, dict[str, typing.Any]]:
+    """mnn_correct's signature and annotations: its own parameters and the corrector's."""
+    own = inspect.signature(mnn_correct)
+    corrector = inspect.signature(MNNCorrector).parameters
+    forwarded = [corrector[name] for name in _FORWARDED]
+    keywords = [p for p in own.parameters.values() if p.kind is p.KEYWORD_ONLY]
+    ordered = []
+    for parameter in forwarded:
+        ordered += [p for p in keywords if _PLACED_BEFORE.get(p.name) == parameter.name]
+        ordered.append(parameter)
+    ordered += [p for p in keywords if p.name not in _PLACED_BEFORE]
+    positional = [own.parameters["adata"], own.parameters["batch_key"]]
+    hints = typing.get_type_hints(MNNCorrector.__init__)
+    annotations = {**{name: hints[name] for name in _FORWARDED}, **mnn_correct.__annotations__}
+    return own.replace(parameters=[*positional, *ordered]), annotations
 
-    With a PCA loss space of at least ``n_comps`` components, its leading ``n_comps``
-    scores ``z`` (no second fit); otherwise a PCA of ``x`` fitted for the search.
-    """
-    if isinstance(space, FrozenPCA) and z.shape[1] >= n_comps:
-        return np.ascontiguousarray(z[:, :n_comps])
-    return _apply(fit_pca(x, n_comps, random_state=random_state), x)
+
+mnn_correct.__signature__, mnn_correct.__annotations__ = _full_signature()

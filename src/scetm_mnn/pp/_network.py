@@ -1,9 +1,17 @@
-"""The corrector networks: deepMNN's residual network (Zou et al. 2021) and a bottleneck."""
+"""The corrector networks: deepMNN's residual network (Zou et al. 2021) and a bottleneck.
+
+:class:`SubspaceCorrector` keeps either one's change to a subspace of the genes;
+:func:`build_network` makes one for fitting or loading, and :func:`correct_all` passes all
+cells through it.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+
+from .._rows import Rows
 
 
 def _layer(n_in: int, n_out: int) -> list[nn.Module]:
@@ -100,10 +108,14 @@ class SubspaceCorrector(nn.Module):
         self.register_buffer("spread", torch.ones(()))
         self.register_buffer("centre", torch.zeros(basis.shape[1]))
 
+    def coordinates(self, x: torch.Tensor) -> torch.Tensor:
+        """The coordinates ``x B`` of the cells ``x`` in the subspace (cells × d)."""
+        return x @ self.basis
+
     def raw_shift(self, x: torch.Tensor) -> torch.Tensor:
         """The network's shift, before the spread is restored (what training sees)."""
         if self.residual:
-            return (self.corrector(x) - x) @ self.basis
+            return self.coordinates(self.corrector(x) - x)
         return self.corrector(x)
 
     def shift(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +128,7 @@ class SubspaceCorrector(nn.Module):
         raw = self.raw_shift(x)
         if bool(self.spread == 1.0) and not bool(self.centre.any()):
             return raw
-        coords = x @ self.basis
+        coords = self.coordinates(x)
         return self.centre + self.spread * (coords + raw - self.centre) - coords
 
     def restore_spread(self, spread: float, centre: torch.Tensor) -> None:
@@ -124,6 +136,58 @@ class SubspaceCorrector(nn.Module):
         self.spread.fill_(float(spread))
         self.centre.copy_(torch.as_tensor(centre, dtype=torch.float32))
 
+    def correct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x̂, C)``: the cells ``x`` corrected within the subspace, and their shift."""
+        shift = self.shift(x)
+        return x + shift @ self.basis.T, shift
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Correct ``x`` within the subspace."""
-        return x + self.shift(x) @ self.basis.T
+        return self.correct(x)[0]
+
+
+def build_network(
+    network: str, n_genes: int, n_blocks: int, n_hidden: int, basis: torch.Tensor
+) -> SubspaceCorrector:
+    """The corrector network at its initialization (the identity), for fitting or loading.
+
+    ``network`` is ``"residual"`` or ``"bottleneck"`` (resolved from ``"auto"``); the
+    bottleneck's output scale is left at ones, for the caller to set or load.
+    """
+    if network == "residual":
+        return SubspaceCorrector(
+            ResidualCorrector(n_genes, n_blocks=n_blocks), basis, residual=True
+        )
+    return SubspaceCorrector(BottleneckShift(n_genes, basis.shape[1], n_hidden), basis)
+
+
+@torch.inference_mode()
+def correct_all(
+    net: SubspaceCorrector,
+    space: nn.Module,
+    rows: Rows,
+    dense: bool,
+    chunk_size: int | None = None,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Correct every cell in one pass of chunks: ``(x̂ or None, latent of x̂, C)``.
+
+    ``x̂ = x + C Bᵀ`` with ``C`` the network's shift (see ``scetm_mnn.pp._corrected``); the
+    dense ``x̂`` is only assembled when ``dense``.
+    """
+    net.eval()
+    corrected = np.empty(rows.shape, dtype=np.float32) if dense else None
+    shift = np.empty((rows.n_obs, net.basis.shape[1]), dtype=np.float32)
+    latent = None
+    for start, block in rows.chunks(chunk_size):
+        x = torch.from_numpy(block)
+        out, c = net.correct(x)
+        z = space(out).numpy()
+        if latent is None:
+            latent = np.empty((rows.n_obs, z.shape[1]), dtype=np.float32)
+        stop = start + block.shape[0]
+        shift[start:stop] = c.numpy()
+        latent[start:stop] = z
+        if corrected is not None:
+            corrected[start:stop] = out.numpy()
+        del block, x, out  # before the next chunk is read
+    return corrected, latent, shift
