@@ -1,13 +1,14 @@
 """Golden outputs of the topic model, so that a refactor provably changes nothing.
 
-``tests/data/golden_model.npz`` holds what a seeded ``BatchCorrectedSCETM`` gives on a small
-simulation, in three set-ups: original mode (counts, batch bias), corrected mode reading
-the corrector's latent (with its MNN pairs, so the MNN term is on), and corrected mode
-reading the low-rank corrected expression. ``tests/data/golden_model/`` is the corrected
-model of the second set-up saved by ``model.save`` (without its AnnData). Both were made
-by the code of e8bc9cc, before ``model/_scetm.py`` was split into mixins (issue #31). Every
-numeric parameter is passed explicitly, so a later change of a default does not touch
-them. A deliberate change of the model's output regenerates them::
+``tests/data/golden_model.npz`` holds the outputs of a seeded ``BatchCorrectedSCETM`` on a
+small simulation in three set-ups: original mode (counts, batch bias), corrected mode
+reading the corrector's latent (with its MNN pairs, so the MNN term is on), and corrected
+mode reading the low-rank corrected expression. The corrector runs with the golden
+corrector's arguments (``tests/test_golden_corrector.py``). ``tests/data/golden_model/`` is
+the model of the second set-up saved by ``model.save`` without its AnnData. Both were
+written by the model code of e8bc9cc, before ``model/_scetm.py`` was split into mixins
+(issue #31), with the model's arguments spelled out below. To accept a deliberate change
+of the model's outputs, rewrite them::
 
     python tests/test_golden_model.py --update
 """
@@ -24,7 +25,7 @@ import scvi
 
 import scetm_mnn as sm
 from scetm_mnn.model import BatchCorrectedSCETM
-from test_golden_corrector import single_threaded
+from test_golden_corrector import CORRECT, single_threaded
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden_model.npz"
@@ -32,27 +33,6 @@ SAVED = DATA / "golden_model"
 KEY = "mnn_corrected"
 TOL = {"rtol": 1e-6, "atol": 1e-6}
 
-CORRECT = {
-    "n_neighbors": 15,
-    "n_search_comps": 10,
-    "search_rounds": 3,
-    "max_search_cells": 10_000,
-    "n_comps": 10,
-    "latent": "pca",
-    "network": "bottleneck",
-    "n_hidden": 16,
-    "n_blocks": 2,
-    "batch_weight": 1.0,
-    "rec_weight": 0.1,
-    "distance": "l1",
-    "max_epochs": 3,
-    "batch_size": 64,
-    "pairs_per_epoch": 256,
-    "lr": 0.1,
-    "early_stopping_patience": 10,
-    "random_state": 0,
-}
-"""``mnn_correct``'s arguments: a small corrector trained for a few epochs."""
 MODEL = {
     "n_topics": 6,
     "n_emb": 8,
