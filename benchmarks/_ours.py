@@ -9,7 +9,9 @@
 - ``scetm_mnn``: the README pipeline: corrector, then the topic model with its encoder on the
   corrector's latent (``corrected_input="latent"``), at its defaults (the ``"local"`` MNN
   term at weight 1, unused and copied topics pruned);
-- ``scetm_mnn_nomnn``: the same without the MNN term (``mnn_weight=0``; the default before);
+- ``scetm_mnn_noskip``: the same without the encoder's linear path from its input to δ;
+- ``scetm_mnn_nomnn``: neither the MNN term (``mnn_weight=0``) nor the linear path (the
+  defaults before);
 - ``scetm_mnn_expr``: the same with the encoder on the corrected expression over all genes
   (``corrected_input="expression"``, the default before);
 - ``scetm_mnn_euclid``: the same with the original Euclidean MNN term, weight 1 (the
@@ -105,9 +107,17 @@ def _pipeline(adata, seed, name, model_kwargs=None, train_kwargs=None, **setup):
     return emb, seconds + sec
 
 
+SKIP = {"encoder_skip": True}
+
+
 def scetm_mnn(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
     """The README pipeline at its defaults."""
-    return _pipeline(adata, seed, "scetm_mnn")
+    return _pipeline(adata, seed, "scetm_mnn", model_kwargs=SKIP)
+
+
+def scetm_mnn_noskip(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
+    """The pipeline without the encoder's linear path from its input to δ."""
+    return _pipeline(adata, seed, "scetm_mnn_noskip")
 
 
 def scetm_mnn_expr(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
@@ -116,7 +126,7 @@ def scetm_mnn_expr(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]
 
 
 def scetm_mnn_nomnn(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
-    """The pipeline without the MNN term (``mnn_weight=0``)."""
+    """The pipeline without the MNN term and the linear path (the defaults before)."""
     return _pipeline(adata, seed, "scetm_mnn_nomnn", train_kwargs={"mnn_weight": 0.0})
 
 
@@ -138,6 +148,7 @@ OURS = {
     "mnn_pca": mnn_pca,
     "scetm_mnn": scetm_mnn,
     "scetm_mnn_expr": scetm_mnn_expr,
+    "scetm_mnn_noskip": scetm_mnn_noskip,
     "scetm_mnn_nomnn": scetm_mnn_nomnn,
     "scetm_mnn_euclid": scetm_mnn_euclid,
 }

@@ -92,6 +92,11 @@ class ETMModule(BaseModuleClass):
         Width of what the encoder reads when it is not the ``n_input`` genes: the
         dimensions of a corrected latent space (``tensors["corrected"]``). ``None``:
         ``n_input``.
+    encoder_skip
+        Let the heads of ``μ`` and ``log σ`` read the encoder's input next to its last
+        hidden layer (a linear path from the input to ``δ``, beside the nonlinear one).
+        Meant for a low-dimensional input such as the corrector's latent, whose geometry
+        the linear path carries into ``δ``.
 
     Examples
     --------
@@ -117,6 +122,7 @@ class ETMModule(BaseModuleClass):
         encoder_input: Literal["proportions", "log"] = "proportions",
         mnn_loss: MNNLoss = "local",
         n_encoder_input: int | None = None,
+        encoder_skip: bool = False,
         **kwargs,
     ):
         super().__init__()
@@ -148,8 +154,10 @@ class ETMModule(BaseModuleClass):
 
         self.n_encoder_input = n_input if n_encoder_input is None else int(n_encoder_input)
         self.encoder = _encoder_layers(self.n_encoder_input, hidden_sizes, dropout_rate)
-        self.mu = nn.Linear(hidden_sizes[-1], n_topics)
-        self.log_sigma = nn.Linear(hidden_sizes[-1], n_topics)
+        self.encoder_skip = bool(encoder_skip)
+        n_head = hidden_sizes[-1] + (self.n_encoder_input if self.encoder_skip else 0)
+        self.mu = nn.Linear(n_head, n_topics)
+        self.log_sigma = nn.Linear(n_head, n_topics)
 
         if fixed_gene_embeddings is None:
             fixed = torch.zeros(0, n_input)
@@ -210,9 +218,12 @@ class ETMModule(BaseModuleClass):
             raise ValueError("inference needs the counts x, or the corrected input to encode.")
         p = None if x is None else self.normalize(x)
         if corrected is not None:
-            h = self.encoder(corrected)
+            reads = corrected
         else:
-            h = self.encoder(torch.log1p(LOG_SCALE * p) if self.encoder_input == "log" else p)
+            reads = torch.log1p(LOG_SCALE * p) if self.encoder_input == "log" else p
+        h = self.encoder(reads)
+        if self.encoder_skip:
+            h = torch.cat([h, reads], dim=-1)
         mu = self.mu(h)
         log_sigma = self.log_sigma(h).clamp(-LOG_SIGMA_BOUND, LOG_SIGMA_BOUND)
         qz = Normal(mu, log_sigma.exp())
