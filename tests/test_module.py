@@ -234,3 +234,22 @@ def test_unknown_encoder_input_and_mnn_loss():
         ETMModule(3, encoder_input="counts")
     with pytest.raises(ValueError, match="mnn_loss must be one of"):
         ETMModule(3, mnn_loss="cosine")
+
+
+def test_encoder_skip_gives_the_heads_a_linear_path_from_the_input():
+    torch.manual_seed(0)
+    latent = torch.randn(32, 6)
+    tensors = {**_tensors(), CORRECTED_KEY: latent}
+    plain = ETMModule(50, n_batch=2, n_topics=4, n_emb=8, n_encoder_input=6)
+    skip = ETMModule(50, n_batch=2, n_topics=4, n_emb=8, n_encoder_input=6, encoder_skip=True)
+    assert plain.mu.in_features == 128 and skip.mu.in_features == 128 + 6
+    assert skip.log_sigma.in_features == 128 + 6
+    skip.eval()
+    inf, _, loss = skip(tensors)
+    assert torch.allclose(inf["theta"].sum(-1), torch.ones(32)) and torch.isfinite(loss.loss)
+    # with the hidden layer's weights silenced, μ is the linear map of the input alone
+    with torch.no_grad():
+        skip.mu.weight[:, :128] = 0
+    mu = skip.inference(None, corrected=latent)["qz"].loc
+    expected = latent @ skip.mu.weight[:, 128:].T + skip.mu.bias
+    assert torch.allclose(mu, expected, atol=1e-6)
