@@ -47,16 +47,19 @@ def test_outputs_have_documented_shapes(trained):
     z = trained.get_latent_representation()
     assert z.shape == (n, 8) and np.isfinite(z).all()
     theta = trained.get_topic_proportions()
+    k = trained.n_live_topics  # the exposed topics (train() prunes unused ones and copies)
+    assert 2 <= k <= 8 and theta.shape == (n, k)
     np.testing.assert_allclose(theta.sum(1), 1.0, rtol=1e-5)
     assert trained.get_latent_representation(indices=[3, 1]).shape == (2, 8)
     np.testing.assert_allclose(trained.get_latent_representation(indices=[3])[0], z[3], rtol=1e-5)
     beta = trained.get_topic_gene_matrix()
-    assert beta.shape == (8, g) and list(beta.columns) == list(trained.adata.var_names)
+    assert beta.shape == (k, g) and list(beta.columns) == list(trained.adata.var_names)
     top = trained.get_top_genes(5)
-    assert top.shape == (5, 8)
-    assert top.loc[0, "topic_2"] == beta.loc["topic_2"].idxmax()
+    assert top.shape == (5, k)
+    first = trained.topic_names[0]
+    assert top.loc[0, first] == beta.loc[first].idxmax()
     assert trained.get_gene_embeddings().shape == (g, 16)
-    assert trained.get_topic_embeddings().shape == (8, 16)
+    assert trained.get_topic_embeddings().shape == (k, 16)
 
 
 def test_latent_is_deterministic_in_eval(trained):

@@ -203,7 +203,7 @@ def test_differential_topic_usage_finds_the_type_topic(model):
     adata = model.adata
     usage = model.differential_topic_usage(groupby="cell_type")
     assert {"theta1", "theta2", "log2_fold_change", "lfc_mean", "proba_de"} <= set(usage)
-    assert usage.index.name == "topic" and len(usage) == 4 * model.module.n_topics
+    assert usage.index.name == "topic" and len(usage) == 4 * model.n_live_topics
     top = model.get_top_genes(10)
     for cell_type in ["type_0", "type_1", "type_2", "type_3"]:
         rows = usage[usage["comparison"] == f"{cell_type} vs Rest"]
@@ -220,7 +220,7 @@ def test_differential_topic_usage_finds_the_type_topic(model):
     in_group = (adata.obs["cell_type"] == "type_0").to_numpy()
     np.testing.assert_allclose(first["theta1"].sort_index(), theta[in_group].mean(0), atol=0.03)
     vanilla = model.differential_topic_usage(groupby="cell_type", group1="type_2", mode="vanilla")
-    assert {"proba_m1", "bayes_factor"} <= set(vanilla) and len(vanilla) == model.module.n_topics
+    assert {"proba_m1", "bayes_factor"} <= set(vanilla) and len(vanilla) == model.n_live_topics
 
 
 # -- posterior predictive ---------------------------------------------------------------------
