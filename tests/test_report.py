@@ -119,7 +119,7 @@ def test_pipeline_copies_the_counts_once(sim_adata, monkeypatch):
     assert seen == {"shares": True, "copy": True}
 
 
-def test_html_parses_with_every_section(html):
+def test_html_parses_with_every_section(html, run):
     page = Page(html)
     assert html.startswith("<!DOCTYPE html>")
     assert page.sections == list(SECTIONS)
@@ -138,6 +138,8 @@ def test_html_parses_with_every_section(html):
     ):
         assert text in html, text
     assert page.rows.count("best") == 1
+    model = run[0].model
+    assert f"{model.n_live_topics} of the model's {model.module.n_topics} topics are shown" in html
     for phase in PHASES:
         assert f"<td>{phase}</td>" in html, phase
     assert "could not be drawn" not in html

@@ -184,6 +184,11 @@ def _loss_figure(model, corrector_history: list[float] | None) -> Figure:
     return fig
 
 
+def _topic_counts(model) -> dict[str, int]:
+    """How many topics the model has and exposes (train() prunes unused ones and copies)."""
+    return {"exposed": len(model.topic_names), "total": int(model.module.n_topics)}
+
+
 def _topic_figure(model, groups: ad.AnnData, group_key: str, theta_key: str) -> Figure:
     """The topic heatmap of the topics that are some group's most enriched one."""
     best = tl.topic_specificity(
@@ -435,6 +440,7 @@ def report(
         "best_resolution": best_resolution,
         "group_what": group_what,
         "topics": topic_rows,
+        "topic_counts": _topic_counts(model),
         "corrector_epochs": len(corrector_history) if corrector_history else 0,
         "costs": cost_rows,
     }
