@@ -18,8 +18,7 @@ SRC = Path(__file__).parents[1] / "src"
 PACKAGE = "scetm_mnn"
 MAX_LINES = 400
 OVER_THE_LIMIT = {
-    "scetm_mnn/model/_scetm.py": 697,
-    "scetm_mnn/model/_query.py": 498,
+    "scetm_mnn/model/_query.py": 487,
     "scetm_mnn/tl/_topics.py": 531,
     "scetm_mnn/train/_data.py": 500,
     "scetm_mnn/pl/_report.py": 471,
@@ -112,7 +111,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_relative_function_level_and_type_checking_imports():
     graph = import_graph()
-    assert "scetm_mnn.pp._corrected" in graph["scetm_mnn.model._scetm"]  # from ..pp._corrected
+    assert "scetm_mnn.pp._corrected" in graph["scetm_mnn.model._setup"]  # from ..pp._corrected
     assert "scetm_mnn.pp" in graph["scetm_mnn"]  # from . import pp
     assert "scetm_mnn._rows" in graph["scetm_mnn.pp._latent"]  # from .._rows
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,13 +24,10 @@ import scvi
 
 import scetm_mnn as sm
 from scetm_mnn.model import BatchCorrectedSCETM
-from test_golden_corrector import CORRECT, single_threaded
+from test_golden_corrector import CORRECT, DATA, KEY, TOL, single_threaded
 
-DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden_model.npz"
 SAVED = DATA / "golden_model"
-KEY = "mnn_corrected"
-TOL = {"rtol": 1e-6, "atol": 1e-6}
 
 MODEL = {
     "n_topics": 6,

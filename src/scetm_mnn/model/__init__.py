@@ -3,8 +3,12 @@
 from ._de import DEMixin
 from ._elbo import LikelihoodMixin
 from ._expression import ExpressionMixin
+from ._outputs import TopicOutputsMixin
+from ._pruning import TopicPruningMixin
 from ._query import QueryMixin, freeze_reference
-from ._scetm import BatchCorrectedSCETM, default_max_epochs
+from ._save_load import SaveLoadMixin
+from ._scetm import BatchCorrectedSCETM
+from ._training import default_max_epochs
 
 __all__ = [
     "BatchCorrectedSCETM",
@@ -12,6 +16,9 @@ __all__ = [
     "ExpressionMixin",
     "LikelihoodMixin",
     "QueryMixin",
+    "SaveLoadMixin",
+    "TopicOutputsMixin",
+    "TopicPruningMixin",
     "default_max_epochs",
     "freeze_reference",
 ]

@@ -57,6 +57,47 @@ def _check_groups(adata: AnnData, groupby, group1, group2, idx1) -> None:
         )
 
 
+def _de(
+    model,
+    adata: AnnData,
+    model_fn,
+    names: pd.Index,
+    groups: tuple,
+    mode: str,
+    delta: float,
+    fdr_target: float,
+    silent: bool,
+    all_stats: bool = False,
+    batchid1: Sequence[str] | None = None,
+    batchid2: Sequence[str] | None = None,
+    batch_correction: bool = False,
+    **kwargs,
+) -> pd.DataFrame:
+    """scvi-tools' DE group loop over ``groups`` (``groupby, group1, group2, idx1, idx2``).
+
+    ``model_fn`` draws the posterior samples of the cells it is given, one column per name
+    of ``names``; ``all_stats`` adds the raw-count columns of the genes.
+    """
+    _check_groups(adata, *groups[:4])
+    return _de_core(
+        model.get_anndata_manager(adata, required=True),
+        model_fn,
+        None,
+        *groups,
+        all_stats,
+        _raw_count_properties,
+        names,
+        mode,
+        batchid1,
+        batchid2,
+        delta,
+        batch_correction,
+        fdr_target,
+        silent,
+        **kwargs,
+    )
+
+
 class DEMixin:
     """Differential expression and differential topic usage between groups of cells.
 
@@ -128,44 +169,20 @@ class DEMixin:
 
         Examples
         --------
-        >>> import scetm_mnn as sm
-        >>> adata = sm.datasets.simulate(n_cells=200, n_genes=50, random_state=0)
-        >>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
-        >>> model = sm.model.BatchCorrectedSCETM(adata, n_topics=4, n_emb=8)
-        >>> model.train(max_epochs=2, enable_progress_bar=False)
+        %(trained_model)s
         >>> de = model.differential_expression(groupby="cell_type", group1="type_0")
         >>> de.shape[0], {"proba_de", "lfc_mean", "is_de_fdr_0.05"} <= set(de.columns)
         (50, True)
         """
         adata = self._validate_anndata(adata)
-        _check_groups(adata, groupby, group1, group2, idx1)
         model_fn = partial(
-            self.get_normalized_expression,
-            return_numpy=True,
-            n_samples=1,
-            batch_size=batch_size,
+            self.get_normalized_expression, return_numpy=True, n_samples=1, batch_size=batch_size
         )
-        return _de_core(
-            self.get_anndata_manager(adata, required=True),
-            model_fn,
-            None,
-            groupby,
-            group1,
-            group2,
-            idx1,
-            idx2,
-            all_stats,
-            _raw_count_properties,
-            adata.var_names,
-            mode,
-            batchid1,
-            batchid2,
-            delta,
-            batch_correction,
-            fdr_target,
-            silent,
-            **kwargs,
-        )
+        return _de(
+            self, adata, model_fn, adata.var_names, (groupby, group1, group2, idx1, idx2),
+            mode, delta, fdr_target, silent, all_stats=all_stats, batchid1=batchid1,
+            batchid2=batchid2, batch_correction=batch_correction, **kwargs,
+        )  # fmt: skip
 
     @torch.inference_mode()
     def _topic_draws(
@@ -246,17 +263,12 @@ class DEMixin:
 
         Examples
         --------
-        >>> import scetm_mnn as sm
-        >>> adata = sm.datasets.simulate(n_cells=200, n_genes=50, random_state=0)
-        >>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
-        >>> model = sm.model.BatchCorrectedSCETM(adata, n_topics=4, n_emb=8)
-        >>> model.train(max_epochs=2, enable_progress_bar=False)
+        %(trained_model)s
         >>> usage = model.differential_topic_usage(groupby="cell_type", group1="type_0")
         >>> sorted(usage.index), len(usage["top_genes"].iloc[0].split(", "))
         (['topic_0', 'topic_1', 'topic_2', 'topic_3'], 10)
         """
         adata = self._validate_anndata(adata)
-        _check_groups(adata, groupby, group1, group2, idx1)
         if mode == "change":
             kwargs["pseudocounts"] = pseudocounts
 
@@ -265,26 +277,10 @@ class DEMixin:
 
             kwargs.setdefault("change_fn", log_fold)
         model_fn = partial(self._topic_draws, batch_size=batch_size)
-        result = _de_core(
-            self.get_anndata_manager(adata, required=True),
-            model_fn,
-            None,
-            groupby,
-            group1,
-            group2,
-            idx1,
-            idx2,
-            False,
-            None,
-            pd.Index(self.topic_names, name="topic"),
-            mode,
-            None,
-            None,
-            delta,
-            False,
-            fdr_target,
-            silent,
-            **kwargs,
+        topics = pd.Index(self.topic_names, name="topic")
+        groups = (groupby, group1, group2, idx1, idx2)
+        result = _de(
+            self, adata, model_fn, topics, groups, mode, delta, fdr_target, silent, **kwargs
         ).rename(columns={"scale1": "theta1", "scale2": "theta2"})
         ratio = (result["theta1"] + pseudocounts) / (result["theta2"] + pseudocounts)
         result.insert(2, "log2_fold_change", np.log2(ratio))

@@ -95,9 +95,7 @@ class LikelihoodMixin:
 
         Parameters
         ----------
-        %(adata)s
-        %(indices)s
-        %(batch_size)s
+        %(cells)s
         %(return_mean)s
 
         Returns
@@ -106,11 +104,7 @@ class LikelihoodMixin:
 
         Examples
         --------
-        >>> import scetm_mnn as sm
-        >>> adata = sm.datasets.simulate(n_cells=200, n_genes=50, random_state=0)
-        >>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
-        >>> model = sm.model.BatchCorrectedSCETM(adata, n_topics=4, n_emb=8)
-        >>> model.train(max_epochs=2, enable_progress_bar=False)
+        %(trained_model)s
         >>> elbo = model.get_elbo(return_mean=False)
         >>> elbo.shape, bool((elbo < 0).all())
         ((200,), True)
@@ -135,9 +129,7 @@ class LikelihoodMixin:
 
         Parameters
         ----------
-        %(adata)s
-        %(indices)s
-        %(batch_size)s
+        %(cells)s
         %(return_mean)s
 
         Returns
@@ -146,11 +138,7 @@ class LikelihoodMixin:
 
         Examples
         --------
-        >>> import scetm_mnn as sm
-        >>> adata = sm.datasets.simulate(n_cells=200, n_genes=50, random_state=0)
-        >>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
-        >>> model = sm.model.BatchCorrectedSCETM(adata, n_topics=4, n_emb=8)
-        >>> model.train(max_epochs=2, enable_progress_bar=False)
+        %(trained_model)s
         >>> error = model.get_reconstruction_error(indices=range(10))
         >>> list(error), error["reconstruction_loss"] > 0
         (['reconstruction_loss'], True)
@@ -194,11 +182,7 @@ class LikelihoodMixin:
 
         Examples
         --------
-        >>> import scetm_mnn as sm
-        >>> adata = sm.datasets.simulate(n_cells=200, n_genes=50, random_state=0)
-        >>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
-        >>> model = sm.model.BatchCorrectedSCETM(adata, n_topics=4, n_emb=8)
-        >>> model.train(max_epochs=2, enable_progress_bar=False)
+        %(trained_model)s
         >>> model.get_marginal_ll(n_mc_samples=200) >= model.get_elbo()
         True
         """

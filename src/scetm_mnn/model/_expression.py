@@ -108,11 +108,7 @@ class ExpressionMixin:
 
         Examples
         --------
-        >>> import scetm_mnn as sm
-        >>> adata = sm.datasets.simulate(n_cells=200, n_genes=50, random_state=0)
-        >>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
-        >>> model = sm.model.BatchCorrectedSCETM(adata, n_topics=4, n_emb=8)
-        >>> model.train(max_epochs=2, enable_progress_bar=False)
+        %(trained_model)s
         >>> expr = model.get_normalized_expression(transform_batch="batch_0")
         >>> expr.shape, bool(np.allclose(expr.sum(axis=1), 1.0, atol=1e-4))
         ((200, 50), True)
@@ -198,11 +194,7 @@ class ExpressionMixin:
 
         Examples
         --------
-        >>> import scetm_mnn as sm
-        >>> adata = sm.datasets.simulate(n_cells=200, n_genes=50, random_state=0)
-        >>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
-        >>> model = sm.model.BatchCorrectedSCETM(adata, n_topics=4, n_emb=8)
-        >>> model.train(max_epochs=2, enable_progress_bar=False)
+        %(trained_model)s
         >>> counts = model.posterior_predictive_sample(n_samples=3)
         >>> counts.shape
         (200, 50, 3)

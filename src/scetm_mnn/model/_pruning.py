@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ._docs import shared_parameters
+
 logger = logging.getLogger(__name__)
 
 MAX_OVERLAP = 0.8
@@ -92,11 +94,20 @@ def topic_map(
     return mapping
 
 
+@shared_parameters
 class TopicPruningMixin:
     """Expose only the live, distinct topics of a trained topic model.
 
-    ``train()`` calls :meth:`prune_topics` at its end. A model saved before pruning
-    existed (no ``topic_map_``) exposes all its topics.
+    Mixed into :class:`~scetm_mnn.model.BatchCorrectedSCETM`, whose ``train()`` calls
+    :meth:`prune_topics` at its end. A model saved before pruning existed (no
+    ``topic_map_``) exposes all its topics.
+
+    Examples
+    --------
+    %(trained_model)s
+    >>> table = model.prune_topics(max_overlap=1.0)  # no topic counts as a copy
+    >>> list(table.columns), model.n_live_topics == int((table["status"] == "live").sum())
+    (['usage', 'status', 'exposed_as'], True)
     """
 
     topic_map_: list[int] | None = None
@@ -113,11 +124,12 @@ class TopicPruningMixin:
 
         A topic is dead when its mean ``θ`` over the cells is below ``min_usage``, and a
         copy when more than ``max_overlap`` of its ``n_top`` top genes are those of a
-        more-used topic (see :func:`~scetm_mnn.model._pruning.topic_map`). From then on,
-        ``topic_names``, :meth:`get_topic_proportions` (a copy's weight added to its
-        original's), :meth:`get_topic_gene_matrix`, :meth:`get_top_genes`,
-        :meth:`get_topic_embeddings` and the topic DE carry only the exposed topics. The
-        network is unchanged: calling it again with other thresholds re-decides.
+        more-used topic (see ``topic_map`` in ``scetm_mnn.model._pruning``). From then on,
+        :attr:`topic_names`, the topic outputs of
+        :class:`~scetm_mnn.model.TopicOutputsMixin` (``θ`` with a copy's weight added to
+        its original's, ``β``, the top genes, ``α``) and the topic DE carry only the
+        exposed topics. The network is unchanged: calling it again with other thresholds
+        re-decides.
 
         Parameters
         ----------
@@ -206,7 +218,7 @@ class TopicPruningMixin:
     def _full_topic_proportions(
         self, adata: AnnData | None, batch_size: int | None, indices: Sequence[int] | None = None
     ) -> np.ndarray:
-        mu = self._encode(adata, indices, batch_size)
+        mu = self.get_latent_representation(adata, indices, batch_size)
         mu = mu - mu.max(axis=1, keepdims=True)
         theta = np.exp(mu)
         return theta / theta.sum(axis=1, keepdims=True)

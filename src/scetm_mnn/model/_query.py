@@ -35,13 +35,14 @@ from anndata import AnnData
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data._constants import _SETUP_ARGS_KEY
-from scvi.model._utils import parse_device_args
 from scvi.model.base import BaseModelClass
 from scvi.model.base._save_load import _initialize_model
 
 from .._validation import check_not_view, check_obs_key
 from ..pp._corrected import corrected_source, latent_key
 from ..pp._genes import match_genes
+from ._docs import shared_parameters
+from ._save_load import torch_device
 from ._serialization import model_path, read_model_file
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ def _aligned_var(var: pd.DataFrame, genes: pd.Index) -> pd.DataFrame:
     return out
 
 
+@shared_parameters
 class QueryMixin:
     """Map a query data set onto a trained reference model (scArches-style surgery).
 
@@ -136,18 +138,12 @@ class QueryMixin:
 
     Examples
     --------
-    >>> import scetm_mnn as sm
-    >>> adata = sm.datasets.simulate(n_cells=400, n_genes=100, n_batches=3, random_state=0)
-    >>> reference = adata[adata.obs["batch"] != "batch_2"].copy()
-    >>> query = adata[adata.obs["batch"] == "batch_2"].copy()
-    >>> sm.model.BatchCorrectedSCETM.setup_anndata(reference, batch_key="batch")
-    >>> model = sm.model.BatchCorrectedSCETM(reference, n_topics=5, n_emb=16)
-    >>> model.train(max_epochs=5, enable_progress_bar=False)
+    %(query_split)s
     >>> query = sm.model.BatchCorrectedSCETM.prepare_query_anndata(query, model)
     >>> query_model = sm.model.BatchCorrectedSCETM.load_query_data(query, model)
     >>> query_model.train(max_epochs=5, enable_progress_bar=False)
     >>> query_model.get_latent_representation().shape
-    (136, 5)
+    (100, 4)
     """
 
     @classmethod
@@ -244,6 +240,7 @@ class QueryMixin:
         )
 
     @classmethod
+    @shared_parameters
     def load_query_data(
         cls,
         query: AnnData,
@@ -312,13 +309,7 @@ class QueryMixin:
 
         Examples
         --------
-        >>> import scetm_mnn as sm
-        >>> adata = sm.datasets.simulate(n_cells=300, n_genes=60, n_batches=3, random_state=0)
-        >>> reference = adata[adata.obs["batch"] != "batch_2"].copy()
-        >>> query = adata[adata.obs["batch"] == "batch_2"].copy()
-        >>> sm.model.BatchCorrectedSCETM.setup_anndata(reference, batch_key="batch")
-        >>> model = sm.model.BatchCorrectedSCETM(reference, n_topics=4, n_emb=8)
-        >>> model.train(max_epochs=3, enable_progress_bar=False)
+        %(query_split)s
         >>> query_model = sm.model.BatchCorrectedSCETM.load_query_data(query, model)
         >>> tuple(query_model.module.batch_bias.shape)  # a third row for batch_2
         (3, 60)
@@ -359,15 +350,10 @@ class QueryMixin:
         init_params = deepcopy(parts["init_params"])
         # The reference's λ, whatever batch_bias=None chose for it, not a new choice.
         init_params["non_kwargs"]["batch_bias"] = "batch_bias" in state
-        _, _, torch_device = parse_device_args(
-            accelerator=accelerator,
-            devices=device,
-            return_device="torch",
-            validate_single_device=True,
-        )
+        device = torch_device(accelerator, device)
         model = _initialize_model(cls, query, registry, {"init_params_": init_params}, None)
         n_reference = cls._load_reference_state(model, state)
-        model.to_device(torch_device)
+        model.to_device(device)
         if freeze:
             freeze_reference(model.module, n_reference)
         model.is_trained_ = False
