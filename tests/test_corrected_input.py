@@ -127,3 +127,16 @@ def test_a_query_needs_the_latent_the_reference_reads(sim_adata):
     query_model.train(max_epochs=1, **FAST)
     assert query_model.module.encoder[0].in_features == N_LATENT
     assert query_model.get_latent_representation().shape == (query.n_obs, 4)
+
+
+def test_the_linear_path_to_delta_is_on_where_the_encoder_reads_the_latent(sim_adata):
+    assert _model(_corrected(sim_adata)).module.encoder_skip  # reads the latent
+    assert not _model(_corrected(sim_adata, latent=False)).module.encoder_skip
+    plain = sim_adata.copy()
+    BatchCorrectedSCETM.setup_anndata(plain, batch_key="batch")
+    assert not BatchCorrectedSCETM(plain, n_topics=4, n_emb=8).module.encoder_skip
+    adata = _corrected(sim_adata)
+    BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch", corrected_layer=KEY)
+    off = BatchCorrectedSCETM(adata, n_topics=4, n_emb=8, encoder_skip=False)
+    assert not off.module.encoder_skip and off.module.mu.in_features == 128
+    assert BatchCorrectedSCETM(adata, n_topics=4, n_emb=8).module.mu.in_features == 128 + N_LATENT

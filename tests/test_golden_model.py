@@ -124,21 +124,33 @@ def test_a_model_saved_before_the_split_loads_and_gives_the_same_outputs(golden)
     setup_args = model.adata_manager.registry["setup_args"]
     assert {k: setup_args[k] for k in SETUPS[SAVED_SETUP]} == SETUPS[SAVED_SETUP]
     assert model.is_trained_
-    _compare(outputs(SAVED_SETUP, model), golden)
+    # the outputs it gave when it was written (golden "saved_*"; its defaults were older)
+    _compare(_as_saved(outputs(SAVED_SETUP, model)), golden)
+
+
+def _as_saved(got: dict) -> dict:
+    return {f"saved_{name}": value for name, value in got.items()}
 
 
 def update() -> None:
-    """Regenerate the golden arrays and the saved model from the current code."""
+    """Regenerate the golden arrays from the current code; keep the saved model.
+
+    The saved model stays as it was written (it checks that old files load); its outputs
+    are stored again under ``saved_*``. Without a saved model, one is written now.
+    """
     arrays, models = {}, {}
     for setup in SETUPS:
         models[setup] = trained(setup, data(setup))
         arrays.update(outputs(setup, models[setup]))
+    if not SAVED.exists():
+        models[SAVED_SETUP].save(SAVED, overwrite=True, save_anndata=False)
+    saved = BatchCorrectedSCETM.load(SAVED, adata=data(SAVED_SETUP), accelerator="cpu")
+    arrays.update(_as_saved(outputs(SAVED_SETUP, saved)))
     np.savez_compressed(GOLDEN, **arrays)
-    models[SAVED_SETUP].save(SAVED, overwrite=True, save_anndata=False)
 
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--update"]:
-        sys.exit(f"usage: python {sys.argv[0]} --update   (rewrites {GOLDEN} and {SAVED})")
+        sys.exit(f"usage: python {sys.argv[0]} --update   (rewrites {GOLDEN})")
     update()
-    print(f"wrote {GOLDEN} and {SAVED}")
+    print(f"wrote {GOLDEN}")

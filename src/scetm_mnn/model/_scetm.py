@@ -91,11 +91,12 @@ class BatchCorrectedSCETM(
         library size, scETM's default) or ``"log"`` (log-normalized counts). With a
         corrected layer the encoder reads that layer as it is, and this must stay ``None``.
     mnn_loss
-        Form of the MNN term used by ``train(mnn_weight=...)``
-        (:func:`scetm_mnn.module.mnn_loss`): ``"local"`` (default; pulls MNN pairs
-        together only until they share a neighbourhood), ``"normalized"``, or
-        ``"euclidean"`` (the original term, which collapses the topic space; for ablations
-        only).
+        Form of the MNN term (:func:`scetm_mnn.module.mnn_loss`): ``"local"`` (default),
+        ``"normalized"``, or ``"euclidean"`` (collapses the topic space; ablations only).
+    encoder_skip
+        Give ``δ``'s heads a linear path from the encoder's input beside its hidden layer.
+        ``None``: on when the encoder reads the corrector's latent (``corrected_input=
+        "latent"``), which it carries into ``δ``; off otherwise.
     **module_kwargs
         Passed to :class:`~scetm_mnn.module.ETMModule`.
 
@@ -126,6 +127,7 @@ class BatchCorrectedSCETM(
         fixed_gene_embeddings: np.ndarray | pd.DataFrame | None = None,
         encoder_input: Literal["log", "proportions"] | None = None,
         mnn_loss: Literal["local", "normalized", "euclidean"] = "local",
+        encoder_skip: bool | None = None,
         **module_kwargs,
     ):
         _setup.check_n_topics(n_topics, adata.n_vars)
@@ -155,6 +157,7 @@ class BatchCorrectedSCETM(
                 encoder_input=encoder_input or "proportions",
                 mnn_loss=mnn_loss,
                 n_encoder_input=_setup.n_encoder_input(self.adata_manager),
+                encoder_skip=_setup.resolve_encoder_skip(encoder_skip, self.adata_manager),
                 **module_kwargs,
             )
         reads = setup_args.get("corrected_input", "expression")

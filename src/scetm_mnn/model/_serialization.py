@@ -41,6 +41,10 @@ def model_path(dir_path: str | os.PathLike, prefix: str | None = None) -> Path:
     return Path(dir_path) / f"{prefix or ''}{MODEL_FILE}"
 
 
+ADDED_PARAMETERS: dict[str, Any] = {"encoder_skip": False}
+"""Model parameters added after files were first written, and the value they had before:
+a file without one of them loads with that value, so it rebuilds the network it saved."""
+
 _FRAME = "__dataframe__"
 
 
@@ -111,4 +115,10 @@ def read_model_file(path: Path, map_location: Any = "cpu") -> dict:
     if not isinstance(saved, dict) or not {"model_state_dict", "attr_dict"} <= saved.keys():
         raise ValueError(f"{path} does not hold a saved scvi-tools model.")
     saved["attr_dict"] = _decode(saved["attr_dict"])
+    init_params = saved["attr_dict"].get("init_params_", {})
+    for name, before in ADDED_PARAMETERS.items():  # as the model was when the file was written
+        if name not in init_params.get("non_kwargs", {}) and name not in init_params.get(
+            "kwargs", {}
+        ).get("module_kwargs", {}):
+            init_params.setdefault("non_kwargs", {})[name] = before
     return saved

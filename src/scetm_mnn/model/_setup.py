@@ -182,6 +182,13 @@ def n_encoder_input(adata_manager: AnnDataManager) -> int | None:
     return int(adata_manager.get_from_registry(CORRECTED_KEY).shape[1])
 
 
+def resolve_encoder_skip(encoder_skip: bool | None, adata_manager: AnnDataManager) -> bool:
+    """``None``: the linear path to ``δ`` when the encoder reads the corrector's latent."""
+    if encoder_skip is None:
+        return n_encoder_input(adata_manager) is not None
+    return bool(encoder_skip)
+
+
 def align_fixed_embeddings(fixed, var_names: pd.Index) -> np.ndarray | None:
     """``fixed_gene_embeddings`` as a float32 array whose columns are ``var_names``."""
     if fixed is None:

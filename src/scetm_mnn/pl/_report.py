@@ -184,11 +184,6 @@ def _loss_figure(model, corrector_history: list[float] | None) -> Figure:
     return fig
 
 
-def _topic_counts(model) -> dict[str, int]:
-    """How many topics the model has and exposes (train() prunes unused ones and copies)."""
-    return {"exposed": len(model.topic_names), "total": int(model.module.n_topics)}
-
-
 def _topic_figure(model, groups: ad.AnnData, group_key: str, theta_key: str) -> Figure:
     """The topic heatmap of the topics that are some group's most enriched one."""
     best = tl.topic_specificity(
@@ -440,12 +435,11 @@ def report(
         "best_resolution": best_resolution,
         "group_what": group_what,
         "topics": topic_rows,
-        "topic_counts": _topic_counts(model),
+        "topic_counts": {"exposed": len(model.topic_names), "total": model.module.n_topics},
         "corrector_epochs": len(corrector_history) if corrector_history else 0,
         "costs": cost_rows,
     }
-    html = _environment().get_template("report.html.j2").render(**context)
-    path = Path(path)
+    html, path = _environment().get_template("report.html.j2").render(**context), Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html, encoding="utf-8")
     logger.info("Wrote the report %s (%.1f MB)", path, path.stat().st_size / 1e6)
