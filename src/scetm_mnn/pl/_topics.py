@@ -14,7 +14,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from .._validation import check_obs_key
-from ..tl._topics import _enrichment, _get_theta
+from ..tl._topic_matrices import _enrichment, _get_theta
 from ._utils import figure_and_axes, save_or_show
 
 _NORMALIZE_LABELS = {

@@ -4,10 +4,10 @@ from ._integration import batch_entropy, integration_metrics
 from ._leiden import DEFAULT_RESOLUTIONS, label_batch_ari, leiden_sweep, sweep_summary
 from ._scib import scib_benchmark
 from ._subsample import stratified_subsample
+from ._topic_enrichment import topic_enrichment
 from ._topics import (
     mean_max_theta,
     topic_diversity,
-    topic_enrichment,
     topic_specificity,
     topic_summary,
 )
