@@ -18,7 +18,6 @@ SRC = Path(__file__).parents[1] / "src"
 PACKAGE = "scetm_mnn"
 MAX_LINES = 400
 OVER_THE_LIMIT = {
-    "scetm_mnn/model/_query.py": 487,
     "scetm_mnn/pl/_report.py": 471,
 }
 """Files still longer than ``MAX_LINES``, each with its line count as a ceiling: they may

@@ -5,7 +5,8 @@ from ._elbo import LikelihoodMixin
 from ._expression import ExpressionMixin
 from ._outputs import TopicOutputsMixin
 from ._pruning import TopicPruningMixin
-from ._query import QueryMixin, freeze_reference
+from ._query import QueryMixin
+from ._reference import freeze_reference
 from ._save_load import SaveLoadMixin
 from ._scetm import BatchCorrectedSCETM
 from ._training import default_max_epochs

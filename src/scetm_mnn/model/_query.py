@@ -30,20 +30,18 @@ from typing import Literal, Self
 
 import numpy as np
 import pandas as pd
-import torch
 from anndata import AnnData
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data._constants import _SETUP_ARGS_KEY
-from scvi.model.base import BaseModelClass
 from scvi.model.base._save_load import _initialize_model
 
 from .._validation import check_not_view, check_obs_key
 from ..pp._corrected import corrected_source, latent_key
 from ..pp._genes import match_genes
 from ._docs import shared_parameters
+from ._reference import freeze_reference, load_reference_state, reference_parts
 from ._save_load import torch_device
-from ._serialization import model_path, read_model_file
 
 logger = logging.getLogger(__name__)
 
@@ -66,42 +64,6 @@ simulated data (1,000 query cells, 1,000 genes) 200 steps at 5e-2 reach the quer
 """
 
 SharedBatches = Literal["reuse", "raise"]
-
-
-def _registered_genes(registry: dict) -> pd.Index:
-    """The genes a model was registered with, in its order."""
-    state = registry["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]
-    return pd.Index(np.asarray(state["column_names"]).astype(str))
-
-
-def _reference_parts(reference, prefix: str | None = None) -> dict:
-    """Registry, init parameters, genes and weights of a model or of a saved model folder."""
-    if isinstance(reference, str | os.PathLike):
-        saved = read_model_file(model_path(reference, prefix))
-        attrs = saved["attr_dict"]
-        return {
-            "registry": attrs["registry_"],
-            "init_params": attrs["init_params_"],
-            "var_names": _registered_genes(attrs["registry_"]),
-            "state": {
-                k: v for k, v in saved["model_state_dict"].items() if k != "pyro_param_store"
-            },
-            "trained": bool(attrs.get("is_trained_", True)),
-            "topic_map": attrs.get("topic_map_"),
-        }
-    if not isinstance(reference, BaseModelClass):
-        raise TypeError(
-            "reference must be a trained BatchCorrectedSCETM or the folder it was saved "
-            f"to with model.save(dir_path), not {type(reference).__name__}."
-        )
-    return {
-        "registry": deepcopy(reference.registry_),
-        "init_params": deepcopy(reference.init_params_),
-        "var_names": _registered_genes(reference.registry_),
-        "state": {k: v.detach().cpu().clone() for k, v in reference.module.state_dict().items()},
-        "trained": bool(reference.is_trained_),
-        "topic_map": deepcopy(getattr(reference, "topic_map_", None)),
-    }
 
 
 def _pad_columns(x, order: np.ndarray) -> sparse.csr_matrix | np.ndarray:
@@ -204,7 +166,7 @@ class QueryMixin:
         if isinstance(reference, pd.Index):
             genes = reference.astype(str)
         else:
-            genes = _reference_parts(reference, prefix)["var_names"]
+            genes = reference_parts(reference, prefix)["var_names"]
         alignment = match_genes(genes, query.var_names.astype(str))
         order = alignment.columns
         n_missing = alignment.missing.size
@@ -321,7 +283,7 @@ class QueryMixin:
         check_not_view(query, "load_query_data")
         if query.n_obs == 0:
             raise ValueError("The query has no cells.")
-        parts = _reference_parts(reference, prefix)
+        parts = reference_parts(reference, prefix)
         registry = parts["registry"]
         if registry.get("model_name", cls.__name__) != cls.__name__:
             raise ValueError(
@@ -352,7 +314,7 @@ class QueryMixin:
         init_params["non_kwargs"]["batch_bias"] = "batch_bias" in state
         device = torch_device(accelerator, device)
         model = _initialize_model(cls, query, registry, {"init_params_": init_params}, None)
-        n_reference = cls._load_reference_state(model, state)
+        n_reference = load_reference_state(model, state)
         model.to_device(device)
         if freeze:
             freeze_reference(model.module, n_reference)
@@ -421,67 +383,3 @@ class QueryMixin:
                 shared,
             )
         return list(query_batches.difference(reference_batches))
-
-    @staticmethod
-    def _load_reference_state(model, state: dict[str, torch.Tensor]) -> int:
-        """Copy the reference weights into ``model``; new ``λ`` rows start at their mean.
-
-        Returns the number of reference batches (rows of the reference's ``λ``).
-        """
-        own = model.module.state_dict()
-        state = dict(state)
-        n_reference = int(state["batch_bias"].shape[0]) if "batch_bias" in state else 0
-        for key, value in state.items():
-            target = own[key]
-            if value.shape == target.shape:
-                continue
-            if key != "batch_bias" or value.shape[1:] != target.shape[1:]:
-                raise ValueError(
-                    f"The reference's {key} has shape {tuple(value.shape)}, the query "
-                    f"model's {tuple(target.shape)}: the two models differ."
-                )
-            extra = value.mean(dim=0, keepdim=True).expand(target.shape[0] - n_reference, -1)
-            state[key] = torch.cat([value, extra], dim=0)
-        model.module.load_state_dict(state)
-        return n_reference
-
-
-def freeze_reference(module: torch.nn.Module, n_reference_batches: int) -> None:
-    """Freeze a module's reference weights; only the new rows of ``λ`` keep training.
-
-    Every parameter but ``batch_bias`` gets ``requires_grad=False`` (so the optimizer
-    skips it), BatchNorm layers stop updating their running statistics (``momentum=0``,
-    as scvi-tools' ``freeze_batchnorm_encoder``), and a gradient hook zeroes the gradient
-    of ``batch_bias``'s first ``n_reference_batches`` rows. With no new rows (or no
-    ``λ``), nothing trains. Adam's weight decay would still shrink frozen rows; the
-    training plan's default is 0.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from scetm_mnn.model import freeze_reference
-    >>> from scetm_mnn.module import ETMModule
-    >>> module = ETMModule(n_input=6, n_batch=3, n_topics=2, n_emb=4, batch_bias=True)
-    >>> freeze_reference(module, n_reference_batches=2)
-    >>> module.batch_bias.sum().backward()
-    >>> module.batch_bias.grad[:, 0].tolist(), module.rho.requires_grad
-    ([0.0, 0.0, 1.0], False)
-    """
-    for name, parameter in module.named_parameters():
-        parameter.requires_grad_(name == "batch_bias")
-    for layer in module.modules():
-        if isinstance(layer, torch.nn.BatchNorm1d):
-            layer.momentum = 0.0
-    bias = getattr(module, "batch_bias", None)
-    if bias is None:
-        return
-    if n_reference_batches >= bias.shape[0]:
-        bias.requires_grad_(False)
-        return
-
-    def zero_reference_rows(grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        grad[:n_reference_batches] = 0
-        return grad
-
-    bias.register_hook(zero_reference_rows)
