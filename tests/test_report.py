@@ -25,11 +25,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
 
 from scetm_mnn import _pipeline, pl
 from scetm_mnn._costs import COST_COLUMNS
 from scetm_mnn._pipeline import run_pipeline
-from scetm_mnn.pl import _report
+from scetm_mnn.pl import _report_sections
 
 SECTIONS = ("run", "integration", "sweep", "topics", "training", "cost")
 PHASES = ["preprocess", "correct", "train", "latent", "evaluate", "figures", "save", "report"]
@@ -191,6 +192,27 @@ def test_subsampled_report_says_so_and_stays_small(run, tmp_path):
     assert path.stat().st_size < 2 * (run[1] / "report.html").stat().st_size
 
 
+def test_the_report_reuses_the_pipelines_umap(run, tmp_path, monkeypatch):
+    """One UMAP of the latent per run: umap.png's, kept in obsm, is the report's too."""
+    result, _ = run
+    coords = result.adata.obsm["X_scetm_mnn_umap"]
+    assert coords.shape == (result.adata.n_obs, 2) and np.isfinite(coords).all()
+    computed = []
+    umap = sc.tl.umap
+
+    def counted(adata, *args, **kwargs):
+        computed.append(adata.n_obs)
+        return umap(adata, *args, **kwargs)
+
+    monkeypatch.setattr("scanpy.tl.umap", counted)
+    pl.report(result.adata, result.model, tmp_path / "r.html", batch_key="batch")
+    assert len(computed) == 1  # the uncorrected PCA's only
+    adata = result.adata.copy()
+    del adata.obsm["X_scetm_mnn_umap"]
+    pl.report(adata, result.model, tmp_path / "r.html", batch_key="batch")
+    assert len(computed) == 3  # without it, the latent's is computed too
+
+
 def test_report_without_labels_groups_topics_by_cluster(run, tmp_path):
     result, _ = run
     path = pl.report(result.adata, result.model, tmp_path / "nolabels.html", batch_key="batch")
@@ -209,8 +231,8 @@ def test_a_figure_that_fails_is_a_warning_and_the_page_is_still_written(
     def broken(*args, **kwargs):
         raise RuntimeError("no figure today")
 
-    monkeypatch.setattr(_report, "leiden_sweep", broken)
-    with caplog.at_level(logging.WARNING, logger="scetm_mnn.pl._report"):
+    monkeypatch.setattr(_report_sections, "leiden_sweep", broken)
+    with caplog.at_level(logging.WARNING, logger="scetm_mnn.pl"):
         path = pl.report(
             result.adata,
             result.model,

@@ -20,6 +20,7 @@ from ._validation import check_obs_key, get_matrix
 from .model import BatchCorrectedSCETM
 from .pl import FIGURE_MAX_CELLS
 from .pl._report import REPORT_MAX_CELLS
+from .pl._umap import umap_coordinates, umap_key
 from .tl._leiden import sweep_subsample
 from .tl._subsample import check_max_cells
 
@@ -80,6 +81,9 @@ def run_pipeline(
         Layer with raw counts (``None``: ``X``).
     out
         Folder for the metrics, figures and saved model (nothing is written when ``None``).
+        With it, the returned AnnData also keeps the UMAP of ``umap.png`` in
+        ``obsm["X_scetm_mnn_umap"]`` (``NaN`` for cells a subsample leaves out), which the
+        report reuses.
     n_top_genes
         Highly variable genes to keep.
     max_epochs
@@ -202,12 +206,17 @@ def _write_outputs(
         files["table"].write_text(table if note is None else f"Leiden on a {note}.\n\n{table}")
     with costs.phase("figures"):
         files["umap"] = out / "umap.png"
+        # One UMAP of the latent, for this figure and for the report (which reuses it).
+        result.adata.obsm[umap_key(LATENT_KEY)] = umap_coordinates(
+            result.adata, LATENT_KEY, batch_key, label_key, max_cells=max_cells
+        )
         fig = pl.integration_umap(
             result.adata,
             LATENT_KEY,
             batch_key,
             label_key,
             save=files["umap"],
+            umap_key=umap_key(LATENT_KEY),
             max_cells=max_cells,
             show=False,
         )

@@ -21,6 +21,41 @@ from ._utils import figure_and_axes, save_or_show, scatter_categorical
 FIGURE_MAX_CELLS = 200_000
 
 
+def umap_key(use_rep: str) -> str:
+    """The ``obsm`` key under which a UMAP of ``use_rep`` is kept for reuse."""
+    return f"{use_rep}_umap"
+
+
+def umap_coordinates(
+    adata: ad.AnnData,
+    use_rep: str,
+    batch_key: str,
+    label_key: str | None,
+    *,
+    max_cells: int | None = FIGURE_MAX_CELLS,
+    random_state: int = 0,
+    n_neighbors: int = 15,
+) -> np.ndarray:
+    """The UMAP :func:`integration_umap` draws of ``use_rep``, one row per cell of ``adata``.
+
+    Computed on the cells the figure draws (a stratified subsample above ``max_cells``);
+    the rows of the cells it leaves out are ``NaN``. Kept under :func:`umap_key`, it is the
+    figure's ``umap_key`` and the one :func:`scetm_mnn.pl.report` reuses.
+    """
+    keys = {batch_key: "batch_key"}
+    if label_key is not None:
+        keys[label_key] = "label_key"
+    keep = subsample_positions(adata, keys, max_cells, random_state, argument="max_cells")
+    tmp = light_copy(adata, use_rep, keys, keep)
+    neighbors(tmp, use_rep, n_neighbors=n_neighbors, random_state=random_state)
+    sc.tl.umap(tmp, random_state=random_state)
+    if keep is None:
+        return np.asarray(tmp.obsm["X_umap"])
+    coords = np.full((adata.n_obs, tmp.obsm["X_umap"].shape[1]), np.nan)
+    coords[keep] = tmp.obsm["X_umap"]
+    return coords
+
+
 def _existing_umap(adata: ad.AnnData, use_rep: str, umap_key: str | None):
     """Return UMAP coordinates already in ``adata`` for ``use_rep``, or ``None``."""
     if umap_key is not None:
