@@ -68,3 +68,31 @@ def test_pipeline_outputs(mouse_result, baron_mouse):
     assert np.isfinite(adata.obsm[LATENT_KEY]).all()
     assert len(mouse_result.sweep) == 17
     assert "mnn_corrected" not in baron_mouse.layers  # the caller's AnnData is untouched
+
+
+def test_each_obs_key_is_checked_once_per_run(tmp_path, monkeypatch):
+    """run_pipeline checks batch_key and label_key at its boundary, not again per phase."""
+    from collections import Counter
+
+    from scetm_mnn import _validation
+    from scetm_mnn.datasets import simulate
+
+    checked, check = Counter(), _validation._check_obs_column
+
+    def counted(adata, key, what):
+        checked[key] += 1
+        return check(adata, key, what)
+
+    monkeypatch.setattr(_validation, "_check_obs_column", counted)
+    adata = simulate(n_cells=300, n_genes=120, n_batches=2, n_cell_types=3, random_state=0)
+    run_pipeline(
+        adata, "batch", label_key="cell_type", out=tmp_path, n_top_genes=120, max_epochs=2
+    )
+    assert (tmp_path / "report.html").is_file()  # every phase ran, the report's too
+    # The run's inputs once each (the report's own "_leiden" column of each UMAP's
+    # clusters is a new column of a new AnnData, checked where it is drawn).
+    assert {key: checked[key] for key in ("batch", "cell_type")} == {"batch": 1, "cell_type": 1}
+    # Outside the run, the public functions check again.
+    del adata.obs["cell_type"]
+    with pytest.raises(KeyError, match="keys='cell_type' is not a column"):
+        tl.stratified_subsample(adata, "cell_type", 100)

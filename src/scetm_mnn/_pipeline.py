@@ -16,7 +16,7 @@ import scvi
 from . import pl, pp, tl
 from ._costs import PhaseCosts
 from ._rows import is_on_disk
-from ._validation import check_obs_key, get_matrix
+from ._validation import get_matrix, obs_keys_checked
 from .model import BatchCorrectedSCETM
 from .pl import FIGURE_MAX_CELLS
 from .pl._report import REPORT_MAX_CELLS
@@ -106,83 +106,85 @@ def run_pipeline(
         ``subsample``, :func:`scetm_mnn.pl.integration_umap`'s ``max_cells``), and the
         report at most this many (its own cap is 50,000). ``None``: every cell.
     """
-    check_obs_key(adata, batch_key, "batch_key")
+    keys = {batch_key: "batch_key"}
     if label_key is not None:
-        check_obs_key(adata, label_key, "label_key")
-    check_max_cells(max_cells, "max_cells")  # before the hours of training, not after
-    scvi.settings.seed = random_state
-    params = {
-        "batch_key": batch_key,
-        "label_key": label_key,
-        "counts_layer": counts_layer,
-        "n_top_genes": n_top_genes,
-        "max_epochs": max_epochs,
-        "mnn_weight": mnn_weight,
-        "random_state": random_state,
-        "max_cells": max_cells,
-        **{f"correct.{k}": v for k, v in (correct_kwargs or {}).items()},
-    }
-    costs = PhaseCosts()
-    with costs.phase("preprocess"):
-        # The counts and annotations by reference: preprocess(copy=True) makes the one copy.
-        counts = get_matrix(adata, counts_layer, argument="counts_layer")
-        if is_on_disk(counts):  # the X of a backed AnnData: read once, preprocess needs it
-            counts = counts.to_memory() if hasattr(counts, "to_memory") else counts[...]
-        source = ad.AnnData(
-            X=counts,
-            obs=adata.obs.copy(),
-            var=adata.var.copy(),
-        )
-        data = pp.preprocess(source, n_top_genes=n_top_genes, batch_key=batch_key, copy=True)
-        del source, counts
-    with costs.phase("correct"):
-        pp.mnn_correct(
-            data,
-            batch_key,
-            key_added=CORRECTED_KEY,
-            random_state=random_state,
-            **dict(correct_kwargs or {}),
-        )
-    with costs.phase("train"):
-        BatchCorrectedSCETM.setup_anndata(
-            data,
-            layer="counts",
-            batch_key=batch_key,
-            corrected_layer=CORRECTED_KEY,
-            mnn_pairs_key=f"{CORRECTED_KEY}_pairs",
-        )
-        model = BatchCorrectedSCETM(data)
-        train_kwargs = {} if mnn_weight is None else {"mnn_weight": mnn_weight}
-        model.train(max_epochs=max_epochs, seed=random_state, **train_kwargs)
-    with costs.phase("latent"):
-        data.obsm[LATENT_KEY] = model.get_latent_representation()
-        data.obsm[TOPICS_KEY] = model.get_topic_proportions()
-    result = PipelineResult(adata=data, model=model, params=params)
-
-    with costs.phase("evaluate"):
-        if label_key is not None:
-            result.sweep = tl.leiden_sweep(
-                data,
-                LATENT_KEY,
-                label_key,
-                batch_key,
-                random_state=random_state,
-                subsample=max_cells,
+        keys[label_key] = "label_key"
+    # Checked once here: the functions the run calls take these columns as checked.
+    with obs_keys_checked(adata, keys):
+        check_max_cells(max_cells, "max_cells")  # before the hours of training, not after
+        scvi.settings.seed = random_state
+        params = {
+            "batch_key": batch_key,
+            "label_key": label_key,
+            "counts_layer": counts_layer,
+            "n_top_genes": n_top_genes,
+            "max_epochs": max_epochs,
+            "mnn_weight": mnn_weight,
+            "random_state": random_state,
+            "max_cells": max_cells,
+            **{f"correct.{k}": v for k, v in (correct_kwargs or {}).items()},
+        }
+        costs = PhaseCosts()
+        with costs.phase("preprocess"):
+            # The counts and annotations by reference: preprocess(copy=True) makes the one copy.
+            counts = get_matrix(adata, counts_layer, argument="counts_layer")
+            if is_on_disk(counts):  # the X of a backed AnnData: read once, preprocess needs it
+                counts = counts.to_memory() if hasattr(counts, "to_memory") else counts[...]
+            source = ad.AnnData(
+                X=counts,
+                obs=adata.obs.copy(),
+                var=adata.var.copy(),
             )
-            result.summary = tl.sweep_summary(result.sweep)
-    result.costs = costs.frame()
-    if out is not None:
-        result.files = _write_outputs(
-            result,
-            Path(out),
-            batch_key,
-            label_key,
-            costs,
-            report=report,
-            source=source_name,
-            max_cells=max_cells,
-        )
-    return result
+            data = pp.preprocess(source, n_top_genes=n_top_genes, batch_key=batch_key, copy=True)
+            del source, counts
+        with costs.phase("correct"):
+            pp.mnn_correct(
+                data,
+                batch_key,
+                key_added=CORRECTED_KEY,
+                random_state=random_state,
+                **dict(correct_kwargs or {}),
+            )
+        with costs.phase("train"):
+            BatchCorrectedSCETM.setup_anndata(
+                data,
+                layer="counts",
+                batch_key=batch_key,
+                corrected_layer=CORRECTED_KEY,
+                mnn_pairs_key=f"{CORRECTED_KEY}_pairs",
+            )
+            model = BatchCorrectedSCETM(data)
+            train_kwargs = {} if mnn_weight is None else {"mnn_weight": mnn_weight}
+            model.train(max_epochs=max_epochs, seed=random_state, **train_kwargs)
+        with costs.phase("latent"):
+            data.obsm[LATENT_KEY] = model.get_latent_representation()
+            data.obsm[TOPICS_KEY] = model.get_topic_proportions()
+        result = PipelineResult(adata=data, model=model, params=params)
+
+        with costs.phase("evaluate"):
+            if label_key is not None:
+                result.sweep = tl.leiden_sweep(
+                    data,
+                    LATENT_KEY,
+                    label_key,
+                    batch_key,
+                    random_state=random_state,
+                    subsample=max_cells,
+                )
+                result.summary = tl.sweep_summary(result.sweep)
+        result.costs = costs.frame()
+        if out is not None:
+            result.files = _write_outputs(
+                result,
+                Path(out),
+                batch_key,
+                label_key,
+                costs,
+                report=report,
+                source=source_name,
+                max_cells=max_cells,
+            )
+        return result
 
 
 def _write_outputs(

@@ -1,11 +1,20 @@
 """Input checks shared by the preprocessing, model and evaluation entry points.
 
 Every check raises an error that names the offending key or layer and says how to fix it.
+
+Each public function checks its own inputs, so that a user who calls it directly gets the
+error there. An entry point that calls other public functions (:func:`scetm_mnn.run_pipeline`)
+checks its ``obs`` columns once, at its boundary, and calls the rest inside
+:func:`obs_keys_checked`: there :func:`check_obs_key` passes the columns already checked
+without checking them again. The AnnData objects an entry point derives from its input
+(copies, subsets) carry those columns as they were checked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +33,7 @@ __all__ = [
     "check_obs_key",
     "get_matrix",
     "matrix_values",
+    "obs_keys_checked",
 ]
 
 
@@ -183,8 +193,40 @@ def check_log_scale(x, name: str) -> None:
     )
 
 
+_CHECKED_OBS_KEYS: ContextVar[frozenset[str]] = ContextVar("checked_obs_keys", default=frozenset())
+"""The ``obs`` columns checked at the boundary of the running entry point."""
+
+
+@contextmanager
+def obs_keys_checked(adata: AnnData, keys: Mapping[str, str]) -> Iterator[None]:
+    """Check the ``obs`` columns of ``keys`` once; inside the block they count as checked.
+
+    ``keys`` maps each column to the argument that names it (``{"batch": "batch_key"}``),
+    for the error messages. Inside the block, :func:`check_obs_key` of one of these
+    columns returns at once, whichever AnnData it is asked about: the block's code must
+    pass only ``adata`` and what it derives from it.
+    """
+    for key, what in keys.items():
+        check_obs_key(adata, key, what)
+    token = _CHECKED_OBS_KEYS.set(_CHECKED_OBS_KEYS.get() | frozenset(keys))
+    try:
+        yield
+    finally:
+        _CHECKED_OBS_KEYS.reset(token)
+
+
 def check_obs_key(adata: AnnData, key: str, what: str = "batch_key") -> None:
-    """Raise ``KeyError`` listing the available ``obs`` columns when ``key`` is missing."""
+    """Raise ``KeyError`` listing the available ``obs`` columns when ``key`` is missing.
+
+    A column checked by the running entry point (:func:`obs_keys_checked`) passes.
+    """
+    if key in _CHECKED_OBS_KEYS.get():
+        return
+    _check_obs_column(adata, key, what)
+
+
+def _check_obs_column(adata: AnnData, key: str, what: str) -> None:
+    """The check itself: ``obs[key]`` exists and has no missing values."""
     if key not in adata.obs.columns:
         available = ", ".join(map(repr, adata.obs.columns)) or "none"
         raise KeyError(
