@@ -179,8 +179,9 @@ def _mnn_correct_property(spec: Spec) -> None:
 
 def _model_property(spec: Spec) -> None:
     # One cell: train() refuses it after setup_anndata registered the data; the table's
-    # row 'A single cell to train on' checks that error.
-    assume(spec.n_cells > 1)
+    # row 'A single cell to train on' checks that error. One gene: the model's 2 topics are
+    # refused after setup_anndata registered the data; the n_topics row checks that error.
+    assume(spec.n_cells > 1 and spec.n_genes > 1)
     _check(spec, _model, adds=True)
 
 
@@ -387,6 +388,9 @@ CASES: dict[str, Callable[[str], list[Callable[[], object]]]] = {
         lambda: _model(_backed(_counts(), d)),
     ],
     "A single cell to train on": lambda d: [lambda: _model(_counts()[:1].copy())],
+    "`n_topics` below 2 or above the number of genes (e.g. one gene)": lambda d: [
+        lambda: _model(_counts()[:, :1].copy())
+    ],
 }
 
 
