@@ -42,8 +42,7 @@ def test_baron_mouse_beats_the_uncorrected_baseline(mouse_result, uncorrected):
     ours, sweep = mouse_result.summary, mouse_result.sweep
     assert sweep["ARI"].mean() >= pca_sweep["ARI"].mean() + 0.02
     # The default's best ARI on Baron mouse was 0.921-0.957 over seeds 0-4, seed 0 the
-    # lowest, against
-    # 0.954-0.965 for the uncorrected PCA (benchmarks/results/pancreas.md).
+    # lowest, against 0.954-0.965 for the uncorrected PCA (benchmarks/results/pancreas.md).
     assert ours["best_ARI"] >= pca["best_ARI"] - 0.05
     assert _entropy(mouse_result.adata, LATENT_KEY) >= _entropy(adata, "X_pca") + 0.1
     # Clusters follow cell types, not mice: bARI near the labels' own batch ARI (0.054).
