@@ -12,7 +12,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 from scipy import sparse
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from scetm_mnn.datasets import baron_pancreas, pancreas_markers, simulate
 from scetm_mnn.pp import preprocess
@@ -26,7 +25,7 @@ from scetm_mnn.tl import (
     topic_summary,
 )
 from scetm_mnn.tl._integration import _batch_entropy
-from scetm_mnn.tl._leiden import SWEEP_COLUMNS
+from scetm_mnn.tl._leiden import SWEEP_COLUMNS, sweep_row
 from scetm_mnn.tl._scib import _BIO_DEFAULTS
 from scetm_mnn.tl._utils import leiden_labels
 
@@ -187,15 +186,7 @@ def graph_leiden_sweep(
     rows = []
     for resolution in resolutions:
         clusters = leiden_labels(tmp, resolution, random_state)
-        rows.append(
-            {
-                "resolution": float(resolution),
-                "n_clusters": int(tmp.obs["_leiden"].nunique()),
-                "ARI": float(adjusted_rand_score(labels, clusters)),
-                "NMI": float(normalized_mutual_info_score(labels, clusters)),
-                "bARI": float(adjusted_rand_score(batches, clusters)),
-            }
-        )
+        rows.append(sweep_row(resolution, clusters, labels, batches))
     df = pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
     df.attrs.update(n_cells=int(adata.n_obs), n_obs=int(adata.n_obs))
     return df

@@ -79,6 +79,19 @@ def label_batch_ari(adata: ad.AnnData, label_key: str, batch_key: str) -> float:
     return float(adjusted_rand_score(labels, batches))
 
 
+def sweep_row(
+    resolution: float, clusters: np.ndarray, labels: np.ndarray, batches: np.ndarray
+) -> dict[str, float]:
+    """One row of a sweep: the clusters' number, ARI and NMI against the labels, bARI."""
+    return {
+        "resolution": float(resolution),
+        "n_clusters": int(pd.unique(clusters).size),
+        "ARI": float(adjusted_rand_score(labels, clusters)),
+        "NMI": float(normalized_mutual_info_score(labels, clusters)),
+        "bARI": float(adjusted_rand_score(batches, clusters)),
+    }
+
+
 def leiden_sweep(
     adata: ad.AnnData,
     use_rep: str,
@@ -182,15 +195,7 @@ def leiden_sweep(
     for resolution in resolutions:
         clusters = leiden_labels(tmp, resolution, random_state)
         clusterings.append(tmp.obs["_leiden"].copy())
-        rows.append(
-            {
-                "resolution": float(resolution),
-                "n_clusters": int(tmp.obs["_leiden"].nunique()),
-                "ARI": float(adjusted_rand_score(labels, clusters)),
-                "NMI": float(normalized_mutual_info_score(labels, clusters)),
-                "bARI": float(adjusted_rand_score(batches, clusters)),
-            }
-        )
+        rows.append(sweep_row(resolution, clusters, labels, batches))
         logger.debug("Leiden resolution %s: %s", resolution, rows[-1])
     df = pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
     df.attrs.update(n_cells=int(tmp.n_obs), n_obs=int(adata.n_obs))
