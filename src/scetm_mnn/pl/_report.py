@@ -102,7 +102,7 @@ def report(
     by batch × cell type), and the page says so; its size then no longer grows with the
     cells (a few MB). A figure that cannot be drawn is logged as a warning and its place on
     the page says why; the rest of the page is still written. A UMAP of ``use_rep`` that is
-    already in ``obsm[use_rep + "_umap"]`` (:func:`scetm_mnn.run_pipeline` keeps the one of
+    already in ``obsm[use_rep + "_umap"]`` (the pipeline, ``scetm-mnn run``, keeps the one of
     its ``umap.png`` there) is reused where it covers every drawn cell, rather than computed
     again.
 
