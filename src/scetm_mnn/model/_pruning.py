@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from anndata import AnnData
 
 from ._docs import shared_parameters
@@ -149,7 +150,6 @@ class TopicPruningMixin:
         One row per topic (all ``K``): ``usage`` (mean ``θ``), ``status`` (``"live"``,
         ``"dead"`` or ``"copy"``) and ``exposed_as`` (the topic it is shown as, or empty).
         """
-        self.topic_map_ = None  # decide on the full topic set
         theta = self._full_topic_proportions(adata, batch_size)
         beta = self.module.topic_gene_logits().detach().cpu().numpy()
         mapping = topic_map(theta, beta, min_usage, max_overlap, n_top)
@@ -218,7 +218,5 @@ class TopicPruningMixin:
     def _full_topic_proportions(
         self, adata: AnnData | None, batch_size: int | None, indices: Sequence[int] | None = None
     ) -> np.ndarray:
-        mu = self.get_latent_representation(adata, indices, batch_size)
-        mu = mu - mu.max(axis=1, keepdims=True)
-        theta = np.exp(mu)
-        return theta / theta.sum(axis=1, keepdims=True)
+        mu = torch.from_numpy(self.get_latent_representation(adata, indices, batch_size))
+        return torch.softmax(mu, dim=-1).numpy()

@@ -115,10 +115,11 @@ def read_model_file(path: Path, map_location: Any = "cpu") -> dict:
     if not isinstance(saved, dict) or not {"model_state_dict", "attr_dict"} <= saved.keys():
         raise ValueError(f"{path} does not hold a saved scvi-tools model.")
     saved["attr_dict"] = _decode(saved["attr_dict"])
-    init_params = saved["attr_dict"].get("init_params_", {})
-    for name, before in ADDED_PARAMETERS.items():  # as the model was when the file was written
-        if name not in init_params.get("non_kwargs", {}) and name not in init_params.get(
-            "kwargs", {}
-        ).get("module_kwargs", {}):
-            init_params.setdefault("non_kwargs", {})[name] = before
+    init_params = saved["attr_dict"].get("init_params_")
+    if init_params is not None:  # as the model was when the file was written
+        non_kwargs = init_params.setdefault("non_kwargs", {})
+        given = non_kwargs.keys() | init_params.get("kwargs", {}).get("module_kwargs", {}).keys()
+        for name, before in ADDED_PARAMETERS.items():
+            if name not in given:
+                non_kwargs[name] = before
     return saved
