@@ -233,8 +233,8 @@ class BatchCorrectedSCETM(
         """Train the model with scETM's recipe, then prune its unused and copied topics.
 
         At the end, :meth:`~scetm_mnn.model.TopicPruningMixin.prune_topics` (default
-        thresholds) decides which topics the topic outputs expose, and logs how many; call
-        it again to change them. A query model keeps its reference's topics.
+        thresholds) decides which topics the topic outputs expose, and logs how many (call
+        it again to change them); a query model with frozen topics keeps its reference's.
 
         Parameters
         ----------
@@ -272,7 +272,7 @@ class BatchCorrectedSCETM(
         seed_everything(seed, verbose=False)
         with flush_denormals():  # subnormals slow the CPU's decoder step up to 1.4×
             result = super().train(accelerator=accelerator, devices=devices, **arguments)
-        if "n_steps" not in getattr(self, "_train_defaults", {}):  # a query keeps its topics
+        if self.module.alpha.requires_grad:  # the topics trained (not a frozen query)
             self.prune_topics()
         return result
 
