@@ -2,16 +2,18 @@
 
 A docstring line ``%(name)s`` is replaced by ``PARAMETERS[name]`` (parameter descriptions)
 or ``EXAMPLES[name]`` (the first lines of an Examples section), indented as the line is
-(as scvi-tools' ``docrep`` processors do for its own methods). Doctests run the filled
-text. :func:`fill_docstring` does the same from a method's own texts.
+(as scvi-tools' ``docrep`` processors do for its own methods), by the package's one
+filler, ``scetm_mnn._docstrings.fill_docstring``. Doctests run the filled text.
 """
 
 from __future__ import annotations
 
-import re
-import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TypeVar
+
+from .._docstrings import EXAMPLES as BASE_EXAMPLES
+from .._docstrings import PARAMETERS as BASE_PARAMETERS
+from .._docstrings import fill_docstring
 
 F = TypeVar("F", bound=Callable)
 
@@ -51,10 +53,7 @@ PARAMETERS["cells"] = "\n".join(PARAMETERS[name] for name in ("adata", "indices"
 """The three arguments that choose the cells of a per-cell output."""
 
 EXAMPLES = {
-    "trained_model": """\
->>> import scetm_mnn as sm
->>> adata = sm.datasets.simulate(n_cells=200, n_genes=50, random_state=0)
->>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
+    "trained_model": f"""{BASE_EXAMPLES["registered"]}
 >>> model = sm.model.BatchCorrectedSCETM(adata, n_topics=4, n_emb=8)
 >>> model.train(max_epochs=2, enable_progress_bar=False)""",
     "query_split": """\
@@ -69,27 +68,11 @@ EXAMPLES = {
 """``trained_model``: a small model trained on a simulation; ``query_split``: a reference
 model trained on two of three simulated batches, and the third batch as its query."""
 
-_PLACEHOLDER = re.compile(r"^(?P<indent>[ \t]*)%\((?P<name>\w+)\)s$", re.M)
-
-
-def fill_docstring(texts: Mapping[str, str]) -> Callable[[F], F]:
-    """A decorator that fills the ``%(name)s`` lines of a docstring from ``texts``.
-
-    For the texts of one method's arguments kept beside the code that reads them (e.g.
-    ``_training.PARAMETERS`` for ``train``); :func:`shared_parameters` fills from the
-    texts shared by many methods.
-    """
-
-    def fill(match: re.Match) -> str:
-        return textwrap.indent(texts[match["name"]], match["indent"])
-
-    def decorate(fn: F) -> F:
-        fn.__doc__ = _PLACEHOLDER.sub(fill, fn.__doc__ or "")
-        return fn
-
-    return decorate
-
 
 def shared_parameters(fn: F) -> F:
-    """Fill ``fn``'s ``%(name)s`` lines (a function's or a class's) from the shared texts."""
-    return fill_docstring({**PARAMETERS, **EXAMPLES})(fn)
+    """Fill ``fn``'s ``%(name)s`` lines (a function's or a class's) from the shared texts.
+
+    The model's shared argument texts and examples, and the package's
+    (``scetm_mnn._docstrings.EXAMPLES``).
+    """
+    return fill_docstring({**BASE_PARAMETERS, **BASE_EXAMPLES, **PARAMETERS, **EXAMPLES})(fn)

@@ -109,6 +109,7 @@ class QueryMixin:
     """
 
     @classmethod
+    @shared_parameters
     def prepare_query_anndata(
         cls,
         query: AnnData,
@@ -148,9 +149,7 @@ class QueryMixin:
         Examples
         --------
         >>> import warnings
-        >>> import scetm_mnn as sm
-        >>> adata = sm.datasets.simulate(n_cells=200, n_genes=50, random_state=0)
-        >>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
+        %(registered)s
         >>> model = sm.model.BatchCorrectedSCETM(adata, n_topics=4, n_emb=8)
         >>> query = adata[:20, adata.var_names[5:]].copy()  # 5 genes missing
         >>> with warnings.catch_warnings(record=True) as caught:

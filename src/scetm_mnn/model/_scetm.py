@@ -19,11 +19,12 @@ from scvi.data import AnnDataManager
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.utils import setup_anndata_dsp
 
+from .._docstrings import fill_docstring
 from ..module import ETMModule
 from ..train import ETMTrainingPlan, PreloadedDataSplitter, flush_denormals, resolve_seed
 from . import _setup, _training
 from ._de import DEMixin
-from ._docs import fill_docstring, shared_parameters
+from ._docs import shared_parameters
 from ._elbo import LikelihoodMixin
 from ._expression import ExpressionMixin
 from ._minibatches import minibatches

@@ -20,6 +20,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from .._docstrings import shared_docstring
 from .._validation import check_obs_key
 from ._report_figures import Page
 from ._report_sections import (
@@ -65,6 +66,7 @@ def _check_inputs(
     return keys
 
 
+@shared_docstring
 def report(
     adata: ad.AnnData,
     model,
@@ -154,13 +156,7 @@ def report(
 
     Examples
     --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
-    >>> import scetm_mnn as sm
-    >>> adata = sm.datasets.simulate(n_cells=300, n_genes=200, n_batches=2, n_cell_types=3)
-    >>> sm.pp.preprocess(adata, n_top_genes=200, batch_key="batch")
-    >>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, layer="counts", batch_key="batch")
-    >>> model = sm.model.BatchCorrectedSCETM(adata, n_topics=6, n_emb=16)
+    %(simulated_model)s
     >>> model.train(max_epochs=3, enable_progress_bar=False)  # a few steps: a quick look
     >>> adata.obsm["X_scetm_mnn"] = model.get_latent_representation()
     >>> adata.obsm["X_topics"] = model.get_topic_proportions()

@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .._docstrings import shared_docstring
 from ._utils import category_colors, figure_and_axes, save_or_show
 
 #: The metrics drawn by default (those of them the table has), with their better direction.
@@ -84,6 +85,7 @@ def _methods(table: pd.DataFrame, method_key: str, order: Sequence | None) -> li
     return order
 
 
+@shared_docstring
 def seed_metrics(
     table: pd.DataFrame,
     metrics: str | Sequence[str] | None = None,
@@ -156,8 +158,7 @@ def seed_metrics(
 
     Examples
     --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
+    %(agg)s
     >>> import pandas as pd
     >>> import scetm_mnn as sm
     >>> per_seed = pd.DataFrame(

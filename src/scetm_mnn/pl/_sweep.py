@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .._docstrings import shared_docstring
 from ..tl._leiden import SWEEP_COLUMNS, sweep_subsample
 from ._utils import category_colors, figure_and_axes, save_or_show
 
@@ -40,6 +41,7 @@ def _style(ax, ylabel: str) -> None:
         ax.spines[side].set_visible(False)
 
 
+@shared_docstring
 def leiden_sweep(
     df: pd.DataFrame | Mapping[str, pd.DataFrame],
     save: str | os.PathLike | None = None,
@@ -87,19 +89,7 @@ def leiden_sweep(
 
     Examples
     --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
-    >>> import pandas as pd
-    >>> import scetm_mnn as sm
-    >>> sweep = pd.DataFrame(
-    ...     {
-    ...         "resolution": [0.1, 0.5, 1.0],
-    ...         "n_clusters": [3, 5, 9],
-    ...         "ARI": [0.6, 0.9, 0.7],
-    ...         "NMI": [0.7, 0.85, 0.8],
-    ...         "bARI": [0.05, 0.02, 0.01],
-    ...     }
-    ... )
+    %(sweep_figure)s
     >>> fig = sm.pl.leiden_sweep(sweep, bari_reference=0.03, title="one method", show=False)
     >>> len(fig.axes)
     1

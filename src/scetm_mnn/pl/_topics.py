@@ -13,6 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
+from .._docstrings import shared_docstring
 from .._validation import check_obs_key
 from ..tl._topic_matrices import _enrichment, _get_theta
 from ._utils import figure_and_axes, save_or_show
@@ -81,6 +82,7 @@ def _heatmap(
     fig.colorbar(image, ax=ax, shrink=0.6, label=label)
 
 
+@shared_docstring
 def topic_heatmap(
     model,
     adata: ad.AnnData | None = None,
@@ -161,13 +163,7 @@ def topic_heatmap(
 
     Examples
     --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
-    >>> import scetm_mnn as sm
-    >>> adata = sm.datasets.simulate(n_cells=300, n_genes=200, n_batches=2, n_cell_types=3)
-    >>> sm.pp.preprocess(adata, n_top_genes=200, batch_key="batch")
-    >>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, layer="counts", batch_key="batch")
-    >>> model = sm.model.BatchCorrectedSCETM(adata, n_topics=6, n_emb=16)
+    %(simulated_model)s
     >>> model.train(max_epochs=5, enable_progress_bar=False)  # a few steps: a quick look
     >>> fig = sm.pl.topic_heatmap(model, label_key="cell_type", n_top=3, show=False)
     >>> [ax.get_title() for ax in fig.axes[:2]]

@@ -11,6 +11,7 @@ import scanpy as sc
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .._docstrings import shared_docstring
 from ..tl._subsample import subsample_note, subsample_positions
 from ..tl._utils import leiden_labels, light_copy, neighbors
 from ._utils import figure_and_axes, save_or_show, scatter_categorical
@@ -69,6 +70,7 @@ def _existing_umap(adata: ad.AnnData, use_rep: str, umap_key: str | None):
     return None
 
 
+@shared_docstring
 def integration_umap(
     adata: ad.AnnData,
     use_rep: str,
@@ -149,13 +151,8 @@ def integration_umap(
 
     Examples
     --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
-    >>> import scanpy as sc
-    >>> import scetm_mnn as sm
-    >>> adata = sm.datasets.simulate(n_cells=300, n_genes=200, n_batches=2, n_cell_types=3)
-    >>> sm.pp.preprocess(adata, n_top_genes=200, batch_key="batch")
-    >>> sc.pp.pca(adata, n_comps=10, random_state=0)
+    %(agg)s
+    %(simulated_pca)s
     >>> fig = sm.pl.integration_umap(
     ...     adata, "X_pca", "batch", "cell_type", title="PCA", show=False
     ... )

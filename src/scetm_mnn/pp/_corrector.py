@@ -174,12 +174,12 @@ class MNNCorrector:
             As for :meth:`fit`. A view is made an actual AnnData when ``copy=False``.
         key_added
             Prefix of the output keys.
-        {writing}
+        %(writing)s
 
         Returns
         -------
-        {outputs}
-        {fit_outputs}
+        %(outputs)s
+        %(fit_outputs)s
 
         Examples
         --------
@@ -248,11 +248,11 @@ class MNNCorrector:
             default.
         max_missing_genes
             Largest fraction of the corrector's genes that ``adata`` may lack.
-        {writing}
+        %(writing)s
 
         Returns
         -------
-        {outputs}
+        %(outputs)s
         ``uns[key_added]``
             ``params``; ``reference_batches``; ``query_batches`` (the batches given an
             adapter); ``adapter`` (its kind); ``adapters`` (per query batch: ``n_pairs``
@@ -272,9 +272,7 @@ class MNNCorrector:
 
         Examples
         --------
-        >>> import scetm_mnn as sm
-        >>> adata = sm.datasets.simulate(n_cells=600, n_genes=100, n_batches=3, random_state=0)
-        >>> sm.pp.preprocess(adata, n_top_genes=100, batch_key="batch")
+        %(three_batches)s
         >>> is_new = (adata.obs["batch"] == "batch_2").to_numpy()
         >>> corrector = sm.pp.MNNCorrector("batch", max_epochs=2).fit(adata[~is_new])
         >>> out = corrector.transform(adata, copy=True)  # reference and new cells together

@@ -3,15 +3,15 @@
 :class:`~scetm_mnn.pp.MNNCorrector` declares the parameters (its ``__init__`` holds the one
 list of names, annotations and defaults) and :func:`~scetm_mnn.pp.mnn_correct` takes them
 through. Their documentation (``PARAMS_DOC``) and that of the outputs are written here
-once; :func:`document` fills them into the docstrings of both and of the methods that
+once; ``document`` fills them into the docstrings of both and of the methods that
 share them. The class's own docstring (``CORRECTOR_DOC``) is here too.
 """
 
 from __future__ import annotations
 
-import textwrap
 from typing import Any
 
+from .._docstrings import EXAMPLES, fill_docstring
 from ._adapter import ADAPTERS
 from ._training import DISTANCES
 
@@ -166,7 +166,7 @@ Parameters
 ----------
 batch_key
     ``obs`` column with the batch of each cell (in the reference and in queries).
-{params}
+%(params)s
 adapter
     How :meth:`transform` aligns a batch the corrector was not fitted on: ``"local"``,
     ``"affine"``, ``"shift"`` or ``"none"`` (see above).
@@ -191,9 +191,7 @@ history_
 
 Examples
 --------
->>> import scetm_mnn as sm
->>> adata = sm.datasets.simulate(n_cells=600, n_genes=100, n_batches=3, random_state=0)
->>> sm.pp.preprocess(adata, n_top_genes=100, batch_key="batch")
+%(three_batches)s
 >>> reference = adata[adata.obs["batch"] != "batch_2"].copy()
 >>> query = adata[adata.obs["batch"] == "batch_2"].copy()
 >>> corrector = sm.pp.MNNCorrector("batch", max_epochs=2).fit(reference)
@@ -208,6 +206,7 @@ True
 """The docstring of :class:`~scetm_mnn.pp.MNNCorrector`."""
 
 _PARTS = {
+    **EXAMPLES,
     "params": PARAMS_DOC,
     "outputs": OUTPUT_DOC,
     "writing": WRITING_DOC,
@@ -215,23 +214,13 @@ _PARTS = {
 }
 
 
-def document(obj):
-    """Fill the ``{name}`` lines of ``obj``'s docstring with the shared parts, re-indented.
+document = fill_docstring(_PARTS)
+"""Fill the ``%(name)s`` lines of a docstring with the shared parts, re-indented.
 
-    ``{params}`` is the corrector's parameters, ``{outputs}`` the keys every correction
-    writes, ``{fit_outputs}`` those a fit adds, ``{writing}`` the ``dense_layer`` and
-    ``copy`` arguments.
-    """
-    lines = []
-    for line in obj.__doc__.splitlines():
-        name = line.strip()[1:-1]
-        if line.strip().startswith("{") and name in _PARTS:
-            indent = line[: len(line) - len(line.lstrip())]
-            lines.append(textwrap.indent(textwrap.dedent(_PARTS[name]), indent))
-        else:
-            lines.append(line)
-    obj.__doc__ = "\n".join(lines)
-    return obj
+``%(params)s`` is the corrector's parameters, ``%(outputs)s`` the keys every correction
+writes, ``%(fit_outputs)s`` those a fit adds, ``%(writing)s`` the ``dense_layer`` and
+``copy`` arguments; the package's shared examples (``%(three_batches)s``, ...) too.
+"""
 
 
 _MINIMA = {

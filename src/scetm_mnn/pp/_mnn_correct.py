@@ -80,18 +80,18 @@ def mnn_correct(
         dtype. A view is made an actual AnnData when ``copy=False``.
     batch_key
         ``obs`` column with the batch of each cell.
-    {params}
+    %(params)s
     key_added
         Prefix of the output keys.
-    {writing}
+    %(writing)s
     return_corrector
         Also return the fitted :class:`~scetm_mnn.pp.MNNCorrector`: alone, or as
         ``(adata, corrector)`` with ``copy=True``.
 
     Returns
     -------
-    {outputs}
-    {fit_outputs}
+    %(outputs)s
+    %(fit_outputs)s
 
     Raises
     ------
@@ -104,12 +104,10 @@ def mnn_correct(
 
     Examples
     --------
-    >>> import scetm_mnn as sm
-    >>> adata = sm.datasets.simulate(n_cells=600, n_genes=200, n_batches=3, random_state=0)
-    >>> sm.pp.preprocess(adata, n_top_genes=200, batch_key="batch")
+    %(three_batches)s
     >>> sm.pp.mnn_correct(adata, "batch", max_epochs=2)
     >>> adata.layers["mnn_corrected"].shape, adata.obsm["X_mnn_corrected"].shape
-    ((600, 200), (600, 50))
+    ((600, 100), (600, 50))
     >>> adata.uns["mnn_corrected"]["n_pairs"] > 0
     True
     """

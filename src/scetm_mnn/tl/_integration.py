@@ -9,6 +9,7 @@ from scipy import stats
 from sklearn.metrics import silhouette_samples, silhouette_score
 from sklearn.neighbors import NearestNeighbors
 
+from .._docstrings import shared_docstring
 from ._subsample import subsample_positions
 from ._utils import light_copy
 
@@ -67,6 +68,7 @@ def _silhouette_batch(x: np.ndarray, batches: np.ndarray, labels: np.ndarray) ->
     return float(np.mean(scores)) if scores else float("nan")
 
 
+@shared_docstring
 def integration_metrics(
     adata: ad.AnnData,
     use_rep: str,
@@ -84,10 +86,7 @@ def integration_metrics(
 
     Parameters
     ----------
-    adata
-        Annotated data; not modified.
-    use_rep
-        Key of ``adata.obsm`` holding the embedding (or ``"X"``).
+    %(embedding)s
     label_key
         ``obs`` column with cell-type labels, or ``None`` when there are none: the batch
         entropy, kBET and the batch silhouette need no labels; the label silhouettes and
@@ -158,11 +157,7 @@ def integration_metrics(
 
     Examples
     --------
-    >>> import scanpy as sc
-    >>> import scetm_mnn as sm
-    >>> adata = sm.datasets.simulate(n_cells=300, n_genes=200, n_batches=2, n_cell_types=3)
-    >>> sm.pp.preprocess(adata, n_top_genes=200, batch_key="batch")
-    >>> sc.pp.pca(adata, n_comps=10, random_state=0)
+    %(simulated_pca)s
     >>> metrics = sm.tl.integration_metrics(adata, "X_pca", "cell_type", "batch", n_neighbors=30)
     >>> metrics.index.tolist()  # doctest: +NORMALIZE_WHITESPACE
     ['batch_entropy', 'kbet_acceptance', 'silhouette_label', 'silhouette_batch',
@@ -215,6 +210,7 @@ def integration_metrics(
     return metrics
 
 
+@shared_docstring
 def batch_entropy(
     adata: ad.AnnData,
     use_rep: str,
@@ -231,10 +227,7 @@ def batch_entropy(
 
     Parameters
     ----------
-    adata
-        Annotated data; not modified.
-    use_rep
-        Key of ``adata.obsm`` holding the embedding (or ``"X"``).
+    %(embedding)s
     batch_key
         ``obs`` column with batch labels (at least two batches).
     n_neighbors
@@ -254,11 +247,7 @@ def batch_entropy(
 
     Examples
     --------
-    >>> import scanpy as sc
-    >>> import scetm_mnn as sm
-    >>> adata = sm.datasets.simulate(n_cells=300, n_genes=200, n_batches=2, n_cell_types=3)
-    >>> sm.pp.preprocess(adata, n_top_genes=200, batch_key="batch")
-    >>> sc.pp.pca(adata, n_comps=10, random_state=0)
+    %(simulated_pca)s
     >>> entropy = sm.tl.batch_entropy(adata, "X_pca", "batch")
     >>> metrics = sm.tl.integration_metrics(adata, "X_pca", None, "batch", n_neighbors=30)
     >>> bool(entropy == metrics["batch_entropy"])

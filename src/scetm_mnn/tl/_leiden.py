@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from .._docstrings import shared_docstring
 from .._validation import check_obs_key
 from ._subsample import subsample_note, subsample_positions
 from ._utils import leiden_labels, neighbors_copy
@@ -92,6 +93,7 @@ def sweep_row(
     }
 
 
+@shared_docstring
 def leiden_sweep(
     adata: ad.AnnData,
     use_rep: str,
@@ -152,11 +154,7 @@ def leiden_sweep(
 
     Examples
     --------
-    >>> import scanpy as sc
-    >>> import scetm_mnn as sm
-    >>> adata = sm.datasets.simulate(n_cells=300, n_genes=200, n_batches=2, n_cell_types=3)
-    >>> sm.pp.preprocess(adata, n_top_genes=200, batch_key="batch")
-    >>> sc.pp.pca(adata, n_comps=10, random_state=0)
+    %(simulated_pca)s
     >>> sweep = sm.tl.leiden_sweep(adata, "X_pca", "cell_type", "batch", resolutions=[0.1, 0.5])
     >>> sweep.columns.tolist()
     ['resolution', 'n_clusters', 'ARI', 'NMI', 'bARI']
@@ -221,6 +219,7 @@ def sweep_subsample(df: pd.DataFrame) -> str | None:
     return subsample_note(n_cells, n_obs)
 
 
+@shared_docstring
 def sweep_summary(df: pd.DataFrame) -> pd.Series:
     """Summarise a :func:`~scetm_mnn.tl.leiden_sweep` table.
 
@@ -240,17 +239,7 @@ def sweep_summary(df: pd.DataFrame) -> pd.Series:
 
     Examples
     --------
-    >>> import pandas as pd
-    >>> import scetm_mnn as sm
-    >>> sweep = pd.DataFrame(
-    ...     {
-    ...         "resolution": [0.1, 0.5, 1.0],
-    ...         "n_clusters": [3, 5, 9],
-    ...         "ARI": [0.6, 0.9, 0.7],
-    ...         "NMI": [0.7, 0.85, 0.8],
-    ...         "bARI": [0.05, 0.02, 0.01],
-    ...     }
-    ... )
+    %(sweep_table)s
     >>> summary = sm.tl.sweep_summary(sweep)
     >>> summary[["best_ARI", "bARI_at_best_ARI", "best_resolution"]].tolist()
     [0.9, 0.02, 0.5]

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn.neighbors import NearestNeighbors
 
+from .._docstrings import shared_docstring
 from ._utils import get_rep, light_copy
 
 _INSTALL_HINT = 'pip install "scetm-mnn[bench]"'
@@ -38,6 +39,7 @@ def _exact_neighbors(n_jobs: int):
     return compute
 
 
+@shared_docstring
 def scib_benchmark(
     adata: ad.AnnData,
     embeddings: list[str],
@@ -102,11 +104,7 @@ def scib_benchmark(
     Two embeddings of simulated cells, with the slowest metrics turned off (needs the
     ``bench`` extra):
 
-    >>> import scanpy as sc
-    >>> import scetm_mnn as sm
-    >>> adata = sm.datasets.simulate(n_cells=300, n_genes=200, n_batches=2, n_cell_types=3)
-    >>> sm.pp.preprocess(adata, n_top_genes=200, batch_key="batch")
-    >>> sc.pp.pca(adata, n_comps=10, random_state=0)
+    %(simulated_pca)s
     >>> adata.obsm["X_pca_5"] = adata.obsm["X_pca"][:, :5]
     >>> table = sm.tl.scib_benchmark(
     ...     adata,

@@ -225,9 +225,9 @@ def topic_summary(
     adata: ad.AnnData,
     label_key: str,
     *,
-    theta_key: str = "X_topics",
-    topic_gene: pd.DataFrame | np.ndarray | None = None,
     markers: Mapping[str, Sequence[str]] | None = None,
+    topic_gene: pd.DataFrame | np.ndarray | None = None,
+    theta_key: str = "X_topics",
     n_top: int = 10,
     min_cells_ratio: int = 50,
     min_cells_marker: int = 20,
@@ -241,12 +241,12 @@ def topic_summary(
         Cells with θ in ``obsm[theta_key]`` and labels in ``obs[label_key]``.
     label_key
         ``obs`` column with the cell-type labels.
-    theta_key
-        ``obsm`` key of θ.
-    topic_gene
-        Topics × genes matrix; needed for ``marker_hits`` and ``diversity``.
     markers
         Cell type → marker genes; needs ``topic_gene``.
+    topic_gene
+        Topics × genes matrix; needed for ``marker_hits`` and ``diversity``.
+    theta_key
+        ``obsm`` key of θ.
     n_top
         Top genes per topic for the marker check.
     min_cells_ratio

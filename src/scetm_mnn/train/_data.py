@@ -16,6 +16,7 @@ import torch
 from scvi import settings
 from scvi.data import AnnDataManager
 
+from .._docstrings import shared_docstring
 from ._source import source_from_manager
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class _Loader:
         yield from source.iterate(self._order(), self._batch_size(), rng, self.pairs)
 
 
+@shared_docstring
 class PreloadedDataSplitter(pl.LightningDataModule):
     """Train/validation split served from a :class:`MinibatchSource`.
 
@@ -136,10 +138,8 @@ class PreloadedDataSplitter(pl.LightningDataModule):
 
     Examples
     --------
-    >>> import scetm_mnn as sm
+    %(registered)s
     >>> from scetm_mnn.train import PreloadedDataSplitter
-    >>> adata = sm.datasets.simulate(n_cells=200, n_genes=50, random_state=0)
-    >>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
     >>> manager = sm.model.BatchCorrectedSCETM(adata, n_topics=4).adata_manager
     >>> splitter = PreloadedDataSplitter(manager, train_size=0.9, seed=0)
     >>> splitter.n_train, splitter.n_val

@@ -19,6 +19,7 @@ from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 
+from .._docstrings import shared_docstring
 from .._rows import Rows, ShiftedRows, rows_of
 from ..module import ANCHOR_KEY, CORRECTED_KEY, MNN_PAIRS_KEY
 from ..pp._corrected import basis_key
@@ -231,6 +232,7 @@ def registered_rows(adata_manager: AnnDataManager, key: str, preload: bool = Tru
     return Rows(adata_manager.get_from_registry(key), preload=preload)
 
 
+@shared_docstring
 def source_from_manager(
     adata_manager: AnnDataManager,
     mnn_pairs=None,
@@ -246,10 +248,8 @@ def source_from_manager(
 
     Examples
     --------
-    >>> import scetm_mnn as sm
+    %(registered)s
     >>> from scetm_mnn.train import source_from_manager
-    >>> adata = sm.datasets.simulate(n_cells=200, n_genes=50, random_state=0)
-    >>> sm.model.BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
     >>> model = sm.model.BatchCorrectedSCETM(adata, n_topics=4)
     >>> source_from_manager(model.adata_manager).n_obs
     200
