@@ -180,13 +180,8 @@ def _prepare(target: str | os.PathLike, overwrite: bool) -> Path:
 def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``target`` atomically.
 
-    Parameters
-    ----------
-    target
-        The file to write (its folder is created).
-    overwrite
-        Replace an existing ``target``; when false, an existing one raises
-        :class:`FileExistsError` before anything is written.
+    The folder of ``target`` is created. With ``overwrite=False`` an existing ``target``
+    raises :class:`FileExistsError` before anything is written.
     """
     target = _prepare(target, overwrite)
     temporary = _sibling(target, "tmp")
