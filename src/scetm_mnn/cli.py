@@ -254,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the pipeline on a bundled data set",
         description="Run the whole pipeline on a bundled data set and print its Leiden sweep.",
     )
+    demo.set_defaults(func=_demo)
     demo.add_argument(
         "--dataset",
         choices=DATASETS,
@@ -268,14 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
         "output folder: metrics, figures, model, report.html (default: %(default)s)",
         default="demo_output",
     )
-    demo.set_defaults(func=_demo)
 
-    run = sub.add_parser(
-        "run",
-        parents=[common],
-        help="run the pipeline on your .h5ad file",
-        description="Run the whole pipeline on an .h5ad file and write the results to --out.",
-    )
+    text = "run the pipeline on your .h5ad file"
+    description = "Run the whole pipeline on an .h5ad file and write the results to --out."
+    run = sub.add_parser("run", parents=[common], help=text, description=description)
+    run.set_defaults(func=_run)
     run.add_argument(
         "input",
         help="input .h5ad with raw integer counts in X, or in the layer named by --counts-layer",
@@ -316,7 +314,6 @@ def build_parser() -> argparse.ArgumentParser:
         "required: output folder for the metrics, figures, model, report.html and "
         "<input>_scetm_mnn.h5ad (created if missing)",
     )
-    run.set_defaults(func=_run)
     return parser
 
 
