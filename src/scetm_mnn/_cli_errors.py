@@ -65,7 +65,10 @@ def report(error: BaseException, debug: bool) -> int:
     """Print a user error as one line (after its traceback with ``debug``); returns 2."""
     if debug:
         traceback.print_exception(error, file=sys.stderr)
-    print(f"scetm-mnn: error: {one_line(error)} (see {TROUBLESHOOTING_URL})", file=sys.stderr)
+    message = one_line(error)
+    if TROUBLESHOOTING_URL not in message:  # most checks' messages link their own section
+        message = f"{message} (see {TROUBLESHOOTING_URL})"
+    print(f"scetm-mnn: error: {message}", file=sys.stderr)
     return 2
 
 
