@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import glob
 import logging
 import os
 import secrets
@@ -61,7 +62,7 @@ def _sibling(target: Path, kind: str) -> Path:
 
 
 def _siblings(target: Path, kind: str) -> list[Path]:
-    return sorted(target.parent.glob(f".{target.name}.{kind}-*"))
+    return sorted(target.parent.glob(f".{glob.escape(target.name)}.{kind}-*"))
 
 
 def _owner_alive(sibling: Path, kind: str) -> bool:
@@ -260,7 +261,7 @@ def _exchange(a: Path, b: Path) -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         renameat2 = libc.renameat2
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # not Linux, or a libc without it
         return False
     at_fdcwd, rename_exchange = -100, 2
     result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)

@@ -95,11 +95,15 @@ def test_model_save_on_a_full_disk(tiny_model, disk, monkeypatch):
     BatchCorrectedSCETM.load(target)
 
 
-def test_corrector_save_on_a_full_disk(tiny_corrector, disk):
+def test_corrector_save_on_a_full_disk(tiny_corrector, disk, monkeypatch):
     target = disk / "corrector"
     tiny_corrector.save(target)
     fill(disk, leave=4 << 10)
     before = _files(disk)
+    with pytest.raises(OSError, match="Not enough free disk space to write the corrector"):
+        tiny_corrector.save(target, overwrite=True)
+    assert _files(disk) == before
+    monkeypatch.setattr("scetm_mnn.pp._persistence.check_free_space", lambda *a, **k: None)
     with pytest.raises(OSError, match="ran out of space") as failed:
         tiny_corrector.save(target, overwrite=True)
     assert failed.value.errno == errno.ENOSPC and str(target) in str(failed.value)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from .._atomic import atomic_files, fsync_dir, pending
+from .._disk import check_free_space
 from ._fitting import Fitted
 from ._latent import FrozenPCA, build_encoder, freeze
 from ._network import build_network
@@ -90,6 +91,10 @@ def write_corrector(
         "history": fitted.history,
         **fitted.info,
     }
+    tensors = [t for part in state.values() if isinstance(part, dict) for t in part.values()]
+    tensors += [state["reference_coords"], state["reference_codes"]]
+    needed = sum(t.numel() * t.element_size() for t in tensors) + (1 << 20)
+    check_free_space(state_path, needed, "the corrector")
     if overwrite and pending(meta_path) and state_path.is_file():
         # Complete a killed save first: the stale temporaries go when this one starts.
         with contextlib.suppress(ValueError):
