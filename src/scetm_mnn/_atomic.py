@@ -332,6 +332,11 @@ def atomic_dir(
     """
     target = Path(target)
     recover_dir(target)
+    if Path.cwd().resolve().is_relative_to(target.resolve()):
+        raise ValueError(
+            f"{target} is the current folder, or holds it, and cannot be swapped for a new "
+            "version; save into a folder of its own (e.g. model.save('model'))."
+        )
     if os.path.lexists(target) and not target.is_dir():
         raise FileExistsError(f"{target} exists and is not a folder; choose another path")
     target = _prepare(target, overwrite)

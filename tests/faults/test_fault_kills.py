@@ -202,3 +202,17 @@ def test_overwrite_false_refuses_without_touching(tiny_model, tiny_corrector, tm
         tiny_corrector.save(corrector_dir)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_swap_keeps_the_files_the_save_does_not_write(tiny_model, tmp_path, monkeypatch):
+    target = tmp_path / "models"
+    tiny_model.save(target, prefix="a_")
+    tiny_model.save(target, prefix="b_", overwrite=True)  # the folder of a_ is swapped
+    (target / "notes.txt").write_text("mine")
+    tiny_model.save(target, prefix="a_", overwrite=True)
+    assert sorted(os.listdir(target)) == ["a_model.pt", "b_model.pt", "notes.txt"]
+    BatchCorrectedSCETM.load(target, adata=tiny_model.adata, prefix="b_")
+    monkeypatch.chdir(target)
+    with pytest.raises(ValueError, match="current folder"):
+        tiny_model.save(target, prefix="a_", overwrite=True)
+    assert (target / "notes.txt").read_text() == "mine"

@@ -26,7 +26,7 @@ from anndata import AnnData, read_h5ad
 from scvi.model._utils import parse_device_args
 from scvi.model.base._save_load import _initialize_model
 
-from .._atomic import atomic_dir, recover_dir
+from .._atomic import atomic_dir
 from .._disk import anndata_bytes, check_free_space
 from ._docs import shared_parameters
 from ._serialization import (
@@ -182,7 +182,6 @@ class SaveLoadMixin:
             the message names the file and the reason.
         """
         device = torch_device(accelerator, device)
-        recover_dir(dir_path)  # a folder that a killed save left renamed away
         saved = read_model_file(model_path(dir_path, prefix), map_location=device)
         attrs, var_names = saved["attr_dict"], np.asarray(saved.get("var_names"))
         registry = attrs.pop("registry_")

@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._atomic import recover_dir
+
 MODEL_FILE = "model.pt"
 """The model file's name (after the prefix), as scvi-tools names it."""
 FORMAT = 1
@@ -151,6 +153,7 @@ def read_model_file(path: Path, map_location: Any = "cpu") -> dict:
         containers and numpy arrays (a file not written by :meth:`BatchCorrectedSCETM.save`,
         another scvi-tools model's, or one changed since), or has a newer layout.
     """
+    recover_dir(path.parent)  # a folder that a killed save left renamed away
     if path.is_dir() or not path.exists():
         raise FileNotFoundError(
             f"No model file at {path}. Pass the folder written by model.save(dir_path) "
