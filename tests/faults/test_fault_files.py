@@ -60,25 +60,32 @@ MODEL_CASES = {
 
 
 @pytest.fixture(scope="module")
-def saved_model(tiny_model, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "model"
-    tiny_model.save(path)
-    return path
+def saved(tiny_model, tiny_corrector, tmp_path_factory) -> dict[str, Path]:
+    """The tiny model and corrector, each saved once for the module."""
+    folder = tmp_path_factory.mktemp("saved")
+    tiny_model.save(folder / "model")
+    tiny_corrector.save(folder / "corrector")
+    return {"model": folder / "model", "corrector": folder / "corrector"}
 
 
-@pytest.mark.parametrize("case", MODEL_CASES)
-def test_a_broken_model_file(case, saved_model, tiny_model, tmp_path):
-    spoil, kind, words = MODEL_CASES[case]
-    folder = tmp_path / "model"
-    shutil.copytree(saved_model, folder)
-    spoil(folder / "model.pt")
+def _assert_one_clear_error(load, spoiled: Path, spoil, kind, named: str, words) -> None:
+    """``load()`` of the copy ``spoiled`` raises one ``kind`` naming ``named`` and ``words``."""
+    spoil(spoiled)
     with pytest.raises(kind) as raised:
-        BatchCorrectedSCETM.load(folder, adata=tiny_model.adata)
+        load(spoiled)
     message = str(raised.value)
-    assert str(folder / "model.pt") in message, message
+    assert str(spoiled / named) in message, message
     for word in words:
         assert word in message, (word, message)
     assert RAN == []  # nothing of the file ran
+
+
+@pytest.mark.parametrize("case", MODEL_CASES)
+def test_a_broken_model_file(case, saved, tiny_model, tmp_path):
+    spoil, kind, words = MODEL_CASES[case]
+    folder = shutil.copytree(saved["model"], tmp_path / "model")
+    load = lambda f: BatchCorrectedSCETM.load(f, adata=tiny_model.adata)  # noqa: E731
+    _assert_one_clear_error(load, folder, lambda f: spoil(f / "model.pt"), kind, "model.pt", words)
 
 
 def test_the_folder_of_another_scvi_tools_model(tiny_model, tmp_path):
@@ -92,8 +99,8 @@ def test_the_folder_of_another_scvi_tools_model(tiny_model, tmp_path):
     assert "SCVI model, not a BatchCorrectedSCETM" in message and "SCVI.load" in message
 
 
-def test_the_saved_model_still_loads(saved_model, tiny_model):
-    loaded = BatchCorrectedSCETM.load(saved_model, adata=tiny_model.adata)
+def test_the_saved_model_still_loads(saved, tiny_model):
+    loaded = BatchCorrectedSCETM.load(saved["model"], adata=tiny_model.adata)
     assert not hasattr(loaded, "scetm_mnn_format_")  # the layout number is not an attribute
     np.testing.assert_array_equal(
         loaded.get_latent_representation(), tiny_model.get_latent_representation()
@@ -167,23 +174,8 @@ CORRECTOR_CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def saved_corrector(tiny_corrector, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corrector") / "corrector"
-    tiny_corrector.save(path)
-    return path
-
-
 @pytest.mark.parametrize("case", CORRECTOR_CASES)
-def test_a_broken_corrector_file(case, saved_corrector, tmp_path):
+def test_a_broken_corrector_file(case, saved, tmp_path):
     spoil, kind, named, words = CORRECTOR_CASES[case]
-    folder = tmp_path / "corrector"
-    shutil.copytree(saved_corrector, folder)
-    spoil(folder)
-    with pytest.raises(kind) as raised:
-        MNNCorrector.load(folder)
-    message = str(raised.value)
-    assert str(folder / named) in message, message
-    for word in words:
-        assert word in message, (word, message)
-    assert RAN == []
+    folder = shutil.copytree(saved["corrector"], tmp_path / "corrector")
+    _assert_one_clear_error(MNNCorrector.load, folder, spoil, kind, named, words)
