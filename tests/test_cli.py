@@ -45,6 +45,10 @@ def test_run_writes_everything(h5ad, sim_adata, tmp_path, capsys, caplog):
     assert {"resolution", "n_clusters", "ARI", "NMI", "bARI"} <= set(sweep.columns)
     for name in ("leiden_sweep.md", "umap.png", "topics.png", "model/model.pt", "report.html"):
         assert (out / name).stat().st_size > 0, name
+    from scetm_mnn.cli import OUTPUTS
+
+    assert all((out / name).exists() for name in OUTPUTS)  # the list --overwrite guards
+    assert [p.name for p in out.rglob(".*")] == []  # no temporary of the atomic writes left
     table = (out / "leiden_sweep.md").read_text()
     assert table.startswith("Leiden on a stratified subsample of 400 of 600 cells.")
     html = " ".join((out / "report.html").read_text().split())

@@ -58,5 +58,5 @@ def test_a_tampered_file_gets_a_clear_error_and_runs_nothing(tmp_path, capsys):
     with pytest.raises(ValueError, match="cannot be read safely"):
         BatchCorrectedSCETM.load(bad)
     assert "must never run" not in capsys.readouterr().out
-    with pytest.raises(ValueError, match="No model file"):
+    with pytest.raises(FileNotFoundError, match="No model file"):
         BatchCorrectedSCETM.load(tmp_path / "nowhere")

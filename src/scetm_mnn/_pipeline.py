@@ -14,6 +14,7 @@ import pandas as pd
 import scvi
 
 from . import pl, pp, tl
+from ._atomic import write_text
 from ._costs import PhaseCosts
 from ._rows import is_on_disk
 from ._validation import get_matrix, obs_keys_checked
@@ -201,11 +202,11 @@ def _write_outputs(
     files: dict[str, Path] = {}
     if result.sweep is not None:
         files["metrics"] = out / "leiden_sweep.csv"
-        result.sweep.to_csv(files["metrics"], index=False)
+        write_text(files["metrics"], result.sweep.to_csv(index=False))
         files["table"] = out / "leiden_sweep.md"
         note = sweep_subsample(result.sweep)
         table = result.sweep.round(3).to_markdown(index=False) + "\n"
-        files["table"].write_text(table if note is None else f"Leiden on a {note}.\n\n{table}")
+        write_text(files["table"], table if note is None else f"Leiden on a {note}.\n\n{table}")
     with costs.phase("figures"):
         files["umap"] = out / "umap.png"
         # One UMAP of the latent, for this figure and for the report (which reuses it).
@@ -263,6 +264,6 @@ def _write_outputs(
         costs.add("report", time.perf_counter() - tic)
         result.costs = costs.frame()
     files["costs"] = out / "costs.csv"
-    result.costs.to_csv(files["costs"], index=False)
+    write_text(files["costs"], result.costs.to_csv(index=False))
     logger.info("Wrote %s", ", ".join(str(p) for p in files.values()))
     return files

@@ -5,7 +5,8 @@ batch-aware HVGs), the MNN corrector (:func:`scetm_mnn.pp.mnn_correct`), the top
 (:class:`scetm_mnn.model.BatchCorrectedSCETM` on the corrected layer), a Leiden sweep when
 labels exist, the figures, the saved model and the one-page ``report.html``
 (:func:`scetm_mnn.pl.report`). Each option's help says which of these
-stages it affects and its default.
+stages it affects and its default. Every output is written atomically (a killed run leaves
+the old file or none); errors are reported as ``_cli_errors`` describes.
 """
 
 from __future__ import annotations
@@ -17,13 +18,35 @@ from pathlib import Path
 
 import anndata as ad
 
+from ._atomic import atomic_path
+from ._cli_errors import (
+    TROUBLESHOOTING_URL,
+    OneLineParser,
+    check_input,
+    check_out,
+    h5ad_error,
+    is_user_error,
+    non_negative_float,
+    positive_int,
+    report,
+)
+from ._disk import anndata_bytes, check_free_space
 from ._pipeline import LATENT_KEY, TOPICS_KEY, run_pipeline
 from .pl import FIGURE_MAX_CELLS
 from .tl._leiden import sweep_subsample
 
 DATASETS = ("simulated", "baron-mouse", "baron-human")
-TROUBLESHOOTING_URL = "https://scetm-mnn.readthedocs.io/en/latest/troubleshooting.html"
-"""The documentation page that explains the error messages; printed with every error."""
+OUTPUTS = (
+    "leiden_sweep.csv",
+    "leiden_sweep.md",
+    "umap.png",
+    "topics.png",
+    "model",
+    "report.html",
+    "costs.csv",
+)
+"""What a run writes into ``--out`` (``run`` also ``<input>_scetm_mnn.h5ad``); an ``--out``
+that holds any of them is refused without ``--overwrite``."""
 
 
 def _load_demo(name: str) -> ad.AnnData:
@@ -49,6 +72,7 @@ def _print_summary(result, out: Path) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    check_out(Path(args.out), args.overwrite, OUTPUTS)
     adata = _load_demo(args.dataset)
     result = run_pipeline(
         adata,
@@ -67,13 +91,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    path = Path(args.input)
-    if not path.exists():
-        raise FileNotFoundError(f"Input file {path} does not exist.")
+    path, out = Path(args.input), Path(args.out)
+    h5ad = out / f"{path.stem}_scetm_mnn.h5ad"
+    check_input(path)
+    check_out(out, args.overwrite, (*OUTPUTS, h5ad.name))
     # Backed: obs, var and the layers are read now; X stays on disk, read once by the
     # preprocessing when it holds the counts, and never when the counts are a layer.
-    adata = ad.read_h5ad(path, backed="r")
     try:
+        adata = ad.read_h5ad(path, backed="r")
+    except Exception as err:  # not an h5ad, truncated: the user's file, not a crash
+        raise h5ad_error(path, err) from err
+    try:
+        _check_batches(adata, args.batch_key)
         result = run_pipeline(
             adata,
             batch_key=args.batch_key,
@@ -90,21 +119,52 @@ def _run(args: argparse.Namespace) -> int:
         )
     finally:
         adata.file.close()
-    result.files["h5ad"] = Path(args.out) / f"{path.stem}_scetm_mnn.h5ad"
-    result.adata.write_h5ad(result.files["h5ad"])
-    _print_summary(result, Path(args.out))
+    result.files["h5ad"] = h5ad
+    check_free_space(h5ad, anndata_bytes(result.adata), "the output h5ad")
+    with atomic_path(h5ad) as temporary:
+        result.adata.write_h5ad(temporary)
+    _print_summary(result, out)
     print(f"Embeddings: obsm[{LATENT_KEY!r}] (cluster on it), obsm[{TOPICS_KEY!r}] (topics).")
     return 0
 
 
-def _add_verbose(parser: argparse.ArgumentParser, default) -> None:
+def _check_batches(adata: ad.AnnData, batch_key: str) -> None:
+    """A ``--batch-key`` column holds at least two batches (a missing one: the pipeline's)."""
+    if batch_key not in adata.obs.columns:
+        return
+    batches = adata.obs[batch_key].dropna().unique()
+    if len(batches) < 2:
+        raise ValueError(
+            f"--batch-key {batch_key!r} holds a single batch ({', '.join(map(str, batches))}"
+            "): there is nothing to correct. Pass the obs column whose values are the "
+            "batches (donor, sample, plate)."
+        )
+
+
+def _add_flags(parser: argparse.ArgumentParser, default) -> None:
+    """``-v`` and ``--debug``, accepted before and after the subcommand."""
+    where = "accepted before or after the subcommand"
+    for flags, text in (
+        (("-v", "--verbose"), f"log each stage's progress (INFO messages) to stderr; {where}"),
+        (
+            ("--debug",),
+            f"show the Python traceback of every error; {where}. Default: user errors "
+            "print one line, crashes their traceback",
+        ),
+    ):
+        parser.add_argument(*flags, action="store_true", default=default, help=text)
+
+
+def _add_out(parser: argparse.ArgumentParser, text: str, default: str | None = None) -> None:
+    """``--out`` (required without a default) and ``--overwrite``."""
     parser.add_argument(
-        "-v",
-        "--verbose",
+        "--out", default=default, required=default is None, metavar="DIR", help=text
+    )
+    parser.add_argument(
+        "--overwrite",
         action="store_true",
-        default=default,
-        help="log each stage's progress (INFO messages) to stderr; accepted before or after "
-        "the subcommand",
+        help="replace the outputs of an earlier run in --out. Default: refuse, with exit "
+        "status 2, when --out already holds any of them (nothing is changed)",
     )
 
 
@@ -129,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     """
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="scetm-mnn",
         description="MNN batch correction + embedded topic model (scETM) for scRNA-seq. "
         "Each subcommand runs the whole pipeline: preprocess (normalize, log1p, "
@@ -138,15 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Errors are explained at {TROUBLESHOOTING_URL}",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    _add_verbose(parser, default=False)
+    _add_flags(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,run}")
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     # SUPPRESS: a -v given before the subcommand is not reset by the subcommand's default.
-    _add_verbose(common, default=argparse.SUPPRESS)
+    _add_flags(common, default=argparse.SUPPRESS)
     common.add_argument(
         "--max-epochs",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="topic model only: passes over the cells. Default: about 2,000 optimizer "
@@ -155,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--mnn-weight",
-        type=float,
+        type=non_negative_float,
         default=None,
         metavar="W",
         help="topic model only: weight of the MNN term in its loss. Default: 1, which "
@@ -172,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--max-cells",
-        type=int,
+        type=positive_int,
         default=FIGURE_MAX_CELLS,
         metavar="N",
         help="evaluation and figures only: above N cells, the Leiden sweep and umap.png "
@@ -194,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the pipeline on a bundled data set",
         description="Run the whole pipeline on a bundled data set and print its Leiden sweep.",
     )
+    demo.set_defaults(func=_demo)
     demo.add_argument(
         "--dataset",
         choices=DATASETS,
@@ -203,20 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
         "4 donors' 8,569 cells, 2,142 cells); the Baron data are read from $SCETM_MNN_DATA "
         "or downloaded (default: %(default)s)",
     )
-    demo.add_argument(
-        "--out",
+    _add_out(
+        demo,
+        "output folder: metrics, figures, model, report.html (default: %(default)s)",
         default="demo_output",
-        metavar="DIR",
-        help="output folder: metrics, figures, model, report.html (default: %(default)s)",
     )
-    demo.set_defaults(func=_demo)
 
-    run = sub.add_parser(
-        "run",
-        parents=[common],
-        help="run the pipeline on your .h5ad file",
-        description="Run the whole pipeline on an .h5ad file and write the results to --out.",
-    )
+    text = "run the pipeline on your .h5ad file"
+    description = "Run the whole pipeline on an .h5ad file and write the results to --out."
+    run = sub.add_parser("run", parents=[common], help=text, description=description)
+    run.set_defaults(func=_run)
     run.add_argument(
         "input",
         help="input .h5ad with raw integer counts in X, or in the layer named by --counts-layer",
@@ -246,20 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--n-top-genes",
-        type=int,
+        type=positive_int,
         default=2000,
         metavar="N",
         help="preprocessing: highly variable genes kept; the corrector's and topic "
         "model's size grows with it (default: %(default)s)",
     )
-    run.add_argument(
-        "--out",
-        required=True,
-        metavar="DIR",
-        help="required: output folder for the metrics, figures, model, report.html and "
+    _add_out(
+        run,
+        "required: output folder for the metrics, figures, model, report.html and "
         "<input>_scetm_mnn.h5ad (created if missing)",
     )
-    run.set_defaults(func=_run)
     return parser
 
 
@@ -273,9 +327,12 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns
     -------
-    The exit status: 0 on success, 2 for an error in the input (a missing file, ``obs``
-    column or layer, data that are not raw counts, no MNN pairs), printed as one line
-    ``scetm-mnn: error: ...`` followed by a pointer to the troubleshooting page.
+    The exit status: 0 on success, 2 for an error the user can fix (a missing or unreadable
+    file, ``obs`` column or layer, data that are not raw counts, one batch, an ``--out``
+    that cannot be written or holds an earlier run, a bad option value, a full disk),
+    printed as one line ``scetm-mnn: error: ... (see <troubleshooting page>)``. Other
+    exceptions are crashes and propagate with their traceback; ``--debug`` prints the
+    traceback of user errors too.
 
     Examples
     --------
@@ -290,13 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"scetm-mnn: error: {message}", file=sys.stderr)
-        print(
-            f"scetm-mnn: what it means and how to fix it: {TROUBLESHOOTING_URL}", file=sys.stderr
-        )
-        return 2
+    except Exception as err:
+        if not is_user_error(err):
+            raise  # a crash: its traceback
+        return report(err, args.debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,8 @@ import pandas as pd
 import pooch
 from scipy import sparse
 
+from .._atomic import atomic_path
+
 logger = logging.getLogger(__name__)
 
 DATA_ENV = "SCETM_MNN_DATA"
@@ -326,7 +328,8 @@ def baron_pancreas(
             if not paths:
                 raise FileNotFoundError(f"{_GEO_TAR} in {cache} holds no {species} files.")
             adata = _read_csvs(paths, species)
-            adata.write_h5ad(cache / f"baron_{species}.h5ad", compression="gzip")
+            with atomic_path(cache / f"baron_{species}.h5ad") as temporary:
+                adata.write_h5ad(temporary, compression="gzip")
     adata = _standardize(adata, species)
     if adata.n_obs < N_CELLS[species]:
         logger.info(

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._atomic import atomic_path
+
 logger = logging.getLogger(__name__)
 
 SIMULATE_CHUNK = 10_000
@@ -328,7 +330,7 @@ def _write_h5ad(
     import h5py
     from anndata.io import sparse_dataset, write_elem
 
-    with h5py.File(filename, "w") as f:
+    with atomic_path(filename) as temporary, h5py.File(temporary, "w") as f:
         f.attrs["encoding-type"] = "anndata"
         f.attrs["encoding-version"] = "0.1.0"
         for key, value in (("obs", obs), ("var", var), ("varm", varm), ("uns", uns)):

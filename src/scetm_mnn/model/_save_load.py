@@ -26,8 +26,17 @@ from anndata import AnnData, read_h5ad
 from scvi.model._utils import parse_device_args
 from scvi.model.base._save_load import _initialize_model
 
+from .._atomic import atomic_dir
+from .._disk import anndata_bytes, check_free_space
 from ._docs import shared_parameters
-from ._serialization import encode_attributes, model_path, read_model_file
+from ._serialization import (
+    FORMAT,
+    FORMAT_KEY,
+    MODEL_FILE,
+    encode_attributes,
+    model_path,
+    read_model_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,13 +84,24 @@ class SaveLoadMixin:
     True
     """
 
-    def save(self, dir_path: str, prefix: str | None = None, **kwargs) -> None:
-        """Save the model (see :meth:`scvi.model.base.BaseModelClass.save`); rank 0 only.
+    def save(
+        self,
+        dir_path: str,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **kwargs,
+    ) -> None:
+        """Save the model atomically (as :meth:`scvi.model.base.BaseModelClass.save`); rank 0 only.
 
-        The file loads with ``torch.load(..., weights_only=True)``: the training history
-        is kept as plain lists. After data-parallel training every process holds the same
-        model; only the process of global rank 0 writes, so that N processes do not write
-        one folder at once.
+        The folder is written whole as a temporary sibling and then swapped in: a reader,
+        or a save that is killed, sees the old folder or the new one, never a mix (see
+        ``docs/troubleshooting.md``). Files of ``dir_path`` that this save does not write
+        (another prefix's model) are kept. The file loads with
+        ``torch.load(..., weights_only=True)``: the training history is kept as plain
+        lists. After data-parallel training every process holds the same model; only the
+        process of global rank 0 writes, so that N processes do not write one folder at
+        once.
 
         Parameters
         ----------
@@ -89,20 +109,43 @@ class SaveLoadMixin:
             Folder to save to.
         prefix
             File-name prefix.
+        overwrite
+            Replace an existing folder; when false, an existing ``dir_path`` raises
+            :class:`FileExistsError` and is left untouched.
+        save_anndata
+            Also save the AnnData (``adata.h5ad``).
         **kwargs
-            Passed to :meth:`scvi.model.base.BaseModelClass.save` (``overwrite``,
-            ``save_anndata``, ...).
+            Passed to :meth:`scvi.model.base.BaseModelClass.save` (``save_kwargs``, ...).
+
+        Raises
+        ------
+        FileExistsError
+            ``dir_path`` exists and ``overwrite`` is false.
+        OSError
+            With ``errno.ENOSPC`` when the disk has too little space, checked before the
+            write or met during it; nothing is left behind.
         """
         trainer = getattr(self, "trainer", None)
         if trainer is not None and not trainer.is_global_zero:
             logger.info("Not saving on rank %d; rank 0 saves the model.", trainer.global_rank)
             return
-        super().save(dir_path, prefix=prefix, **kwargs)
+        check_free_space(dir_path, self._saved_bytes(save_anndata), "the model")
+        owned = {f"{prefix or ''}{name}" for name in (MODEL_FILE, "adata.h5ad", "mdata.h5mu")}
+        with atomic_dir(dir_path, overwrite=overwrite, keep=lambda name: name not in owned) as tmp:
+            super().save(
+                str(tmp), prefix=prefix, overwrite=True, save_anndata=save_anndata, **kwargs
+            )
+        logger.info("Saved the model to %s.", dir_path)
+
+    def _saved_bytes(self, save_anndata: bool) -> int:
+        """About how many bytes :meth:`save` writes: the weights, and the AnnData if saved."""
+        weights = sum(t.numel() * t.element_size() for t in self.module.state_dict().values())
+        return weights + (anndata_bytes(self.adata) if save_anndata else 0) + (1 << 16)
 
     def _get_user_attributes(self) -> list[tuple[str, Any]]:
         # scvi-tools' (private) hook that collects what ``save`` writes: hand it the
         # attributes in types that torch.load(weights_only=True) reads back.
-        return encode_attributes(super()._get_user_attributes())
+        return [*encode_attributes(super()._get_user_attributes()), (FORMAT_KEY, FORMAT)]
 
     @classmethod
     def load(
@@ -128,6 +171,15 @@ class SaveLoadMixin:
             File-name prefix used when saving.
         accelerator, device
             Where to put the model, as in :meth:`scvi.model.base.BaseModelClass.load`.
+
+        Raises
+        ------
+        FileNotFoundError
+            No model file in ``dir_path``.
+        ValueError
+            The file is truncated, not a model file, another model's (another scvi-tools
+            model, or a file with objects that are not plain data), or of a newer layout;
+            the message names the file and the reason.
         """
         device = torch_device(accelerator, device)
         saved = read_model_file(model_path(dir_path, prefix), map_location=device)

@@ -20,6 +20,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from .._atomic import write_text
 from .._docstrings import shared_docstring
 from .._validation import check_obs_key
 from ._report_figures import Page
@@ -196,8 +197,7 @@ def report(
         "errors": page.errors,
     }
     html, path = _environment().get_template("report.html.j2").render(**context), Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html, encoding="utf-8")
+    write_text(path, html)  # atomically: a killed run leaves the old report or none
     logger.info("Wrote the report %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path
 

@@ -16,6 +16,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scanpy.plotting import palettes
 
+from .._atomic import atomic_path
+
 logger = logging.getLogger(__name__)
 
 
@@ -82,8 +84,10 @@ def save_figure(fig: Figure, save: str | os.PathLike | None, dpi: int = 300) -> 
     if save is None:
         return
     path = Path(save)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    if not path.suffix:  # as matplotlib names it
+        path = path.with_suffix(f".{plt.rcParams['savefig.format']}")
+    with atomic_path(path) as temporary:  # a killed run never leaves half a figure
+        fig.savefig(temporary, dpi=dpi, bbox_inches="tight", format=path.suffix[1:])
     logger.info("Saved figure to %s", path)
 
 

@@ -313,7 +313,9 @@ class MNNCorrector:
         The ``.pt`` file holds tensors only (the network, the latent space, the reference
         coordinates), so :meth:`load` reads it with ``torch.load(..., weights_only=True)``;
         the JSON sidecar holds the parameters, the genes, the reference batches, the
-        package version and an id that the ``.pt`` file repeats.
+        package version and an id that the ``.pt`` file repeats. Both are written
+        atomically: a save that is killed or meets a full disk leaves the old pair (or
+        the new one), never a mix, and no partial file.
 
         Parameters
         ----------
@@ -331,7 +333,9 @@ class MNNCorrector:
         Raises
         ------
         FileExistsError
-            The files exist and ``overwrite`` is false.
+            The files exist and ``overwrite`` is false (they are left untouched).
+        OSError
+            With ``errno.ENOSPC`` when the disk has too little space.
 
         Examples
         --------
@@ -370,7 +374,9 @@ class MNNCorrector:
         FileNotFoundError
             The ``.pt`` file or its JSON sidecar is missing.
         ValueError
-            The files were not written together, by a layout this version reads.
+            A file is truncated, of another kind (random bytes, a pickle, other tensors)
+            or of another layout, or the two were not written together; the message names
+            the file and the reason.
 
         Examples
         --------

@@ -6,17 +6,28 @@ holds tensors only, so it is read with ``torch.load(..., weights_only=True)``; t
 holds the parameters, the genes, the reference batches, the package version, the fit's
 summary and an id that the ``.pt`` file repeats. ``FORMAT`` numbers the layout; files of
 another layout are refused.
+
+The pair is written atomically (:func:`scetm_mnn._atomic.atomic_files`): both files are
+written to temporaries and fsynced, then the ``.pt`` file is renamed into place, then the
+sidecar. A save killed between the two renames leaves the new ``.pt`` file beside the old
+sidecar, and the new sidecar complete as its temporary: :func:`read_corrector` sees the ids
+differ, finds the temporary whose id matches, and renames it into place (a roll-forward,
+as SQLite replays its journal), so a reader always gets the old pair or the new one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._atomic import atomic_files, fsync_dir, pending
+from .._disk import check_free_space
 from ._fitting import Fitted
 from ._latent import FrozenPCA, build_encoder, freeze
 from ._network import build_network
@@ -56,9 +67,9 @@ def write_corrector(
     existing = [str(p) for p in (state_path, meta_path) if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(
-            f"{', '.join(existing)} already exist; pass overwrite=True to replace them."
+            f"{', '.join(existing)} already exist; pass overwrite=True to replace them "
+            "(they were left untouched)."
         )
-    state_path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "format": FORMAT,
         "fit_id": fit_id,
@@ -80,8 +91,17 @@ def write_corrector(
         "history": fitted.history,
         **fitted.info,
     }
-    torch.save(state, state_path)
-    meta_path.write_text(json.dumps(meta, indent=1))
+    tensors = [t for part in state.values() if isinstance(part, dict) for t in part.values()]
+    tensors += [state["reference_coords"], state["reference_codes"]]
+    needed = sum(t.numel() * t.element_size() for t in tensors) + (1 << 20)
+    check_free_space(state_path, needed, "the corrector")
+    if overwrite and pending(meta_path) and state_path.is_file():
+        # Complete a killed save first: the stale temporaries go when this one starts.
+        with contextlib.suppress(ValueError):
+            _rolled_forward(meta_path, _read_state(state_path)["fit_id"])
+    with atomic_files([state_path, meta_path], overwrite=overwrite) as (state_tmp, meta_tmp):
+        torch.save(state, state_tmp)
+        meta_tmp.write_text(json.dumps(meta, indent=1))
     logger.info("Saved the corrector to %s and %s.", state_path, meta_path)
     return state_path
 
@@ -98,23 +118,93 @@ def _space(latent: str, state: dict[str, torch.Tensor]) -> torch.nn.Module:
     return freeze(space)
 
 
-def read_corrector(path: str | Path) -> tuple[dict[str, Any], list[str], Fitted, str]:
-    """Read what :func:`write_corrector` wrote: ``(params, genes, fitted, fit_id)``."""
-    state_path, meta_path = corrector_paths(path)
-    for p in (state_path, meta_path):
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"{p} does not exist; MNNCorrector.load needs both the .pt file and its "
-                ".json sidecar that MNNCorrector.save wrote."
-            )
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
+def _read_meta(path: Path) -> dict[str, Any]:
+    """A JSON sidecar, or one clear error naming it."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(
-            f"{meta_path} has layout {meta.get('format')!r}; this version of scetm-mnn "
-            f"reads layout {FORMAT}. Fit and save the corrector again."
+            f"{path} is not a corrector sidecar written by MNNCorrector.save (it is "
+            f"truncated, or another kind of file): {error}"
+        ) from error
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is not a corrector sidecar written by MNNCorrector.save.")
+    if meta.get("format") != FORMAT:
+        newer = isinstance(meta.get("format"), int) and meta["format"] > FORMAT
+        raise ValueError(
+            f"{path} has layout {meta.get('format')!r}; this version of scetm-mnn reads "
+            f"layout {FORMAT}. "
+            + ("Upgrade scetm-mnn to load it." if newer else "Fit and save the corrector again.")
         )
-    state = torch.load(state_path, map_location="cpu", weights_only=True)
-    if state.get("fit_id") != meta["fit_id"]:
+    return meta
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """The tensors' file, read with torch's restricted unpickler, or one clear error."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, random bytes, pickled objects
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(
+            f"{path} is not a corrector file written by MNNCorrector.save (it is truncated, "
+            "another kind of file, or holds objects other than tensors); it cannot be read "
+            f"safely with torch.load(weights_only=True). Reason: {reason}"
+        ) from error
+    needed = {"fit_id", "net", "space", "search", "reference_coords", "reference_codes"}
+    if not isinstance(state, dict) or not needed <= state.keys():
+        raise ValueError(f"{path} does not hold a corrector written by MNNCorrector.save.")
+    return state
+
+
+def _rolled_forward(meta_path: Path, fit_id: str) -> dict[str, Any] | None:
+    """The sidecar that a save killed between its two renames left as a temporary.
+
+    Only one whose id is ``fit_id`` (the ``.pt`` file's) counts; it is renamed into place
+    (where the folder is writable) and returned.
+    """
+    for candidate in pending(meta_path):
+        try:
+            meta = _read_meta(candidate)
+        except (OSError, ValueError):
+            continue
+        if meta.get("fit_id") == fit_id:
+            try:
+                os.replace(candidate, meta_path)
+                fsync_dir(meta_path.parent)
+                logger.warning("Completed the save of %s that was killed.", meta_path)
+            except OSError:
+                logger.warning("Read %s: the save of %s was killed.", candidate, meta_path)
+            return meta
+    return None
+
+
+def read_corrector(path: str | Path) -> tuple[dict[str, Any], list[str], Fitted, str]:
+    """Read what :func:`write_corrector` wrote: ``(params, genes, fitted, fit_id)``.
+
+    Raises
+    ------
+    FileNotFoundError
+        The ``.pt`` file or its sidecar is missing.
+    ValueError
+        Either file is truncated, of another kind or of another layout, or the two were not
+        saved together; the message names the file and the reason.
+    """
+    state_path, meta_path = corrector_paths(path)
+    if not state_path.is_file():
+        raise FileNotFoundError(
+            f"{state_path} does not exist; MNNCorrector.load needs both the .pt file and "
+            "its .json sidecar that MNNCorrector.save wrote."
+        )
+    meta = _read_meta(meta_path) if meta_path.is_file() else None
+    state = _read_state(state_path)
+    if meta is None or state["fit_id"] != meta.get("fit_id"):
+        meta = _rolled_forward(meta_path, state["fit_id"]) or meta
+    if meta is None:
+        raise FileNotFoundError(
+            f"{meta_path} does not exist; MNNCorrector.load needs both the .pt file and its "
+            ".json sidecar that MNNCorrector.save wrote."
+        )
+    if state["fit_id"] != meta.get("fit_id"):
         raise ValueError(
             f"{state_path} and {meta_path} were not saved together (their fit ids "
             "differ); keep the pair that MNNCorrector.save wrote."
