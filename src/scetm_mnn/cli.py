@@ -87,6 +87,7 @@ def _run(args: argparse.Namespace) -> int:
             report=not args.no_report,
             source_name=str(path),
             max_cells=args.max_cells,
+            resume=args.resume,
         )
     finally:
         adata.file.close()
@@ -258,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="required: output folder for the metrics, figures, model, report.html and "
         "<input>_scetm_mnn.h5ad (created if missing)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a run that was killed, with the same input and options, from its "
+        "last finished phase (preprocess, correct, train, latent; the corrector's and the "
+        "topic model's epochs are checkpointed), kept in DIR/checkpoints/; the result is "
+        "the uninterrupted run's. Without a kept state the run starts from the beginning",
     )
     run.set_defaults(func=_run)
     return parser
