@@ -72,7 +72,7 @@ def _save_atomic(state: dict[str, Any], file: Path) -> None:
     """``torch.save(state, file)`` through a fsynced temporary sibling and a rename."""
     # TODO(merge): use _atomic
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    tmp = file.with_name(f".{file.name}.tmp")
     try:
         with open(tmp, "wb") as handle:
             torch.save(state, handle)
