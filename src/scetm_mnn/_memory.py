@@ -49,8 +49,11 @@ class MemoryEstimate:
 
 
 class InsufficientMemoryError(MemoryError, ValueError):
-    """A run that would need more memory than is available. A ``MemoryError`` and a
-    ``ValueError``: the CLI reports it as a user error (one line, exit code 2)."""
+    """A run that would need more memory than is available.
+
+    A ``MemoryError`` and a ``ValueError``: the CLI reports it as a user error (one line,
+    exit code 2).
+    """
 
 
 def _csr_bytes(n_obs: int, nnz: float, dtype_bytes: int, index_bytes: int) -> float:
@@ -148,8 +151,11 @@ def estimate_run(
 
 
 def available_bytes() -> float | None:
-    """Memory available to a new allocation now: ``MemAvailable`` of ``/proc/meminfo``
-    (Linux), bounded by a cgroup's limit; ``None`` where unknown."""
+    """Memory available to a new allocation now, in bytes.
+
+    ``MemAvailable`` of ``/proc/meminfo`` (Linux), bounded by a cgroup's limit; ``None``
+    where unknown.
+    """
     available = None
     try:
         with open("/proc/meminfo") as handle:

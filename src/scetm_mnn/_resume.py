@@ -126,8 +126,10 @@ class RunState:
         return phase in self.done
 
     def finish(self, phase: str, costs: list[dict[str, Any]], drop: tuple[str, ...] = ()) -> None:
-        """Record ``phase`` as finished, with the cost rows so far; then delete ``drop``
-        (state files that no later phase needs)."""
+        """Record ``phase`` as finished, with the cost rows so far.
+
+        Then delete ``drop``, state files that no later phase needs.
+        """
         if not self.enabled:
             return
         self.done.append(phase)

@@ -141,7 +141,9 @@ def unloadable(out: Path) -> list[str]:
     """The files under ``out`` that do not load (temporary siblings, named ``.*``, aside)."""
     bad = []
     for path in sorted(out.rglob("*")):
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(out).parts):
+        if path.is_file() and not any(
+            part.startswith(".") for part in path.relative_to(out).parts
+        ):
             try:
                 _loads(path)
             except Exception as err:  # any failure to load counts
@@ -266,7 +268,9 @@ def _write_table(records: list[dict], doc: Path) -> None:
     start, end = "<!-- kill-table start -->", "<!-- kill-table end -->"
     text = doc.read_text()
     if start in text:
-        text = text[: text.index(start) + len(start)] + "\n" + table + "\n" + text[text.index(end) :]
+        text = (
+            text[: text.index(start) + len(start)] + "\n" + table + "\n" + text[text.index(end) :]
+        )
     else:
         text += f"\n{start}\n{table}\n{end}\n"
     doc.write_text(text)

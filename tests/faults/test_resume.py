@@ -76,7 +76,9 @@ json.dump(corrected.uns["mnn_corrected"]["history"], open(out + ".json", "w"))
 
 
 def _child(script, *args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(script), *map(str, args)], env=_killer.child_env())
+    return subprocess.Popen(
+        [sys.executable, str(script), *map(str, args)], env=_killer.child_env()
+    )
 
 
 def test_a_killed_corrector_fit_resumes_to_the_uninterrupted_one(data, tmp_path):

@@ -46,8 +46,10 @@ _DIGEST_CELLS = 256
 
 
 def checkpoint_file(path: str | Path) -> Path:
-    """The checkpoint file of ``ckpt_path``: the path itself when it has a suffix, else
-    :data:`CHECKPOINT_FILE` in that directory."""
+    """The checkpoint file of ``ckpt_path``.
+
+    The path itself when it has a suffix, else :data:`CHECKPOINT_FILE` in that directory.
+    """
     path = Path(path)
     if path.suffix and not path.is_dir():
         return path
@@ -179,8 +181,11 @@ class FitCheckpoint:
         return self.state.get("training")
 
     def save_training(self, state: dict[str, Any], final: bool) -> None:
-        """Keep the training state after an epoch; written when ``final`` or when
-        ``interval`` seconds have passed since the last write."""
+        """Keep the training state after an epoch.
+
+        It is written when ``final`` or when ``interval`` seconds have passed since the
+        last write.
+        """
         if not final and time.monotonic() - self._written < self.interval:
             return
         self.state["training"] = state

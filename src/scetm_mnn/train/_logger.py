@@ -73,8 +73,11 @@ class HistoryLogger(Logger):
             self._values[key][point] = value
 
     def checkpoint_state(self, pending: dict[str, Any], epoch: int) -> dict[str, Any]:
-        """The recorded values, plus ``pending`` (this epoch's metrics, which Lightning logs
-        only after the end-of-epoch checkpoint is written), for a checkpoint."""
+        """The recorded values and ``pending``, for a checkpoint.
+
+        ``pending`` are this epoch's metrics, which Lightning logs only after the
+        end-of-epoch checkpoint is written.
+        """
         values = {key: dict(points) for key, points in self._values.items()}
         axis = dict(self._axis)
         for key, value in pending.items():

@@ -253,8 +253,10 @@ class ETMTrainingPlan(TrainingPlan):
                 buffer.copy_(buffers[name].to(buffer.device))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Save torch's random state too, so a resumed run draws what the uninterrupted
-        would, and the :class:`HistoryLogger`'s rows, so its history is whole."""
+        """Save torch's random state and the :class:`HistoryLogger`'s rows too.
+
+        A resumed run then draws what the uninterrupted would, and its history is whole.
+        """
         super().on_save_checkpoint(checkpoint)
         checkpoint["scetm_mnn_torch_rng_state"] = torch.get_rng_state()
         if isinstance(self.logger, HistoryLogger):
