@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a run that was killed, with the same input and options, from its "
         "last finished phase (preprocess, correct, train, latent; the corrector's and the "
         "topic model's epochs are checkpointed), kept in DIR/checkpoints/; the result is "
-        "the uninterrupted run's. Without a kept state the run starts from the beginning",
+        "the uninterrupted run's. Default: off, a fresh run (and --resume without a kept "
+        "state starts from the beginning too)",
     )
     run.set_defaults(func=_run)
     return parser
