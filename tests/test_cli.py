@@ -201,7 +201,11 @@ def test_options_reach_the_pipeline(monkeypatch, h5ad, tmp_path):
         "report": True,
         "source_name": str(h5ad),
         "max_cells": 200_000,
+        "resume": False,
     }
+    seen.clear()
+    assert main([*argv, "--resume"]) == 2
+    assert seen["resume"] is True
     seen.clear()
     assert main(["demo", "--mnn-weight", "1", "--out", str(tmp_path)]) == 2
     assert seen["mnn_weight"] == 1.0 and seen["batch_key"] == "batch"

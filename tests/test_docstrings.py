@@ -18,7 +18,7 @@ def _public_objects():
             obj = getattr(module, name)
             yield f"{module_name}.{name}", obj
             if inspect.isclass(obj):
-                for attr, member in vars(obj).items():
+                for attr in vars(obj):
                     if not attr.startswith("_") or attr == "__init__":
                         yield f"{module_name}.{name}.{attr}", getattr(obj, attr)
 

@@ -75,3 +75,8 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_model(sim_adata, tmp
     np.testing.assert_allclose(
         resumed.get_latent_representation(), whole.get_latent_representation(), atol=1e-5
     )
+    # The history logged before the checkpoint comes back with it: every epoch's row.
+    assert set(resumed.history) == set(whole.history)
+    for key, frame in whole.history.items():
+        assert resumed.history[key].index.tolist() == [0, 1, 2, 3]
+        np.testing.assert_allclose(resumed.history[key].to_numpy(), frame.to_numpy())

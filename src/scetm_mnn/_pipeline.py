@@ -10,12 +10,14 @@ from pathlib import Path
 
 import anndata as ad
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import scvi
 
-from . import pl, pp, tl
+from . import _memory, pl, pp, tl
 from ._atomic import write_text
 from ._costs import PhaseCosts
+from ._resume import RunState, input_fingerprint
 from ._rows import is_on_disk
 from ._validation import get_matrix, obs_keys_checked
 from .model import BatchCorrectedSCETM
@@ -62,6 +64,8 @@ def run_pipeline(
     source_name: str | None = None,
     correct_kwargs: Mapping[str, object] | None = None,
     max_cells: int | None = FIGURE_MAX_CELLS,
+    resume: bool = False,
+    check_memory: bool = True,
 ) -> PipelineResult:
     """Preprocess, correct with MNN, train the topic model, and evaluate.
 
@@ -106,6 +110,19 @@ def run_pipeline(
         of this many (by batch × cell type; :func:`scetm_mnn.tl.leiden_sweep`'s
         ``subsample``, :func:`scetm_mnn.pl.integration_umap`'s ``max_cells``), and the
         report at most this many (its own cap is 50,000). ``None``: every cell.
+    resume
+        Continue the run whose state is in ``out/checkpoints/`` (a run killed before it
+        finished) from its last finished phase: preprocess, correct (the corrector's
+        pairs and epochs checkpointed), train (the topic model's epochs checkpointed),
+        latent; the evaluation and the outputs are then made again. The result is the
+        uninterrupted run's (same arguments, input and thread count). Every run with
+        ``out`` keeps that state; without a state, the run starts from the beginning.
+    check_memory
+        Before the preprocessing, estimate the run's peak memory from the input's shape
+        and nnz (``scetm_mnn._memory.estimate_run``) and refuse, with an
+        ``InsufficientMemoryError`` (a ``MemoryError`` and a ``ValueError``), a run that
+        would not fit in the memory available. ``$SCETM_MNN_CHECK_MEMORY=0`` turns it off
+        too.
     """
     keys = {batch_key: "batch_key"}
     if label_key is not None:
@@ -126,40 +143,58 @@ def run_pipeline(
             **{f"correct.{k}": v for k, v in (correct_kwargs or {}).items()},
         }
         costs = PhaseCosts()
-        with costs.phase("preprocess"):
-            # The counts and annotations by reference: preprocess(copy=True) makes the one copy.
-            counts = get_matrix(adata, counts_layer, argument="counts_layer")
-            if is_on_disk(counts):  # the X of a backed AnnData: read once, preprocess needs it
-                counts = counts.to_memory() if hasattr(counts, "to_memory") else counts[...]
-            source = ad.AnnData(
-                X=counts,
-                obs=adata.obs.copy(),
-                var=adata.var.copy(),
-            )
-            data = pp.preprocess(source, n_top_genes=n_top_genes, batch_key=batch_key, copy=True)
-            del source, counts
-        with costs.phase("correct"):
-            pp.mnn_correct(
-                data,
-                batch_key,
-                key_added=CORRECTED_KEY,
-                random_state=random_state,
-                **dict(correct_kwargs or {}),
-            )
-        with costs.phase("train"):
-            BatchCorrectedSCETM.setup_anndata(
-                data,
-                layer="counts",
-                batch_key=batch_key,
-                corrected_layer=CORRECTED_KEY,
-                mnn_pairs_key=f"{CORRECTED_KEY}_pairs",
-            )
-            model = BatchCorrectedSCETM(data)
-            train_kwargs = {} if mnn_weight is None else {"mnn_weight": mnn_weight}
-            model.train(max_epochs=max_epochs, seed=random_state, **train_kwargs)
-        with costs.phase("latent"):
-            data.obsm[LATENT_KEY] = model.get_latent_representation()
-            data.obsm[TOPICS_KEY] = model.get_topic_proportions()
+        state = RunState(out, {**params, "input": input_fingerprint(adata, batch_key)}, resume)
+        costs.rows = list(state.costs)
+        if not state.finished("preprocess") and check_memory:
+            _check_memory(adata, counts_layer, n_top_genes, correct_kwargs)
+        if state.finished("correct"):
+            data = state.read_data("corrected.h5ad")
+        else:
+            if state.finished("preprocess"):
+                data = state.read_data("preprocessed.h5ad")
+            else:
+                with costs.phase("preprocess"):
+                    data = _preprocess(adata, counts_layer, n_top_genes, batch_key)
+                state.write_data("preprocessed.h5ad", data)
+                state.finish("preprocess", costs.rows)
+            with costs.phase("correct"):
+                pp.mnn_correct(
+                    data,
+                    batch_key,
+                    key_added=CORRECTED_KEY,
+                    random_state=random_state,
+                    ckpt_path=state.path("corrector_fit.ckpt"),
+                    resume=state.resume,
+                    **dict(correct_kwargs or {}),
+                )
+            state.write_data("corrected.h5ad", data)
+            state.finish("correct", costs.rows, ("preprocessed.h5ad", "corrector_fit.ckpt"))
+        if state.finished("train"):
+            model = state.read_model(BatchCorrectedSCETM, data)
+        else:
+            with costs.phase("train"):
+                BatchCorrectedSCETM.setup_anndata(
+                    data,
+                    layer="counts",
+                    batch_key=batch_key,
+                    corrected_layer=CORRECTED_KEY,
+                    mnn_pairs_key=f"{CORRECTED_KEY}_pairs",
+                )
+                model = BatchCorrectedSCETM(data)
+                train_kwargs = {} if mnn_weight is None else {"mnn_weight": mnn_weight}
+                train_kwargs.update(state.topic_model_arguments())
+                model.train(max_epochs=max_epochs, seed=random_state, **train_kwargs)
+            state.write_model(model)
+            state.finish("train", costs.rows, ("topic_model.ckpt",))
+        if state.finished("latent"):
+            data.obsm.update(state.read_arrays("latent.npz"))
+        else:
+            with costs.phase("latent"):
+                data.obsm[LATENT_KEY] = model.get_latent_representation()
+                data.obsm[TOPICS_KEY] = model.get_topic_proportions()
+            latents = {key: data.obsm[key] for key in (LATENT_KEY, TOPICS_KEY)}
+            state.write_arrays("latent.npz", latents)
+            state.finish("latent", costs.rows)
         result = PipelineResult(adata=data, model=model, params=params)
 
         with costs.phase("evaluate"):
@@ -185,7 +220,46 @@ def run_pipeline(
                 source=source_name,
                 max_cells=max_cells,
             )
+        state.clear()
         return result
+
+
+def _preprocess(adata, counts_layer, n_top_genes: int, batch_key: str) -> ad.AnnData:
+    """The preprocessed copy of ``adata``'s counts (``pp.preprocess``)."""
+    # The counts and annotations by reference: preprocess(copy=True) makes the one copy.
+    counts = get_matrix(adata, counts_layer, argument="counts_layer")
+    on_disk = is_on_disk(counts)
+    if on_disk:  # the X of a backed AnnData: read once, preprocess needs it
+        counts = counts.to_memory() if hasattr(counts, "to_memory") else counts[...]
+    source = ad.AnnData(X=counts, obs=adata.obs.copy(), var=adata.var.copy())
+    # Counts read from disk are the run's own: preprocessed in place, not copied again.
+    data = pp.preprocess(source, n_top_genes=n_top_genes, batch_key=batch_key, copy=not on_disk)
+    return source if on_disk else data
+
+
+def _check_memory(adata, counts_layer, n_top_genes: int, correct_kwargs) -> None:
+    """Refuse a run whose estimated peak memory exceeds what is available."""
+    counts = get_matrix(adata, counts_layer, argument="counts_layer")
+    on_disk = is_on_disk(counts)
+    nnz = getattr(counts, "nnz", None)
+    if nnz is None and hasattr(counts, "group"):  # a backed sparse matrix
+        nnz = int(counts.group["data"].shape[0])
+    dtype = getattr(counts, "dtype", np.dtype("float32"))
+    kwargs = {k: v for k, v in (correct_kwargs or {}).items() if k in _MEMORY_PARAMETERS}
+    estimate = _memory.estimate_run(
+        adata.n_obs,
+        adata.n_vars,
+        nnz,
+        n_top_genes=n_top_genes,
+        dtype_bytes=np.dtype(dtype).itemsize,
+        input_in_memory=not on_disk,
+        **kwargs,
+    )
+    _memory.check_memory(estimate, "This run")
+
+
+_MEMORY_PARAMETERS = ("n_comps", "network", "n_hidden", "n_blocks")
+"""The corrector's parameters that :func:`estimate_run` reads."""
 
 
 def _write_outputs(

@@ -94,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     path, out = Path(args.input), Path(args.out)
     h5ad = out / f"{path.stem}_scetm_mnn.h5ad"
     check_input(path)
-    check_out(out, args.overwrite, (*OUTPUTS, h5ad.name))
+    check_out(out, args.overwrite or args.resume, (*OUTPUTS, h5ad.name))  # a resumed run owns them
     # Backed: obs, var and the layers are read now; X stays on disk, read once by the
     # preprocessing when it holds the counts, and never when the counts are a layer.
     try:
@@ -116,6 +116,7 @@ def _run(args: argparse.Namespace) -> int:
             report=not args.no_report,
             source_name=str(path),
             max_cells=args.max_cells,
+            resume=args.resume,
         )
     finally:
         adata.file.close()
@@ -313,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
         run,
         "required: output folder for the metrics, figures, model, report.html and "
         "<input>_scetm_mnn.h5ad (created if missing)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a run that was killed, with the same input and options, from its "
+        "last finished phase (preprocess, correct, train, latent; the corrector's and the "
+        "topic model's epochs are checkpointed), kept in DIR/checkpoints/; the result is "
+        "the uninterrupted run's. Default: off, a fresh run (and --resume without a kept "
+        "state starts from the beginning too)",
     )
     return parser
 

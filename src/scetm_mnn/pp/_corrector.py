@@ -21,6 +21,7 @@ from anndata import AnnData
 
 from .._rows import Rows
 from ._adapter import Adapter, correct_cells, query_cells
+from ._checkpoint import FitCheckpoint, fingerprint
 from ._corrected import dense_default, output_target, read_input, write_corrected
 from ._corrector_doc import CORRECTOR_DOC, check_parameters, check_transform, document
 from ._fitting import Fitted, fit_reference
@@ -116,13 +117,18 @@ class MNNCorrector:
         self.history_ = list(fitted.history)
         self._fitted, self._fit_id = fitted, fit_id
 
-    def _fit(self, adata: AnnData, x: Rows, batches: np.ndarray, dense: bool):
+    def _fit(self, adata: AnnData, x: Rows, batches: np.ndarray, dense: bool, ckpt, resume):
         """Fit on ``x``; returns ``(x̂ or None, latent, C, pairs)`` of its cells."""
-        fitted, *outputs = fit_reference(self._kwargs, x, batches, dense, self.batch_key)
+        if ckpt is not None:
+            ckpt = FitCheckpoint(ckpt, fingerprint(self._kwargs, x, batches), resume)
+        fitted, *outputs = fit_reference(self._kwargs, x, batches, dense, self.batch_key, ckpt)
         self._keep([str(g) for g in adata.var_names], fitted, uuid.uuid4().hex)
         return outputs
 
-    def fit(self, adata: AnnData) -> MNNCorrector:
+    @document
+    def fit(
+        self, adata: AnnData, *, ckpt_path: str | Path | None = None, resume: bool = False
+    ) -> MNNCorrector:
         """Fit the corrector on a reference; ``adata`` is not modified.
 
         Parameters
@@ -131,6 +137,7 @@ class MNNCorrector:
             Log-normalized expression in ``X`` (or ``layers[layer]``) over the genes to
             correct, e.g. the output of :func:`~scetm_mnn.pp.preprocess`; dense, sparse or
             backed, any float dtype.
+        %(checkpoint)s
 
         Returns
         -------
@@ -154,7 +161,7 @@ class MNNCorrector:
         (True, 100)
         """
         x, batches = read_input(adata, self._kwargs["layer"], self.batch_key)
-        self._fit(adata, x, batches, dense=False)
+        self._fit(adata, x, batches, False, ckpt_path, resume)
         return self
 
     @document
@@ -165,6 +172,8 @@ class MNNCorrector:
         key_added: str = "mnn_corrected",
         dense_layer: bool | None = None,
         copy: bool = False,
+        ckpt_path: str | Path | None = None,
+        resume: bool = False,
     ) -> AnnData | None:
         """Fit on ``adata`` and write its corrected expression (what ``mnn_correct`` does).
 
@@ -175,6 +184,7 @@ class MNNCorrector:
         key_added
             Prefix of the output keys.
         %(writing)s
+        %(checkpoint)s
 
         Returns
         -------
@@ -195,7 +205,8 @@ class MNNCorrector:
         x, batches = read_input(adata, self._kwargs["layer"], self.batch_key)
         target = output_target(adata, copy, "mnn_correct")
         dense_layer = dense_default(x) if dense_layer is None else bool(dense_layer)
-        corrected, latent, shift, pairs = self._fit(adata, x, batches, dense_layer)
+        outputs = self._fit(adata, x, batches, dense_layer, ckpt_path, resume)
+        corrected, latent, shift, pairs = outputs
         info = {
             "params": {**self.params, "dense_layer": dense_layer},
             "pair_counts": self._fitted.info["pair_counts"],

@@ -205,9 +205,25 @@ True
 """
 """The docstring of :class:`~scetm_mnn.pp.MNNCorrector`."""
 
+CHECKPOINT_DOC = """\
+    ckpt_path
+        Where the fit keeps its checkpoint (a file, or a directory that holds
+        ``corrector_fit.ckpt``): the MNN pairs once found, then the training state (the
+        network, Adam, the epoch, the minibatch generator), after the last epoch and at
+        most every 30 s before it (``$SCETM_MNN_CHECKPOINT_INTERVAL`` seconds; 0 after
+        every epoch). Each write replaces the file atomically. ``None`` (the default)
+        keeps none.
+    resume
+        Continue from the checkpoint at ``ckpt_path`` when there is one: the pairs are not
+        searched again and training goes on from the saved epoch, giving the corrector the
+        uninterrupted fit gives (same data, parameters and thread count). A checkpoint of
+        other data or parameters is refused (``ValueError``). ``False`` starts afresh."""
+"""The checkpoint arguments of a fit (``fit``, ``fit_transform`` and ``mnn_correct``)."""
+
 _PARTS = {
     **EXAMPLES,
     "params": PARAMS_DOC,
+    "checkpoint": CHECKPOINT_DOC,
     "outputs": OUTPUT_DOC,
     "writing": WRITING_DOC,
     "fit_outputs": FIT_OUTPUT_DOC,

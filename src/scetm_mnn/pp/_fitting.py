@@ -19,6 +19,7 @@ import torch
 from scipy import sparse
 
 from .._rows import Rows, map_chunks
+from ._checkpoint import FitCheckpoint
 from ._latent import (
     FrozenPCA,
     apply_frozen,
@@ -99,7 +100,7 @@ def _initial_network(p: dict, x: Rows, space: torch.nn.Module) -> tuple[Subspace
     return net, network
 
 
-def _train(p: dict, net, space, x: Rows, batches: np.ndarray, upper) -> list[float]:
+def _train(p: dict, net, space, x: Rows, batches: np.ndarray, upper, checkpoint) -> list[float]:
     """Train ``net`` on the pairs ``upper`` (row < col), then recalibrate and rescale it."""
     seed = p["random_state"]
     pairs_t = torch.from_numpy(np.stack([upper.row, upper.col], axis=1).astype(np.int64))
@@ -118,6 +119,7 @@ def _train(p: dict, net, space, x: Rows, batches: np.ndarray, upper) -> list[flo
         lr=p["lr"],
         patience=p["early_stopping_patience"],
         generator=generator,
+        checkpoint=checkpoint,
     )
     recalibrate_batchnorm(net, x, pairs_t, p["batch_size"], RECALIBRATION_PAIRS, generator)
     spread = restore_spread(net, x, batches, seed)
@@ -125,10 +127,40 @@ def _train(p: dict, net, space, x: Rows, batches: np.ndarray, upper) -> list[flo
     return history
 
 
-def fit_reference(p: dict[str, Any], x: Rows, batches: np.ndarray, dense: bool, batch_key: str):
+def _search(p: dict, x: Rows, z, space, batches, timing: dict, checkpoint) -> sparse.csr_matrix:
+    """The MNN pairs: those of the checkpoint, or found (and saved in the checkpoint)."""
+    if checkpoint is not None and (saved := checkpoint.pairs()) is not None:
+        pairs, timing["pairs"] = saved
+        return pairs
+    tic = time.perf_counter()
+    seed = p["random_state"]
+    pairs = find_mnn_pairs(
+        search_latent(x, z, space, p["n_search_comps"], seed),
+        batches,
+        n_neighbors=p["n_neighbors"],
+        random_state=seed,
+        n_rounds=p["search_rounds"],
+        max_cells=p["max_search_cells"],
+    )
+    timing["pairs"] = time.perf_counter() - tic
+    if checkpoint is not None:
+        checkpoint.save_pairs(pairs, timing["pairs"])
+    return pairs
+
+
+def fit_reference(
+    p: dict[str, Any],
+    x: Rows,
+    batches: np.ndarray,
+    dense: bool,
+    batch_key: str,
+    checkpoint: FitCheckpoint | None = None,
+):
     """Fit on the cells ``x`` of ``batches`` with the corrector's parameters ``p``.
 
     Returns ``(fitted, x̂ or None, latent, C, pairs)``, the last four of ``x``'s cells.
+    With a ``checkpoint``, the pairs it holds are not searched again and the training
+    continues from its epoch; the pairs and the training are saved in it.
     """
     seed, chunk = p["random_state"], p["chunk_size"]
     timing: dict[str, float] = {}
@@ -151,16 +183,7 @@ def fit_reference(p: dict[str, Any], x: Rows, batches: np.ndarray, dense: bool, 
         )
         pairs = sparse.csr_matrix((x.n_obs, x.n_obs), dtype=np.float32)
     else:
-        tic = time.perf_counter()
-        pairs = find_mnn_pairs(
-            search_latent(x, z, space, p["n_search_comps"], seed),
-            batches,
-            n_neighbors=p["n_neighbors"],
-            random_state=seed,
-            n_rounds=p["search_rounds"],
-            max_cells=p["max_search_cells"],
-        )
-        timing["pairs"] = time.perf_counter() - tic
+        pairs = _search(p, x, z, space, batches, timing, checkpoint)
         upper = sparse.triu(pairs, k=1).tocoo()
         if upper.nnz == 0:
             raise ValueError(
@@ -171,7 +194,7 @@ def fit_reference(p: dict[str, Any], x: Rows, batches: np.ndarray, dense: bool, 
             )
         logger.info("%d MNN pairs between %d batches.", upper.nnz, np.unique(batches).size)
         tic = time.perf_counter()
-        history = _train(p, net, space, x, batches, upper)
+        history = _train(p, net, space, x, batches, upper, checkpoint)
         timing["train"] = time.perf_counter() - tic
     tic = time.perf_counter()
     corrected, corrected_latent, shift = correct_all(net, space, x, dense, chunk)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+from pathlib import Path
 
 from anndata import AnnData
 
@@ -27,6 +28,8 @@ def mnn_correct(
     dense_layer: bool | None = None,
     copy: bool = False,
     return_corrector: bool = False,
+    ckpt_path: str | Path | None = None,
+    resume: bool = False,
     **params,
 ) -> AnnData | MNNCorrector | tuple[AnnData, MNNCorrector] | None:
     """Remove batch effects with a residual network trained on MNN pairs (deepMNN).
@@ -87,6 +90,7 @@ def mnn_correct(
     return_corrector
         Also return the fitted :class:`~scetm_mnn.pp.MNNCorrector`: alone, or as
         ``(adata, corrector)`` with ``copy=True``.
+    %(checkpoint)s
 
     Returns
     -------
@@ -115,7 +119,14 @@ def mnn_correct(
     if unknown:
         raise TypeError(f"mnn_correct() got an unexpected keyword argument {unknown[0]!r}")
     corrector = MNNCorrector(batch_key, **params)
-    out = corrector.fit_transform(adata, key_added=key_added, dense_layer=dense_layer, copy=copy)
+    out = corrector.fit_transform(
+        adata,
+        key_added=key_added,
+        dense_layer=dense_layer,
+        copy=copy,
+        ckpt_path=ckpt_path,
+        resume=resume,
+    )
     if return_corrector:
         return (out, corrector) if copy else corrector
     return out

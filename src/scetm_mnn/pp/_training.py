@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .._optim import fused_adam
 from .._rows import Rows, index_chunks
+from ._checkpoint import FitCheckpoint
 from ._network import SubspaceCorrector
 
 logger = logging.getLogger(__name__)
@@ -119,21 +120,38 @@ def train_network(
     lr: float,
     patience: int,
     generator: torch.Generator,
+    checkpoint: FitCheckpoint | None = None,
 ) -> list[float]:
     """Adam on minibatches of pairs; returns the loss of each epoch.
 
     An epoch is a pass over ``min(n_pairs, pairs_per_epoch)`` pairs drawn without
     replacement, split into equal minibatches of about ``batch_size`` pairs. Training stops
-    early when the epoch loss has not improved for ``patience`` epochs.
+    early when the epoch loss has not improved for ``patience`` epochs. With a
+    ``checkpoint``, training continues from its saved epoch (the network, Adam, the
+    counters and ``generator`` as they were then) and saves its state after epochs.
     """
     optimizer = fused_adam(net.parameters(), lr=lr)
     n_pairs = pairs.shape[0]
     per_epoch = min(n_pairs, pairs_per_epoch)
     n_steps = max(1, math.ceil(per_epoch / batch_size))
     history: list[float] = []
-    best, waited = math.inf, 0
+    best, waited, start, done = math.inf, 0, 0, False
+    saved = checkpoint.training() if checkpoint is not None else None
+    if saved is not None:
+        net.load_state_dict(saved["net"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        history = [float(v) for v in saved["history"]]
+        best, waited, start, done = saved["best"], saved["waited"], saved["epoch"], saved["done"]
     net.train()
-    epochs = tqdm(range(max_epochs), desc="mnn_correct", unit="epoch", disable=None)
+    epochs = tqdm(
+        range(start, 0 if done else max_epochs),
+        desc="mnn_correct",
+        unit="epoch",
+        initial=start,
+        total=max_epochs,
+        disable=None,
+    )
     for epoch in epochs:
         order = torch.randperm(n_pairs, generator=generator)[:per_epoch]
         total = 0.0
@@ -153,9 +171,22 @@ def train_network(
             best, waited = history[-1], 0
         else:
             waited += 1
-            if waited >= patience:
-                logger.info("Early stopping after epoch %d (loss %.4g).", epoch + 1, best)
-                break
+            done = waited >= patience
+        if checkpoint is not None:
+            state = {
+                "net": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "history": list(history),
+                "best": float(best),
+                "waited": waited,
+                "epoch": epoch + 1,
+                "done": done or epoch + 1 == max_epochs,
+            }
+            checkpoint.save_training(state, final=state["done"])
+        if done:
+            logger.info("Early stopping after epoch %d (loss %.4g).", epoch + 1, best)
+            break
     epochs.close()
     return history
 

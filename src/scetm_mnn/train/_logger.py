@@ -72,6 +72,26 @@ class HistoryLogger(Logger):
             self._axis.setdefault(key, axis)
             self._values[key][point] = value
 
+    def checkpoint_state(self, pending: dict[str, Any], epoch: int) -> dict[str, Any]:
+        """The recorded values and ``pending``, for a checkpoint.
+
+        ``pending`` are this epoch's metrics, which Lightning logs only after the
+        end-of-epoch checkpoint is written.
+        """
+        values = {key: dict(points) for key, points in self._values.items()}
+        axis = dict(self._axis)
+        for key, value in pending.items():
+            if axis.setdefault(key, "epoch") == "epoch":
+                value = value.item() if isinstance(value, torch.Tensor) else float(value)
+                values.setdefault(key, {}).setdefault(int(epoch), value)
+        return {"axis": axis, "values": values}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`checkpoint_state` gave (a run resumed from a checkpoint)."""
+        self._axis.update(state["axis"])
+        for key, points in state["values"].items():
+            self._values[key].update({int(p): float(v) for p, v in points.items()})
+
     @property
     def history(self) -> dict[str, pd.DataFrame]:
         """One DataFrame per metric, indexed by epoch (or step), as scvi-tools' history."""

@@ -10,6 +10,7 @@ from scvi.module.base import BaseModuleClass
 from scvi.train import TrainingPlan
 
 from .._optim import fused_adam
+from ._logger import HistoryLogger
 
 
 def linear_warmup(step: int, warmup_steps: int, min_weight: float, max_weight: float) -> float:
@@ -252,16 +253,26 @@ class ETMTrainingPlan(TrainingPlan):
                 buffer.copy_(buffers[name].to(buffer.device))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Save torch's random state too, so a resumed run draws what the uninterrupted would."""
+        """Save torch's random state and the :class:`HistoryLogger`'s rows too.
+
+        A resumed run then draws what the uninterrupted would, and its history is whole.
+        """
         super().on_save_checkpoint(checkpoint)
         checkpoint["scetm_mnn_torch_rng_state"] = torch.get_rng_state()
+        if isinstance(self.logger, HistoryLogger):
+            pending = {k: v for k, v in self.trainer.callback_metrics.items() if k != "epoch"}
+            state = self.logger.checkpoint_state(pending, self.trainer.current_epoch)
+            checkpoint["scetm_mnn_history"] = state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Restore torch's random state saved by :meth:`on_save_checkpoint`."""
+        """Restore what :meth:`on_save_checkpoint` saved."""
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("scetm_mnn_torch_rng_state")
         if state is not None:
             torch.set_rng_state(state)
+        history = checkpoint.get("scetm_mnn_history")
+        if history is not None and isinstance(self.logger, HistoryLogger):
+            self.logger.restore_state(history)
 
     def _optimizer_creator_fn(self, optimizer_cls: type[torch.optim.Optimizer]):
         """scvi-tools' Adam (or AdamW) creator, with torch's fused step where it has one.
