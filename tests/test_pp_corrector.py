@@ -82,7 +82,7 @@ def test_wrapper_signature_mirrors_the_class():
         if name not in ("adapter", "adapter_ridge"):
             assert wrapper[name].default == parameter.default, name
             assert wrapper[name].annotation == parameter.annotation, name
-    own = {"adata", "key_added", "dense_layer", "copy", "return_corrector"}
+    own = {"adata", "key_added", "dense_layer", "copy", "return_corrector", "ckpt_path", "resume"}
     assert set(wrapper) - set(corrector) == own
     for obj in (pp.mnn_correct, pp.MNNCorrector):  # every parameter documented
         for name in inspect.signature(obj).parameters:
