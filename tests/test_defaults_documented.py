@@ -14,7 +14,7 @@ import pytest
 
 from scetm_mnn import pp
 from scetm_mnn.model import BatchCorrectedSCETM, _pruning
-from scetm_mnn.model._scetm import DEFAULT_MNN_WEIGHT
+from scetm_mnn.model._training import DEFAULT_MNN_WEIGHT
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMETERS = (ROOT / "docs" / "parameters.md").read_text()

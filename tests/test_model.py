@@ -6,7 +6,7 @@ from lightning.pytorch.callbacks import Callback
 from scipy import sparse
 
 from scetm_mnn.model import BatchCorrectedSCETM, default_max_epochs
-from scetm_mnn.model._scetm import DEFAULT_MNN_WEIGHT
+from scetm_mnn.model._training import DEFAULT_MNN_WEIGHT
 
 FAST = {"enable_progress_bar": False}
 

@@ -33,7 +33,6 @@ from ._pruning import TopicPruningMixin
 from ._query import QueryMixin
 from ._save_load import SaveLoadMixin
 from ._setup import CorrectedInput
-from ._training import DEFAULT_MNN_WEIGHT as DEFAULT_MNN_WEIGHT  # named here by the tests
 
 logger = logging.getLogger(__name__)
 
