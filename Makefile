@@ -10,13 +10,16 @@ export SCETM_MNN_DATA := $(SHARED_DATA)
 endif
 endif
 
+# The hypothesis fuzzing of every input check at 500 examples per property (CI runs 50).
+fuzz: $(VENV)/.installed-dev
+	$(PY) -m pytest -m slow -q tests/test_fuzz.py
+
 # The full kill suite (tests/faults/_killer.py: >= 50 SIGKILLs across the phases of
 # `scetm-mnn run`, each run resumed with --resume); its table goes into docs/reliability.md.
-.PHONY: faults
 faults: $(VENV)/.installed-dev
 	PYTHONPATH=src $(PY) tests/faults/_killer.py --kills 50
 
-.PHONY: demo test lint dist-check docs docs-offline docs-cli bench-env bench clean
+.PHONY: fuzz faults demo test lint dist-check docs docs-offline docs-cli bench-env bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
