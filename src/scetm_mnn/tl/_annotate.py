@@ -227,7 +227,7 @@ def topic_labels(table: pd.DataFrame, max_fdr: float = 0.05) -> dict[str, str]:
 
     A topic whose best set (smallest p-value, then largest overlap) has an FDR below
     ``max_fdr`` reads ``"topic 7 · beta (FDR 3e-12)"``; the others keep their name
-    (``"topic 7"``).
+    (``"topic_8"``).
 
     Parameters
     ----------
@@ -249,7 +249,7 @@ def topic_labels(table: pd.DataFrame, max_fdr: float = 0.05) -> dict[str, str]:
     ...      "pvalue": [1e-13, 0.5], "fdr": [3e-12, 0.9], "overlap": [9, 1]}
     ... )
     >>> sm.tl.topic_labels(table)
-    {'topic_7': 'topic 7 · beta (FDR 3e-12)', 'topic_8': 'topic 8'}
+    {'topic_7': 'topic 7 · beta (FDR 3e-12)', 'topic_8': 'topic_8'}
     """
     return {topic: label for topic, (_, label) in _best(table, max_fdr).items()}
 
@@ -266,7 +266,8 @@ def _best(table: pd.DataFrame, max_fdr: float) -> dict[str, tuple[pd.Series, str
         row = best.loc[topic]
         name = re.sub(r"^topic_(\d+)$", r"topic \1", str(topic))
         named = row["fdr"] < max_fdr
-        out[str(topic)] = (row, f"{name} · {row['gene_set']} (FDR {row['fdr']:.0e})" if named else name)
+        label = f"{name} · {row['gene_set']} (FDR {row['fdr']:.0e})" if named else str(topic)
+        out[str(topic)] = (row, label)
     return out
 
 
