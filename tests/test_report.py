@@ -223,6 +223,28 @@ def test_report_without_labels_groups_topics_by_cluster(run, tmp_path):
     assert len(page.images) == 4  # no sweep figure
 
 
+def test_report_shows_topic_names_and_flags_unstable_topics(run, tmp_path):
+    result, _ = run
+    adata, model = result.adata.copy(), result.model
+    first, *rest = model.topic_names
+    adata.uns["topic_annotation"] = {"labels": {first: f"{first} · beta (FDR 3e-12)"}}
+    adata.uns["topic_stability"] = {
+        "reproducibility": {first: 0.95, **{t: 0.2 for t in rest}},
+        "stable": {first: True, **{t: False for t in rest}},
+        "n_runs": 5, "min_cosine": 0.7, "min_presence": 0.8,
+    }  # fmt: skip
+    path = pl.report(
+        adata, model, tmp_path / "named.html", batch_key="batch", label_key="cell_type"
+    )
+    html = path.read_text()
+    assert f"{first} · beta (FDR 3e-12)" in html
+    assert "Stability over 5 seeds" in html
+    assert f"<strong>{len(rest)}</strong>" in html
+    assert html.count('<span class="unstable">unstable</span>') == len(rest) + 1  # + the legend
+    plain = pl.report(result.adata, model, tmp_path / "plain.html", batch_key="batch").read_text()
+    assert "Stability over" not in plain and "unstable</span>" not in plain
+
+
 def test_a_figure_that_fails_is_a_warning_and_the_page_is_still_written(
     run, tmp_path, monkeypatch, caplog
 ):
