@@ -147,7 +147,11 @@ def run_dataset(name: str, gmt_dir: Path, lda: bool, lda_epochs: int | None) -> 
         lda_rows = _stability_rows(lda_annotated, tl.topic_stability(betas))
         ours = ours.merge(
             lda_rows.rename(
-                columns={"topic": "LDA topic", "reproducibility": "LDA repro.", "present": "LDA present"}
+                columns={
+                    "topic": "LDA topic",
+                    "reproducibility": "LDA repro.",
+                    "present": "LDA present",
+                }
             ),
             on="type",
         ).assign(**{"LDA hit": lda_annotated["hit"].to_numpy()})

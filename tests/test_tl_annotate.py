@@ -33,9 +33,7 @@ def test_statistics_match_fisher_and_bh(beta):
     _, fisher = stats.fisher_exact([[3, 2], [1, 14]], alternative="greater")
     assert row["pvalue"] == pytest.approx(fisher)
     assert row["expected"] == pytest.approx(4 * 5 / 20) and row["enrichment"] == pytest.approx(3)
-    assert np.allclose(
-        table["fdr"], stats.false_discovery_control(table["pvalue"], method="bh")
-    )
+    assert np.allclose(table["fdr"], stats.false_discovery_control(table["pvalue"], method="bh"))
     assert list(table["topic"]) == ["topic_0", "topic_0", "topic_1", "topic_1"]
     assert table.groupby("topic")["pvalue"].is_monotonic_increasing.all()
 

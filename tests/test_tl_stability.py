@@ -83,7 +83,7 @@ def test_bad_input(beta, sim_topic_model):
 def test_retrains_a_model_over_seeds_and_writes_the_record(sim_topic_model):
     adata = sim_topic_model.adata
     scvi.settings.seed = 7
-    state = np.random.get_state()[1][:5].copy()
+    state = np.random.get_state()[1][:5].copy()  # noqa: NPY002
     try:
         result = tl.topic_stability(
             sim_topic_model, n_seeds=2, train_kwargs={"max_epochs": 5}, key_added="stab"
@@ -91,7 +91,8 @@ def test_retrains_a_model_over_seeds_and_writes_the_record(sim_topic_model):
         record = adata.uns["stab"]
     finally:
         adata.uns.pop("stab", None)
-    assert scvi.settings.seed == 7 and (np.random.get_state()[1][:5] == state).all()
+    assert scvi.settings.seed == 7
+    assert (np.random.get_state()[1][:5] == state).all()  # noqa: NPY002
     assert list(result.cosine.columns) == ["run_0", "run_1"]
     assert record["n_runs"] == 2 and set(record["stable"]) == set(sim_topic_model.topic_names)
     # a 5-epoch retrain finds other topics than the 40-epoch reference: not all reproduce

@@ -138,9 +138,7 @@ def loss_figure(model, corrector_history: list[float] | None) -> Figure:
     return fig
 
 
-def topic_figure(
-    model, groups: ad.AnnData, group_key: str, theta_key: str, labels=None
-) -> Figure:
+def topic_figure(model, groups: ad.AnnData, group_key: str, theta_key: str, labels=None) -> Figure:
     """The topic heatmap of the topics that are some group's most enriched one.
 
     ``labels`` (topic → label) name the topics on its axis.

@@ -77,7 +77,10 @@ def _membership(sets: dict[str, list[str]], genes: pd.Index) -> tuple[list[str],
             cols.append(np.full(found.size, len(names)))
             names.append(name)
     lost = [n for n in sets if n not in set(names) and n not in set(empty)]
-    for what, which in (("are empty", empty), ("have none of their genes among the topics'", lost)):
+    for what, which in (
+        ("are empty", empty),
+        ("have none of their genes among the topics'", lost),
+    ):
         if which:
             shown = ", ".join(map(repr, which[:5])) + (" ..." if len(which) > 5 else "")
             warnings.warn(
@@ -86,9 +89,7 @@ def _membership(sets: dict[str, list[str]], genes: pd.Index) -> tuple[list[str],
     if not names:
         raise ValueError("No gene set has a gene among the topics' genes; nothing to test.")
     rows, cols = np.concatenate(rows), np.concatenate(cols)
-    matrix = sparse.csc_array(
-        (np.ones(rows.size), (rows, cols)), shape=(len(genes), len(names))
-    )
+    matrix = sparse.csc_array((np.ones(rows.size), (rows, cols)), shape=(len(genes), len(names)))
     return names, matrix
 
 
@@ -164,7 +165,7 @@ def annotate_topics(
     topic_0   type_1       10
     topic_1   type_0       10
     >>> sm.tl.topic_labels(table)["topic_0"]
-    'topic 0 · type_1 (FDR 3e-16)'
+    'topic 0 · type_1 (FDR 2e-11)'
     """
     if not 0.0 < max_fdr <= 1.0:
         raise ValueError(f"max_fdr must be in (0, 1], not {max_fdr}.")
@@ -217,8 +218,10 @@ def _overlap_genes(
     dense = member.toarray().astype(bool)
     shared: list[list[str]] = []
     for k, ranked in enumerate(top):
-        sets, ranks = np.nonzero(dense[ranked].T)  # by set, then by the topic's rank
-        shared.extend(g.tolist() for g in np.split(names[ranked[ranks]], np.cumsum(overlap[k])[:-1]))
+        _, ranks = np.nonzero(dense[ranked].T)  # by set, then by the topic's rank
+        shared.extend(
+            g.tolist() for g in np.split(names[ranked[ranks]], np.cumsum(overlap[k])[:-1])
+        )
     return shared
 
 

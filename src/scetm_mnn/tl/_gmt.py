@@ -87,7 +87,7 @@ def write_gmt(
     path: str | os.PathLike,
     descriptions: Mapping[str, str] | None = None,
 ) -> None:
-    """Write gene sets as a GMT file (one line per set).
+    r"""Write gene sets as a GMT file (one line per set).
 
     Parameters
     ----------
@@ -111,7 +111,7 @@ def write_gmt(
     >>> path = Path(tempfile.mkdtemp()) / "cells.gmt"
     >>> sm.tl.write_gmt({"beta": ["INS", "IAPP"]}, path, descriptions={"beta": "islet"})
     >>> path.read_text()
-    'beta\\tislet\\tINS\\tIAPP\\n'
+    'beta\tislet\tINS\tIAPP\n'
     """
     descriptions = descriptions or {}
     lines = []

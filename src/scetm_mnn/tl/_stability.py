@@ -1,4 +1,4 @@
-"""Topic stability: do a model's topics come back when it is trained with another seed?
+"""Topic stability: whether a model's topics come back when it is trained with another seed.
 
 The runs' topics are matched to those of the first run (the reference) one to one, by
 Hungarian matching (:func:`scipy.optimize.linear_sum_assignment`) on the cosine of their
@@ -57,10 +57,11 @@ class TopicStability:
     >>> import numpy as np
     >>> import pandas as pd
     >>> import scetm_mnn as sm
-    >>> beta = pd.DataFrame(np.eye(3, 8) * 5, columns=[f"g{j}" for j in range(8)])
-    >>> result = sm.tl.topic_stability([beta, beta.iloc[::-1]])
-    >>> result.matches.iloc[:, 1].tolist()  # the second run lists the topics backwards
-    ['topic_0', 'topic_1', 'topic_2']
+    >>> beta = pd.DataFrame(np.eye(3, 8) * 5, index=["a", "b", "c"], columns=list("stuvwxyz"))
+    >>> backwards = beta.iloc[::-1].set_axis(["x", "y", "z"])  # the same topics, renamed
+    >>> result = sm.tl.topic_stability([beta, backwards])
+    >>> result.matches["run_1"].tolist(), result.table["stable"].all()
+    (['z', 'y', 'x'], np.True_)
     """
 
     table: pd.DataFrame
@@ -73,7 +74,7 @@ class TopicStability:
 @contextmanager
 def _seeded(seed: int):
     """``scvi.settings.seed = seed`` inside; the random states and the seed restored after."""
-    saved = scvi.settings.seed, random.getstate(), np.random.get_state()
+    saved = scvi.settings.seed, random.getstate(), np.random.get_state()  # noqa: NPY002
     with torch.random.fork_rng(devices=[]):
         try:
             scvi.settings.seed = seed
@@ -81,7 +82,7 @@ def _seeded(seed: int):
         finally:
             scvi.settings.seed = saved[0]
             random.setstate(saved[1])
-            np.random.set_state(saved[2])
+            np.random.set_state(saved[2])  # noqa: NPY002
 
 
 def _trained(cls, adata: ad.AnnData, kwargs: Mapping, seed: int, train_kwargs: Mapping):
