@@ -105,12 +105,13 @@ def write_gmt(
 
     Examples
     --------
+    >>> import os
     >>> import tempfile
-    >>> from pathlib import Path
     >>> import scetm_mnn as sm
-    >>> path = Path(tempfile.mkdtemp()) / "cells.gmt"
+    >>> path = os.path.join(tempfile.mkdtemp(), "beta.gmt")
     >>> sm.tl.write_gmt({"beta": ["INS", "IAPP"]}, path, descriptions={"beta": "islet"})
-    >>> path.read_text()
+    >>> from pathlib import Path
+    >>> Path(path).read_text()
     'beta\tislet\tINS\tIAPP\n'
     """
     descriptions = descriptions or {}
