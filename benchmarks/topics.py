@@ -12,14 +12,14 @@ built and trained with seed 0. Then
   topic's label (its own most enriched set) is the type at FDR < 0.05;
 - **stability**: ``tl.topic_stability`` of that model retrained with seeds 1–4 (the corrector
   kept); the reproducibility (mean matched β cosine) of each type's topic;
-- **AmortizedLDA** (``--lda``): scvi-tools' LDA on the counts, 50 topics, its default epochs
-  (``--lda-epochs`` to change), seeds 0–4, scored by the same two procedures (its β: the
-  topic × gene distribution of ``get_feature_by_topic``);
+- **AmortizedLDA** (``--methods lda``): scvi-tools' LDA on the counts, 50 topics, its
+  default epochs (``--lda-epochs`` to change), seeds 0–4, scored by the same two
+  procedures (its β: the topic × gene distribution of ``get_feature_by_topic``);
 - **speed**: ``tl.annotate_topics`` of 50 random topics × 2,000 genes against 1,000 random
   sets of 10–200 genes (best of 3).
 
 Writes ``<out>/topics.md`` and prints the tables. Run:
-``.venv/bin/python benchmarks/topics.py --datasets human mouse --lda``
+``.venv/bin/python benchmarks/topics.py --datasets human mouse [--methods ours lda]``
 """
 
 from __future__ import annotations
@@ -111,12 +111,8 @@ def _stability_rows(annotated: pd.DataFrame, stability: tl.TopicStability) -> pd
     return out
 
 
-def run_dataset(name: str, gmt_dir: Path, lda: bool, lda_epochs: int | None) -> str:
-    log(f"== {name}")
-    adata = prepare(load_dataset(name))
-    markers = markers_of(name, adata)
-    gmt = gmt_dir / f"pancreas_markers_{name}.gmt"
-    tl.write_gmt(markers, gmt, descriptions={t: f"Baron {name} {t}" for t in markers})
+def ours_section(name: str, adata, gmt: Path, markers: dict[str, list[str]]) -> str:
+    """Our default pipeline's annotation and stability."""
     tic = time.perf_counter()
     model = _ours_model(adata, SEEDS[0])
     log(f"  reference model: {time.perf_counter() - tic:.0f} s, {model.n_live_topics} topics")
@@ -124,49 +120,61 @@ def run_dataset(name: str, gmt_dir: Path, lda: bool, lda_epochs: int | None) -> 
     tic = time.perf_counter()
     stability = tl.topic_stability(model, seeds=SEEDS[1:])
     log(f"  4 more seeds: {time.perf_counter() - tic:.0f} s")
-    ours = _stability_rows(annotated, stability)
-    lines = [
-        f"## Baron {name} ({adata.n_obs} cells × {adata.n_vars} genes)",
-        "",
-        f"scetm_mnn (default pipeline, seed 0, {model.n_live_topics} exposed topics): "
-        f"**{int(annotated['hit'].sum())}/{len(annotated)}** marker types annotated.",
-        "",
-        to_markdown(annotated),
-        "",
-        f"Stability over seeds {', '.join(map(str, SEEDS))} (the corrector kept): mean "
-        f"reproducibility of the types' topics **{ours['reproducibility'].mean():.3f}**; "
-        f"{int(stability.table['stable'].sum())}/{len(stability.table)} exposed topics "
-        f"stable (present, centred β cosine ≥ 0.7, in ≥ 80% of the seeds).",
-        "",
-    ]
-    if lda:
-        tic = time.perf_counter()
-        betas = [_lda_beta(adata, seed, lda_epochs) for seed in SEEDS]
-        log(f"  AmortizedLDA, 5 seeds: {time.perf_counter() - tic:.0f} s")
-        lda_annotated = annotation_table(tl.annotate_topics(betas[0], gmt), markers)
-        lda_rows = _stability_rows(lda_annotated, tl.topic_stability(betas))
-        ours = ours.merge(
-            lda_rows.rename(
-                columns={
-                    "topic": "LDA topic",
-                    "reproducibility": "LDA repro.",
-                    "present": "LDA present",
-                }
-            ),
-            on="type",
-        ).assign(**{"LDA hit": lda_annotated["hit"].to_numpy()})
-        lines[6:6] = [
-            f"AmortizedLDA (50 topics, epochs {lda_epochs or 'default'}): "
-            f"**{int(lda_annotated['hit'].sum())}/{len(lda_annotated)}** annotated, mean "
-            f"reproducibility {lda_rows['reproducibility'].mean():.3f}.",
+    rows = _stability_rows(annotated, stability)
+    return "\n".join(
+        [
+            f"### scetm_mnn (default pipeline, seed 0, {model.n_live_topics} exposed topics)",
             "",
-            to_markdown(lda_annotated),
+            f"**{int(annotated['hit'].sum())}/{len(annotated)}** marker types annotated.",
+            "",
+            to_markdown(annotated),
+            "",
+            f"Stability over seeds {', '.join(map(str, SEEDS))} (the corrector kept): mean "
+            f"reproducibility of the types' topics **{rows['reproducibility'].mean():.3f}**; "
+            f"{int(stability.table['stable'].sum())}/{len(stability.table)} exposed topics "
+            "stable (present, centred β cosine ≥ 0.7, in ≥ 80% of the seeds).",
+            "",
+            to_markdown(rows),
             "",
         ]
-    lines += [to_markdown(ours), ""]
-    section = "\n".join(lines)
-    print(section, flush=True)
-    return section
+    )
+
+
+def lda_section(adata, gmt: Path, markers: dict[str, list[str]], epochs: int | None) -> str:
+    """AmortizedLDA over the seeds, scored by the same two procedures."""
+    tic = time.perf_counter()
+    betas = [_lda_beta(adata, seed, epochs) for seed in SEEDS]
+    log(f"  AmortizedLDA, 5 seeds: {time.perf_counter() - tic:.0f} s")
+    annotated = annotation_table(tl.annotate_topics(betas[0], gmt), markers)
+    rows = _stability_rows(annotated, tl.topic_stability(betas))
+    return "\n".join(
+        [
+            f"### scvi-tools AmortizedLDA (50 topics, epochs {epochs or 'default'})",
+            "",
+            f"**{int(annotated['hit'].sum())}/{len(annotated)}** marker types annotated; mean "
+            f"reproducibility of the types' topics over seeds {', '.join(map(str, SEEDS))}: "
+            f"**{rows['reproducibility'].mean():.3f}**.",
+            "",
+            to_markdown(annotated),
+            "",
+            to_markdown(rows),
+            "",
+        ]
+    )
+
+
+def run_dataset(name: str, gmt_dir: Path, methods: list[str], lda_epochs: int | None):
+    """Yield the markdown sections of one data set, each as soon as it is done."""
+    log(f"== {name}")
+    adata = prepare(load_dataset(name))
+    markers = markers_of(name, adata)
+    gmt = gmt_dir / f"pancreas_markers_{name}.gmt"
+    tl.write_gmt(markers, gmt, descriptions={t: f"Baron {name} {t}" for t in markers})
+    yield f"## Baron {name} ({adata.n_obs} cells × {adata.n_vars} genes)\n"
+    if "ours" in methods:
+        yield ours_section(name, adata, gmt, markers)
+    if "lda" in methods:
+        yield lda_section(adata, gmt, markers, lda_epochs)
 
 
 def speed() -> str:
@@ -194,7 +202,7 @@ def speed() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["human", "mouse"])
-    parser.add_argument("--lda", action="store_true", help="also run AmortizedLDA")
+    parser.add_argument("--methods", nargs="+", default=["ours", "lda"], choices=["ours", "lda"])
     parser.add_argument("--lda-epochs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     args = parser.parse_args()
@@ -206,8 +214,10 @@ def main() -> None:
         speed(),
     ]
     for name in args.datasets:
-        sections.append(run_dataset(name, args.out, args.lda, args.lda_epochs))
-        (args.out / "topics.md").write_text("\n".join(sections))
+        for section in run_dataset(name, args.out, args.methods, args.lda_epochs):
+            print(section, flush=True)
+            sections.append(section)
+            (args.out / "topics.md").write_text("\n".join(sections))
 
 
 if __name__ == "__main__":
