@@ -12,15 +12,17 @@ topic's sets apart.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
+from collections.abc import Iterable, Mapping
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 
-from ._gmt import GeneSets, as_gene_sets
+from ._gmt import as_gene_sets
 from ._topic_matrices import _as_topic_gene
 
 #: ``adata.uns`` key of the labels that :func:`scetm_mnn.pl.topic_heatmap` and the report read.
@@ -95,7 +97,7 @@ def _membership(sets: dict[str, list[str]], genes: pd.Index) -> tuple[list[str],
 
 def annotate_topics(
     source,
-    gene_sets: GeneSets,
+    gene_sets: str | os.PathLike | Mapping[str, Iterable[str]],
     *,
     n_top: int = 100,
     max_fdr: float = 0.05,

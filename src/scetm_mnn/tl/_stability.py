@@ -33,24 +33,22 @@ TOPIC_STABILITY_KEY = "topic_stability"
 
 @dataclass
 class TopicStability:
-    """What :func:`topic_stability` found.
+    """What :func:`topic_stability` found, in five fields.
 
-    Attributes
-    ----------
-    table
+    ``table``
         One row per reference topic: ``reproducibility`` (mean matched cosine over the other
         runs, 0 where unmatched), ``min_matched_cosine``, ``present_fraction`` (of all runs,
         the reference included) and ``stable`` (``present_fraction >= min_presence``).
-    cosine
+    ``cosine``
         Reference topics × runs: the matched topic's cosine (NaN where unmatched).
-    matches
+    ``matches``
         Reference topics × runs: the matched topic's name (empty where unmatched).
-    consensus_beta
+    ``consensus_beta``
         With ``consensus=True``: reference topics × genes, the mean ``β`` of the present
-        matches (rows sum to 1).
-    consensus_theta
+        matches (rows sum to 1); else ``None``.
+    ``consensus_theta``
         With ``consensus=True`` and models: cells × reference topics, the mean ``θ`` of the
-        present matches, rows renormalised.
+        present matches, rows renormalised; else ``None``.
 
     Examples
     --------
