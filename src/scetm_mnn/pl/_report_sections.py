@@ -242,7 +242,7 @@ def topic_extras(adata: ad.AnnData, table: pd.DataFrame) -> tuple[pd.DataFrame, 
         reproducibility = dict(stability.get("reproducibility", {}))
         stable = dict(stability.get("stable", {}))
         table["reproducibility"] = [reproducibility.get(t, np.nan) for t in table["topic"]]
-        table["stable"] = [stable.get(t) for t in table["topic"]]
+        table["stable"] = [None if t not in stable else bool(stable[t]) for t in table["topic"]]
         context["stability"] = {
             "n_runs": stability.get("n_runs"),
             "min_cosine": stability.get("min_cosine"),
