@@ -515,3 +515,23 @@ def test_seed_metrics_errors(per_seed, change, kwargs, error, match):
         pl.seed_metrics(bad, **kwargs)
     if before is not None:
         pd.testing.assert_frame_equal(bad, before)
+
+
+def test_topic_heatmap_shows_the_annotated_labels(sim_topic_model):
+    from scetm_mnn import tl
+
+    model = sim_topic_model
+    first = model.topic_names[0]
+    fig = pl.topic_heatmap(model, label_key="cell_type", topic_labels={first: "beta!"}, show=False)
+    assert "beta!" in [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    plt.close(fig)
+    marker_of = model.adata.var["marker_of"].astype(str)
+    sets = {t: list(marker_of.index[marker_of == t]) for t in ("type_0", "type_1")}
+    try:
+        tl.annotate_topics(model, sets, n_top=20, key_added="topic_annotation")
+        fig = pl.topic_heatmap(model, label_key="cell_type", show=False)
+        shown = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        assert sum("· type_0 (FDR" in t for t in shown) == 1
+        plt.close(fig)
+    finally:
+        model.adata.uns.pop("topic_annotation", None)

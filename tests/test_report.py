@@ -223,6 +223,28 @@ def test_report_without_labels_groups_topics_by_cluster(run, tmp_path):
     assert len(page.images) == 4  # no sweep figure
 
 
+def test_report_shows_topic_names_and_flags_unstable_topics(run, tmp_path):
+    result, _ = run
+    adata, model = result.adata.copy(), result.model
+    first, *rest = model.topic_names
+    adata.uns["topic_annotation"] = {"labels": {first: f"{first} · beta (FDR 3e-12)"}}
+    adata.uns["topic_stability"] = {
+        "reproducibility": {first: 0.95, **{t: 0.2 for t in rest}},
+        "stable": {first: True, **{t: False for t in rest}},
+        "n_runs": 5, "min_cosine": 0.7, "min_presence": 0.8,
+    }  # fmt: skip
+    path = pl.report(
+        adata, model, tmp_path / "named.html", batch_key="batch", label_key="cell_type"
+    )
+    html = path.read_text()
+    assert f"{first} · beta (FDR 3e-12)" in html
+    assert "Stability over 5 seeds" in html
+    assert f"<strong>{len(rest)}</strong>" in html
+    assert html.count('<span class="unstable">unstable</span>') == len(rest) + 1  # + the legend
+    plain = pl.report(result.adata, model, tmp_path / "plain.html", batch_key="batch").read_text()
+    assert "Stability over" not in plain and "unstable</span>" not in plain
+
+
 def test_a_figure_that_fails_is_a_warning_and_the_page_is_still_written(
     run, tmp_path, monkeypatch, caplog
 ):
@@ -327,3 +349,24 @@ def test_report_in_a_real_browser(html, run, tmp_path):
     assert gray.std() > 0.1  # not blank
     for band in np.array_split(gray, 6):  # ink from the top of the page to its bottom
         assert (band < 0.5).mean() > 0.002
+
+
+def test_topic_extras_read_the_records_after_an_h5ad_round_trip(tmp_path):
+    import anndata as ad
+
+    adata = ad.AnnData(np.zeros((2, 2)))
+    adata.uns["topic_stability"] = {
+        "reproducibility": {"topic_0": 0.9, "topic_1": 0.2},
+        "stable": {"topic_0": True, "topic_1": False},
+        "n_runs": 5, "min_cosine": 0.7, "min_presence": 0.8,
+    }  # fmt: skip
+    adata.uns["topic_annotation"] = {"labels": {"topic_0": "topic 0 · beta (FDR 1e-05)"}}
+    adata.write_h5ad(tmp_path / "records.h5ad")
+    read = ad.read_h5ad(tmp_path / "records.h5ad")
+    topics = pd.DataFrame({"topic": ["topic_0", "topic_1", "topic_2"]})
+    table, context = _report_sections.topic_extras(read, topics)
+    assert table["name"].tolist() == ["topic 0 · beta (FDR 1e-05)", "topic_1", "topic_2"]
+    assert table["stable"].tolist() == [True, False, None]
+    assert context["annotated"] and context["stability"]["n_unstable"] == 1
+    _, bare = _report_sections.topic_extras(ad.AnnData(np.zeros((2, 2))), topics)
+    assert bare == {"annotated": False, "stability": None}

@@ -201,6 +201,18 @@ class TopicPruningMixin:
         """The exposed topics' names, ``topic_<k>`` with ``k`` the index among all ``K``."""
         return [f"topic_{k}" for k in self.exposed_topics]
 
+    @property
+    def topic_labels(self) -> list[str]:
+        """The exposed topics' readable labels, e.g. ``"topic 7 · beta (FDR 3e-12)"``.
+
+        Those that :func:`scetm_mnn.tl.annotate_topics` wrote with
+        ``key_added="topic_annotation"`` to the model's AnnData; a topic without one keeps
+        its name from :attr:`topic_names`.
+        """
+        record = self.adata.uns.get("topic_annotation") if self.adata is not None else None
+        labels = record.get("labels", {}) if isinstance(record, dict) else {}
+        return [str(labels.get(name, name)) for name in self.topic_names]
+
     def _expose_theta(self, theta: np.ndarray) -> np.ndarray:
         """``θ`` over all topics (..., K) → over the exposed ones, copies folded in."""
         if self.topic_map_ is None:

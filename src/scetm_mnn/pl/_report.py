@@ -95,7 +95,11 @@ def report(
     batch entropy of each, :func:`scetm_mnn.tl.batch_entropy`); the Leiden sweep (plot and
     table, best-ARI row marked); the topics (:func:`scetm_mnn.pl.topic_heatmap` by cell type,
     or by Leiden cluster without labels, and :func:`scetm_mnn.tl.topic_enrichment`: each
-    topic's top genes, most enriched group and its in/out θ ratio); training (the ELBO per
+    topic's top genes, most enriched group and its in/out θ ratio; with
+    ``adata.uns["topic_annotation"]`` from :func:`scetm_mnn.tl.annotate_topics` also each
+    topic's name, on the heatmap too, and with ``adata.uns["topic_stability"]`` from
+    :func:`scetm_mnn.tl.topic_stability` its reproducibility, unstable topics marked);
+    training (the ELBO per
     epoch from ``model.history``, validation too where logged, and the corrector's loss per
     epoch); and the cost per phase.
 

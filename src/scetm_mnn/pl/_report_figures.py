@@ -138,8 +138,11 @@ def loss_figure(model, corrector_history: list[float] | None) -> Figure:
     return fig
 
 
-def topic_figure(model, groups: ad.AnnData, group_key: str, theta_key: str) -> Figure:
-    """The topic heatmap of the topics that are some group's most enriched one."""
+def topic_figure(model, groups: ad.AnnData, group_key: str, theta_key: str, labels=None) -> Figure:
+    """The topic heatmap of the topics that are some group's most enriched one.
+
+    ``labels`` (topic → label) name the topics on its axis.
+    """
     best = tl.topic_specificity(
         groups, group_key, theta_key=theta_key, topic_gene=model.get_topic_gene_matrix()
     )
@@ -151,5 +154,6 @@ def topic_figure(model, groups: ad.AnnData, group_key: str, theta_key: str) -> F
         n_top=3,
         topics=shown,
         theta_key=theta_key,
+        topic_labels=labels,
         show=False,
     )

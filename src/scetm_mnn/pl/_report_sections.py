@@ -21,7 +21,9 @@ import scanpy as sc
 
 from .. import tl
 from .._costs import COST_COLUMNS, peak_rss_mib
+from ..tl._annotate import TOPIC_ANNOTATION_KEY
 from ..tl._leiden import sweep_subsample
+from ..tl._stability import TOPIC_STABILITY_KEY
 from ..tl._utils import get_rep
 from ._report_figures import CLUSTER_RESOLUTION, Page, loss_figure, topic_figure, umap_figure
 from ._sweep import leiden_sweep
@@ -216,6 +218,40 @@ def _topic_groups(
     return groups, "leiden", f"Leiden cluster of the latent (resolution {CLUSTER_RESOLUTION})"
 
 
+def _uns_record(adata: ad.AnnData, key: str) -> Mapping | None:
+    record = adata.uns.get(key)
+    return record if isinstance(record, Mapping) else None
+
+
+def topic_extras(adata: ad.AnnData, table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The topic table with each topic's label and stability, where ``uns`` holds them.
+
+    Labels come from :func:`scetm_mnn.tl.annotate_topics` (``uns["topic_annotation"]``),
+    reproducibility and ``stable`` from :func:`scetm_mnn.tl.topic_stability`
+    (``uns["topic_stability"]``); the context says which were found and how many exposed
+    topics are unstable.
+    """
+    table = table.copy()
+    annotation = _uns_record(adata, TOPIC_ANNOTATION_KEY)
+    stability = _uns_record(adata, TOPIC_STABILITY_KEY)
+    context: dict[str, object] = {"annotated": annotation is not None, "stability": None}
+    if annotation is not None:
+        labels = dict(annotation.get("labels", {}))
+        table["name"] = [labels.get(t, t) for t in table["topic"]]
+    if stability is not None:
+        reproducibility = dict(stability.get("reproducibility", {}))
+        stable = dict(stability.get("stable", {}))
+        table["reproducibility"] = [reproducibility.get(t, np.nan) for t in table["topic"]]
+        table["stable"] = [None if t not in stable else bool(stable[t]) for t in table["topic"]]
+        context["stability"] = {
+            "n_runs": stability.get("n_runs"),
+            "min_cosine": stability.get("min_cosine"),
+            "min_presence": stability.get("min_presence"),
+            "n_unstable": int(sum(flag is False for flag in table["stable"])),
+        }
+    return table, context
+
+
 def topics_section(
     adata: ad.AnnData,
     model,
@@ -237,7 +273,9 @@ def topics_section(
         page.note("topics", "no labels and no clusters of the latent to group the cells by")
         return context
     groups, group_key, context["group_what"] = grouped
-    page.figure("topics", partial(topic_figure, model, groups, group_key, theta_key))
+    annotation = _uns_record(adata, TOPIC_ANNOTATION_KEY) or {}
+    labels = annotation.get("labels")
+    page.figure("topics", partial(topic_figure, model, groups, group_key, theta_key, labels))
     try:
         table = tl.topic_enrichment(
             groups,
@@ -247,7 +285,8 @@ def topics_section(
             n_top=8,
         )
         table = table.sort_values("ratio", ascending=False, kind="stable")
-        context["topics"] = _records(table.reset_index())
+        table, extras = topic_extras(adata, table.reset_index())
+        context.update(extras, topics=_records(table))
     except Exception as err:
         logger.warning("Report: no topic table: %s", err, exc_info=True)
         page.note("topic_table", err)

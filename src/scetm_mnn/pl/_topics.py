@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import anndata as ad
@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from .._docstrings import shared_docstring
 from .._validation import check_obs_key
+from ..tl._annotate import TOPIC_ANNOTATION_KEY
 from ..tl._topic_matrices import _enrichment, _get_theta
 from ._utils import figure_and_axes, save_or_show
 
@@ -23,6 +24,17 @@ _NORMALIZE_LABELS = {
     "type": "mean θ / cell type's max",
     "topic": "mean θ / topic's max",
 }
+
+
+def _shown_labels(labels: Mapping[str, str] | None, adata: ad.AnnData, model) -> dict:
+    """The topic axis' labels: ``labels``, else those annotate_topics stored, else none."""
+    if labels is not None:
+        return dict(labels)
+    for where in (adata, getattr(model, "adata", None)):
+        record = where.uns.get(TOPIC_ANNOTATION_KEY) if where is not None else None
+        if isinstance(record, Mapping) and isinstance(record.get("labels"), Mapping):
+            return dict(record["labels"])
+    return {}
 
 
 def _select_topics(names: pd.Index, topics: Sequence[int | str] | None) -> list[str]:
@@ -95,6 +107,7 @@ def topic_heatmap(
     normalize: Literal["topic", "type"] | None = "topic",
     order: bool = True,
     theta_key: str | None = None,
+    topic_labels: Mapping[str, str] | None = None,
     ax: Sequence[Axes] | None = None,
     show: bool | None = None,
 ) -> Figure | list[Axes] | None:
@@ -141,6 +154,11 @@ def topic_heatmap(
     theta_key
         ``obsm`` key of θ already computed for ``adata`` (e.g. ``"X_topics"``), which is
         then averaged instead of calling ``model.get_topic_proportions(adata)``.
+    topic_labels
+        Topic name → the label shown on the topic axis (e.g. from
+        :func:`scetm_mnn.tl.topic_labels`); default: the labels that
+        :func:`scetm_mnn.tl.annotate_topics` wrote to ``uns["topic_annotation"]`` of
+        ``adata`` or ``model.adata``, else the topic names.
     ax
         Draw into these two axes (genes, cell types) instead of a new figure; the colour
         bars are added beside them.
@@ -200,7 +218,9 @@ def topic_heatmap(
     mean_theta = _normalize(mean_theta[names].T, normalize)
     top = model.get_top_genes(n=n_top)
     genes = list(dict.fromkeys(top[names].iloc[:n_top].T.to_numpy().ravel()))
-    weights = beta.loc[names, genes]
+    shown = _shown_labels(topic_labels, adata, model)
+    weights = beta.loc[names, genes].rename(index=shown)
+    mean_theta = mean_theta.rename(index=shown)
 
     n_types = mean_theta.shape[1]
     width = min(30.0, 3.5 + 0.16 * len(genes) + 0.25 * n_types)
