@@ -5,6 +5,8 @@
 :func:`check_memory` compares it with the memory available now and refuses, with
 :class:`InsufficientMemoryError`, a run that would die by the kernel's OOM killer hours in.
 ``benchmarks/memory_estimate.py`` measures the estimate's error (docs/reliability.md).
+It sits on the top floor with the pipeline it estimates, and reads the preprocessing's and
+the corrector's own thresholds (the HVG sample, the dense layer, ``network="auto"``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,11 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+# The rules of the run it estimates, read from where they are decided (so they cannot drift):
+from .pp._corrected import DENSE_LAYER_MAX_BYTES
+from .pp._fitting import resolve_network
+from .pp._preprocess import HVG_MAX_CELLS
+
 logger = logging.getLogger(__name__)
 
 CHECK_ENV = "SCETM_MNN_CHECK_MEMORY"
@@ -20,12 +27,8 @@ CHECK_ENV = "SCETM_MNN_CHECK_MEMORY"
 BASE_BYTES = 1.0 * 2**30
 """The process before the data: python, torch, scanpy, scvi-tools and lightning imported,
 and the topic model's training (its minibatches, Lightning's loop)."""
-HVG_SAMPLE_CELLS = 200_000
-"""Cells of the sample that the HVG statistics copy (``pp._preprocess.HVG_MAX_CELLS``)."""
 HVG_COPIES = 2.0
 """Copies of the HVG sample's matrix that scanpy's seurat flavour holds (its ``expm1``)."""
-DENSE_LAYER_MAX_BYTES = 128 * 2**20
-"""Largest dense corrected layer ``mnn_correct`` writes by default (its ``dense_layer``)."""
 PER_CELL_FLOATS = 8
 """float32 values per cell and latent dimension held after the correction: the corrected
 latent and the shift in ``obsm``, the frozen latent, the reference coordinates, and the
@@ -122,12 +125,10 @@ def estimate_run(
     selected = _csr_bytes(n_obs, kept, dtype_bytes, index_bytes) + _csr_bytes(
         n_obs, kept, 4, index_bytes
     )
-    sample = min(n_obs, HVG_SAMPLE_CELLS) / max(n_obs, 1)
+    sample = min(n_obs, HVG_MAX_CELLS) / max(n_obs, 1)
     hvg = HVG_COPIES * log * sample
     preprocess = counts + counts + log + hvg
-    if network == "auto":
-        network = "residual" if n_obs <= 50_000 else "bottleneck"
-    if network == "residual":
+    if resolve_network(network, n_obs) == "residual":
         weights = 4.0 * n_blocks * genes * genes
     else:
         weights = genes * n_hidden + n_hidden * n_hidden + n_hidden * n_comps
