@@ -66,7 +66,7 @@ def _measure(path: Path) -> dict:
 
 
 def _table(rows: list[dict]) -> str:
-    import pandas as pd
+    from tabulate import tabulate
 
     from scetm_mnn._memory import estimate_run
 
@@ -92,7 +92,8 @@ def _table(rows: list[dict]) -> str:
                 "input read GiB": round(row["read GiB"], 2),
             }
         )
-    return pd.DataFrame(lines).to_markdown(index=False)
+    # tabulate on the dicts: a DataFrame's rows would turn the counts into floats (1e+06)
+    return tabulate(lines, headers="keys", tablefmt="pipe")
 
 
 def main(argv: list[str] | None = None) -> None:
