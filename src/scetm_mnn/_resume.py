@@ -122,7 +122,6 @@ class RunState:
             return
         self.done.append(phase)
         self.costs = [dict(row) for row in costs]
-        self.dir.mkdir(parents=True, exist_ok=True)
         state = {
             "format": FORMAT,
             "fingerprint": self.fingerprint,
