@@ -25,7 +25,7 @@ next write of the same target removes the temporaries of processes that no longe
 ``overwrite=False`` refuses an existing target with :class:`FileExistsError` before
 anything is written. A full disk (``ENOSPC``, or a write that fails with the disk full)
 raises :class:`OSError` with ``errno.ENOSPC``, naming the target and the free bytes; the
-partial temporary is removed first. :func:`check_free_space` refuses a large write before
+partial temporary is removed first. ``_disk.check_free_space`` refuses a large write before
 it starts.
 """
 
@@ -184,9 +184,8 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
     The folder of ``target`` is created. With ``overwrite=False`` an existing ``target``
     raises :class:`FileExistsError` before anything is written.
     """
-    target = _prepare(target, overwrite)
-    temporary = _sibling(target, "tmp")
-    with _cleaned_on_error(temporary, target):
+    target = Path(target)
+    with _written(target, overwrite) as temporary:
         yield temporary
         _fsync_tree(temporary)
         refuse_existing(target, overwrite)  # it may have appeared meanwhile
