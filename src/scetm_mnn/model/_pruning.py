@@ -37,13 +37,15 @@ def topic_map(
     min_usage: float | None = None,
     max_overlap: float = MAX_OVERLAP,
     n_top: int = N_TOP_GENES,
+    n_guided: int = 0,
 ) -> np.ndarray:
     """For each topic, the topic it is exposed as: itself, a more-used copy, or -1 (dead).
 
-    Topics are visited from the most used (mean ``θ``) down. A topic below ``min_usage``
-    is dead (-1). A live topic whose top ``n_top`` genes (by ``β``) share more than
-    ``max_overlap`` of them with an already kept topic is a copy of the first such topic;
-    otherwise it is kept. The most-used topic is always kept.
+    The first ``n_guided`` topics (guided by gene sets) are always kept, and visited first;
+    the others are visited from the most used (mean ``θ``) down. A topic below
+    ``min_usage`` is dead (-1). A live topic whose top ``n_top`` genes (by ``β``) share
+    more than ``max_overlap`` of them with an already kept topic is a copy of the first
+    such topic; otherwise it is kept. The most-used topic is always kept.
 
     Parameters
     ----------
@@ -57,6 +59,8 @@ def topic_map(
         Largest fraction of shared top genes of two distinct topics, in ``[0, 1]``.
     n_top
         Top genes compared.
+    n_guided
+        How many of the first topics are guided, so kept whatever their usage.
 
     Returns
     -------
@@ -82,8 +86,9 @@ def topic_map(
     n_top = max(1, min(int(n_top), beta.shape[1]))
     top = [set(row) for row in np.argsort(-beta, axis=1, kind="stable")[:, :n_top]]
     mapping = np.full(n_topics, -1, dtype=np.int64)
-    kept: list[int] = []
-    for k in np.argsort(-usage, kind="stable"):
+    mapping[:n_guided] = np.arange(n_guided)
+    kept: list[int] = list(range(n_guided))
+    for k in np.argsort(-usage[n_guided:], kind="stable") + n_guided:
         if kept and usage[k] < floor:
             continue
         copy_of = next((j for j in kept if len(top[k] & top[j]) / n_top > max_overlap), None)
@@ -152,9 +157,10 @@ class TopicPruningMixin:
         """
         theta = self._full_topic_proportions(adata, batch_size)
         beta = self.module.topic_gene_logits().detach().cpu().numpy()
-        mapping = topic_map(theta, beta, min_usage, max_overlap, n_top)
+        n_guided = self.module.n_guided
+        mapping = topic_map(theta, beta, min_usage, max_overlap, n_top, n_guided)
         self.topic_map_ = mapping.tolist()
-        names = np.array([f"topic_{k}" for k in range(len(mapping))])
+        names = np.array(self._names_of_all_topics())
         status = np.where(
             mapping < 0, "dead", np.where(mapping == np.arange(len(mapping)), "live", "copy")
         )
@@ -198,8 +204,16 @@ class TopicPruningMixin:
 
     @property
     def topic_names(self) -> list[str]:
-        """The exposed topics' names, ``topic_<k>`` with ``k`` the index among all ``K``."""
-        return [f"topic_{k}" for k in self.exposed_topics]
+        """The exposed topics' names: a guided topic's gene set, else ``topic_<k>``.
+
+        ``k`` is the topic's index among all ``K`` (guided topics come first).
+        """
+        names = self._names_of_all_topics()
+        return [names[k] for k in self.exposed_topics]
+
+    def _names_of_all_topics(self) -> list[str]:
+        guided = list(getattr(self, "gene_set_names_", None) or ())
+        return guided + [f"topic_{k}" for k in range(len(guided), self.module.n_topics)]
 
     @property
     def topic_labels(self) -> list[str]:

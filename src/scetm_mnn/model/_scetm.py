@@ -22,7 +22,7 @@ from scvi.utils import setup_anndata_dsp
 from .._docstrings import fill_docstring
 from ..module import ETMModule
 from ..train import ETMTrainingPlan, PreloadedDataSplitter, flush_denormals, resolve_seed
-from . import _setup, _training
+from . import _guided, _setup, _training
 from ._de import DEMixin
 from ._docs import shared_parameters
 from ._elbo import LikelihoodMixin
@@ -37,6 +37,7 @@ from ._setup import CorrectedInput
 logger = logging.getLogger(__name__)
 
 
+@fill_docstring(_guided.PARAMETERS)
 class BatchCorrectedSCETM(
     TopicPruningMixin,
     TopicOutputsMixin,
@@ -97,6 +98,8 @@ class BatchCorrectedSCETM(
         Give ``δ``'s heads a linear path from the encoder's input beside its hidden layer.
         ``None``: on when the encoder reads the corrector's latent (``corrected_input=
         "latent"``), which it carries into ``δ``; off otherwise.
+    %(gene_sets)s
+    %(gene_set_strength)s
     **module_kwargs
         Passed to :class:`~scetm_mnn.module.ETMModule`.
 
@@ -128,6 +131,8 @@ class BatchCorrectedSCETM(
         encoder_input: Literal["log", "proportions"] | None = None,
         mnn_loss: Literal["local", "normalized", "euclidean"] = "local",
         encoder_skip: bool | None = None,
+        gene_sets: _guided.GeneSetsArg = None,
+        gene_set_strength: float = _guided.DEFAULT_STRENGTH,
         **module_kwargs,
     ):
         _setup.check_n_topics(n_topics, adata.n_vars)
@@ -143,6 +148,8 @@ class BatchCorrectedSCETM(
                 "that layer as it is. Drop encoder_input, or register without corrected_layer."
             )
         fixed = _setup.align_fixed_embeddings(fixed_gene_embeddings, self.adata.var_names)
+        gene_sets = _guided.guided_sets(gene_sets, adata.var_names, n_topics, gene_set_strength)
+        self.gene_set_names_ = list(gene_sets or ())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(resolve_seed(None))  # the same seed gives the same init
             self.module = self._module_cls(
@@ -158,18 +165,11 @@ class BatchCorrectedSCETM(
                 mnn_loss=mnn_loss,
                 n_encoder_input=_setup.n_encoder_input(self.adata_manager),
                 encoder_skip=_setup.resolve_encoder_skip(encoder_skip, self.adata_manager),
+                topic_prior=_guided.topic_prior(gene_sets, adata.var_names, gene_set_strength),
                 **module_kwargs,
             )
-        reads = setup_args.get("corrected_input", "expression")
-        mode = (
-            f"encoder on corrected {reads} {setup_args['corrected_layer']!r}"
-            if corrected
-            else f"encoder on counts ({encoder_input or 'proportions'})"
-        )
-        self._model_summary_string = (
-            f"BatchCorrectedSCETM: {n_topics} topics, embedding {n_emb}, input {mode}, "
-            f"batch bias {'on' if batch_bias else 'off'} ({n_batch} batches), "
-            f"{0 if fixed is None else fixed.shape[0]} fixed gene-embedding rows."
+        self._model_summary_string = _setup.summary(
+            setup_args, n_topics, n_emb, encoder_input, batch_bias, n_batch, fixed, gene_sets
         )
         self.init_params_ = self._get_init_params(locals())
 

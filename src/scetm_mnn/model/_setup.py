@@ -204,3 +204,28 @@ def align_fixed_embeddings(fixed, var_names: pd.Index) -> np.ndarray | None:
     fixed = np.asarray(fixed, dtype=np.float32)
     check_finite(fixed, "fixed_gene_embeddings")
     return fixed
+
+
+def summary(
+    setup_args: dict,
+    n_topics: int,
+    n_emb: int,
+    encoder_input: str | None,
+    batch_bias: bool,
+    n_batch: int,
+    fixed: np.ndarray | None,
+    gene_sets: dict | None,
+) -> str:
+    """The model's one-line summary: topics, input, batch bias, fixed rows, guided topics."""
+    mode = (
+        f"encoder on corrected {setup_args.get('corrected_input', 'expression')} "
+        f"{setup_args['corrected_layer']!r}"
+        if setup_args.get("corrected_layer") is not None
+        else f"encoder on counts ({encoder_input or 'proportions'})"
+    )
+    guided = f", {len(gene_sets)} guided by gene sets" if gene_sets else ""
+    return (
+        f"BatchCorrectedSCETM: {n_topics} topics{guided}, embedding {n_emb}, input {mode}, "
+        f"batch bias {'on' if batch_bias else 'off'} ({n_batch} batches), "
+        f"{0 if fixed is None else fixed.shape[0]} fixed gene-embedding rows."
+    )

@@ -97,6 +97,10 @@ class ETMModule(BaseModuleClass):
         hidden layer (a linear path from the input to ``δ``, beside the nonlinear one).
         Meant for a low-dimensional input such as the corrector's latent, whose geometry
         the linear path carries into ``δ``.
+    topic_prior
+        Optional ``(S, G)`` offsets added to the logits ``β`` of the first ``S`` topics
+        (guided topics: a gene set's members get a positive offset). A buffer, saved with
+        the module and never trained; ``α · ρ`` learns around it.
 
     Examples
     --------
@@ -123,6 +127,7 @@ class ETMModule(BaseModuleClass):
         mnn_loss: MNNLoss = "local",
         n_encoder_input: int | None = None,
         encoder_skip: bool = False,
+        topic_prior: np.ndarray | torch.Tensor | None = None,
         **kwargs,
     ):
         super().__init__()
@@ -174,6 +179,20 @@ class ETMModule(BaseModuleClass):
         self.rho = nn.Parameter(torch.randn(n_emb, n_input) * 0.1)
         self.alpha = nn.Parameter(torch.randn(n_topics, n_rows) * 0.1)
         self.batch_bias = nn.Parameter(torch.zeros(n_batch, n_input)) if batch_bias else None
+        prior = None  # a None buffer is not in the state, so older saved states still load
+        if topic_prior is not None:
+            prior = torch.as_tensor(np.asarray(topic_prior), dtype=torch.float32)
+            if prior.ndim != 2 or prior.shape[1] != n_input or prior.shape[0] >= n_topics:
+                raise ValueError(
+                    f"topic_prior must have shape (n_guided < {n_topics}, {n_input}), "
+                    f"got {tuple(prior.shape)}."
+                )
+        self.register_buffer("topic_prior", prior)
+
+    @property
+    def n_guided(self) -> int:
+        """How many of the first topics a prior guides (``topic_prior``'s rows)."""
+        return 0 if self.topic_prior is None else int(self.topic_prior.shape[0])
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -182,8 +201,12 @@ class ETMModule(BaseModuleClass):
         return torch.cat([self.rho, self.rho_fixed], dim=0)
 
     def topic_gene_logits(self) -> torch.Tensor:
-        """``β = α · ρ``: the topic × gene logits (K × G)."""
-        return self.alpha @ self.gene_embeddings
+        """``β = α · ρ`` (plus ``topic_prior`` on the guided topics): topic × gene logits."""
+        beta = self.alpha @ self.gene_embeddings
+        if self.topic_prior is None:
+            return beta
+        n = self.topic_prior.shape[0]
+        return torch.cat([beta[:n] + self.topic_prior, beta[n:]], dim=0)
 
     @staticmethod
     def normalize(x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Evaluation: Leiden sweeps, batch mixing, scib-metrics, topic meaning, label transfer."""
 
+from .._gene_sets import read_gmt, write_gmt
 from ._annotate import annotate_topics, topic_labels
-from ._gmt import read_gmt, write_gmt
 from ._integration import batch_entropy, integration_metrics
 from ._leiden import DEFAULT_RESOLUTIONS, label_batch_ari, leiden_sweep, sweep_summary
 from ._scib import scib_benchmark

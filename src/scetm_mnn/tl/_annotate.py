@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Iterable, Mapping
 
 import anndata as ad
@@ -22,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 
-from ._gmt import as_gene_sets
+from .._gene_sets import as_gene_sets, membership
 from ._topic_matrices import _as_topic_gene
 
 #: ``adata.uns`` key of the labels that :func:`scetm_mnn.pl.topic_heatmap` and the report read.
@@ -56,43 +55,6 @@ def _topic_gene_of(source, topic_gene_key: str) -> tuple[pd.DataFrame, ad.AnnDat
         "annotate_topics takes a trained topic model, an AnnData with varm[topic_gene_key] or "
         f"a topics × genes DataFrame, not {type(source).__name__}."
     )
-
-
-def _membership(sets: dict[str, list[str]], genes: pd.Index) -> tuple[list[str], sparse.csc_array]:
-    """The sets with genes in ``genes`` (warning about the rest) and their genes × sets matrix."""
-    position = dict(zip(genes, range(len(genes))))
-    empty = [name for name, members in sets.items() if not members]
-    n_genes = sum(len(members) for members in sets.values())
-    unknown = sum(g not in position for members in sets.values() for g in members)
-    if unknown:
-        warnings.warn(
-            f"{unknown} of the {n_genes} genes of the gene sets are not among the "
-            f"{len(genes)} genes of the topics and are dropped (names match exactly).",
-            UserWarning,
-            stacklevel=3,
-        )
-    names, rows, cols = [], [], []
-    for name, members in sets.items():
-        found = np.fromiter((position[g] for g in members if g in position), np.int64)
-        if found.size:
-            rows.append(found)
-            cols.append(np.full(found.size, len(names)))
-            names.append(name)
-    lost = [n for n in sets if n not in set(names) and n not in set(empty)]
-    for what, which in (
-        ("are empty", empty),
-        ("have none of their genes among the topics'", lost),
-    ):
-        if which:
-            shown = ", ".join(map(repr, which[:5])) + (" ..." if len(which) > 5 else "")
-            warnings.warn(
-                f"{len(which)} gene sets {what} and are skipped: {shown}.", UserWarning, 3
-            )
-    if not names:
-        raise ValueError("No gene set has a gene among the topics' genes; nothing to test.")
-    rows, cols = np.concatenate(rows), np.concatenate(cols)
-    matrix = sparse.csc_array((np.ones(rows.size), (rows, cols)), shape=(len(genes), len(names)))
-    return names, matrix
 
 
 def annotate_topics(
@@ -177,7 +139,7 @@ def annotate_topics(
     genes = pd.Index(beta.columns.astype(str))
     if not 1 <= n_top <= len(genes):
         raise ValueError(f"n_top must be between 1 and the {len(genes)} genes, not {n_top}.")
-    names, member = _membership(as_gene_sets(gene_sets), genes)
+    names, member = membership(as_gene_sets(gene_sets), genes, "the topics", stacklevel=3)
     top = np.argsort(-beta.to_numpy(), axis=1, kind="stable")[:, :n_top]
     n_topics = top.shape[0]
     hits = sparse.csr_array(

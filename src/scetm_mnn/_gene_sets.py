@@ -1,14 +1,21 @@
-"""Gene sets: read and write GMT files, and check a mapping of set name → genes.
+"""Gene sets: GMT files, a mapping of set name → genes, and the sets in a gene universe.
 
 A GMT file (the format of MSigDB and Enrichr) holds one gene set per line: its name, a
-description, then its genes, all separated by tabs.
+description, then its genes, all separated by tabs. Topic annotation
+(:func:`scetm_mnn.tl.annotate_topics`) and guided topics (``BatchCorrectedSCETM(...,
+gene_sets=...)``) read their sets here, so both take the same files and warn alike.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
 
 GeneSets = str | os.PathLike | Mapping[str, Iterable[str]]
 """A GMT file's path, or a mapping of set name → genes."""
@@ -144,3 +151,52 @@ def as_gene_sets(gene_sets: GeneSets) -> dict[str, list[str]]:
     if not sets:
         raise ValueError("gene_sets is empty; give at least one gene set.")
     return sets
+
+
+def membership(
+    sets: Mapping[str, list[str]], genes: pd.Index, where: str, stacklevel: int = 2
+) -> tuple[list[str], sparse.csc_array]:
+    """The sets with genes among ``genes``, and their genes × sets 0/1 matrix.
+
+    Genes outside ``genes`` are dropped, and sets left empty (or empty to begin with) are
+    skipped, each with a :class:`UserWarning` that counts them; ``where`` names the
+    universe in the messages (e.g. ``"the topics"``), and ``stacklevel`` is the warnings'
+    (2: the caller of ``membership``).
+
+    Raises
+    ------
+    ValueError
+        When no set has a gene among ``genes``.
+    """
+    position = dict(zip(genes, range(len(genes))))
+    empty = [name for name, members in sets.items() if not members]
+    n_genes = sum(len(members) for members in sets.values())
+    unknown = sum(g not in position for members in sets.values() for g in members)
+    if unknown:
+        warnings.warn(
+            f"{unknown} of the {n_genes} genes of the gene sets are not among the "
+            f"{len(genes)} genes of {where} and are dropped (names match exactly).",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+    names, rows, cols = [], [], []
+    for name, members in sets.items():
+        found = np.fromiter((position[g] for g in members if g in position), np.int64)
+        if found.size:
+            rows.append(found)
+            cols.append(np.full(found.size, len(names)))
+            names.append(name)
+    lost = [n for n in sets if n not in set(names) and n not in set(empty)]
+    for what, which in (("are empty", empty), (f"have none of their genes in {where}", lost)):
+        if which:
+            shown = ", ".join(map(repr, which[:5])) + (" ..." if len(which) > 5 else "")
+            warnings.warn(
+                f"{len(which)} gene sets {what} and are skipped: {shown}.",
+                UserWarning,
+                stacklevel=stacklevel,
+            )
+    if not names:
+        raise ValueError(f"No gene set has a gene among the {len(genes)} genes of {where}.")
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    matrix = sparse.csc_array((np.ones(rows.size), (rows, cols)), shape=(len(genes), len(names)))
+    return names, matrix
