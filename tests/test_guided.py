@@ -135,3 +135,10 @@ def test_bad_gene_sets_are_refused_with_the_fix(sim_adata):
         model = BatchCorrectedSCETM(adata, n_topics=6, gene_sets={"a": [*genes, "NOPE"]})
     assert [w.filename for w in caught if "not among" in str(w.message)] == [__file__]
     assert model.init_params_["non_kwargs"]["gene_sets"] == {"a": genes}
+
+
+def test_stability_refuses_models_guided_by_other_sets(guided_model, sim_topic_model):
+    with pytest.raises(ValueError, match="Run 1 is guided by other gene sets than run 0"):
+        tl.topic_stability([guided_model, sim_topic_model])
+    same = tl.topic_stability([guided_model, guided_model])
+    assert same.table.loc["programme_0", "reproducibility"] == pytest.approx(1.0)

@@ -124,6 +124,17 @@ def _runs(source, n_seeds, seeds, model_class, model_kwargs, train_kwargs) -> li
     )
 
 
+def _check_same_guides(runs: list) -> None:
+    """Models guided by other gene sets (``gene_sets=``) have other topics: refuse them."""
+    guides = [_init_kwargs(run).get("gene_sets") for run in runs]
+    for i, guide in enumerate(guides[1:], start=1):
+        if (guide or None) != (guides[0] or None):
+            raise ValueError(
+                f"Run {i} is guided by other gene sets than run 0 ({sorted(guide or {})} vs "
+                f"{sorted(guides[0] or {})}); compare models built with the same gene_sets."
+            )
+
+
 def _betas(runs: list) -> list[pd.DataFrame]:
     """Each run's ``β`` (rows sum to 1), the genes checked to be the reference's."""
     betas = []
@@ -219,7 +230,8 @@ def topic_stability(
     Raises
     ------
     ValueError
-        When fewer than two runs are compared, or the runs have different genes.
+        When fewer than two runs are compared, or the runs have different genes or are
+        guided by different gene sets.
 
     Examples
     --------
@@ -245,6 +257,7 @@ def topic_stability(
     runs = _runs(source, n_seeds, seeds, model_class, model_kwargs, train_kwargs)
     if len(runs) < 2:
         raise ValueError(f"Topic stability compares at least two runs, not {len(runs)}.")
+    _check_same_guides(runs)
     betas = _betas(runs)
     names = [f"run_{i}" for i in range(len(runs))]
     topics = pd.Index(betas[0].index.astype(str), name="topic")
