@@ -139,6 +139,18 @@ CASES = [
     ("NaN mnn-weight", [*RUN, "--mnn-weight", "nan"], None, ["--mnn-weight", "finite"]),
     ("n-top-genes 0", [*RUN, "--n-top-genes", "0"], None, ["--n-top-genes", "at least 1"]),
     ("no batch key", ["run", "{good}"], None, ["--batch-key", "required"]),
+    (
+        "missing gene-set file",
+        [*RUN, "--gene-sets", "{out}/nope.gmt"],
+        None,
+        ["No GMT file", "nope.gmt"],
+    ),
+    (
+        "gene-set file not GMT",
+        [*RUN, "--gene-sets", "{random}"],
+        None,
+        ["random.h5ad", "is not a GMT file"],
+    ),
     ("unknown option", [*RUN, "--epochs", "3"], None, ["unrecognized arguments", "--epochs"]),
     (
         "unknown data set",

@@ -98,3 +98,18 @@ def test_each_obs_key_is_checked_once_per_run(tmp_path, monkeypatch):
     del adata.obs["cell_type"]
     with pytest.raises(KeyError, match="keys='cell_type' is not a column"):
         tl.stratified_subsample(adata, "cell_type", 100)
+
+
+def test_gene_sets_guide_and_name_the_topics_of_a_run(tmp_path):
+    from scetm_mnn.datasets import simulate
+
+    adata = simulate(n_cells=300, n_genes=120, n_batches=2, n_cell_types=3, random_state=0)
+    marker_of = adata.var["marker_of"].astype(str)
+    sets = {"programme_0": list(marker_of.index[marker_of == "type_0"])}
+    result = run_pipeline(
+        adata, "batch", out=tmp_path, n_top_genes=120, max_epochs=2, gene_sets=sets
+    )
+    assert result.model.topic_names[0] == "programme_0"
+    assert result.params["gene_sets"].startswith("1 sets (")
+    assert "programme_0" in result.adata.uns["topic_annotation"]["labels"]
+    assert "programme_0" in (tmp_path / "report.html").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -17,6 +19,7 @@ import scvi
 from . import _memory, pl, pp, tl
 from ._atomic import write_text
 from ._costs import PhaseCosts
+from ._gene_sets import as_gene_sets
 from ._resume import RunState, input_fingerprint
 from ._rows import is_on_disk
 from ._validation import get_matrix, obs_keys_checked
@@ -66,6 +69,7 @@ def run_pipeline(
     max_cells: int | None = FIGURE_MAX_CELLS,
     resume: bool = False,
     check_memory: bool = True,
+    gene_sets: str | Path | Mapping[str, list[str]] | None = None,
 ) -> PipelineResult:
     """Preprocess, correct with MNN, train the topic model, and evaluate.
 
@@ -123,6 +127,12 @@ def run_pipeline(
         ``InsufficientMemoryError`` (a ``MemoryError`` and a ``ValueError``), a run that
         would not fit in the memory available. ``$SCETM_MNN_CHECK_MEMORY=0`` turns it off
         too.
+    gene_sets
+        Gene sets (a GMT file's path or a mapping of set name → genes) that guide the first
+        topics, one per set, each named after its set (``BatchCorrectedSCETM``'s
+        ``gene_sets``), and that name the other topics too: the topics are annotated
+        against them (:func:`scetm_mnn.tl.annotate_topics`), so the report shows the
+        labels. Read before any work, so a bad file fails at once.
     """
     keys = {batch_key: "batch_key"}
     if label_key is not None:
@@ -131,6 +141,7 @@ def run_pipeline(
     with obs_keys_checked(adata, keys):
         check_max_cells(max_cells, "max_cells")  # before the hours of training, not after
         scvi.settings.seed = random_state
+        sets = None if gene_sets is None else as_gene_sets(gene_sets)
         params = {
             "batch_key": batch_key,
             "label_key": label_key,
@@ -140,6 +151,7 @@ def run_pipeline(
             "mnn_weight": mnn_weight,
             "random_state": random_state,
             "max_cells": max_cells,
+            "gene_sets": None if sets is None else f"{len(sets)} sets ({_digest(sets)})",
             **{f"correct.{k}": v for k, v in (correct_kwargs or {}).items()},
         }
         costs = PhaseCosts()
@@ -180,7 +192,7 @@ def run_pipeline(
                     corrected_layer=CORRECTED_KEY,
                     mnn_pairs_key=f"{CORRECTED_KEY}_pairs",
                 )
-                model = BatchCorrectedSCETM(data)
+                model = BatchCorrectedSCETM(data, gene_sets=sets)
                 train_kwargs = {} if mnn_weight is None else {"mnn_weight": mnn_weight}
                 train_kwargs.update(state.topic_model_arguments())
                 model.train(max_epochs=max_epochs, seed=random_state, **train_kwargs)
@@ -195,6 +207,8 @@ def run_pipeline(
             latents = {key: data.obsm[key] for key in (LATENT_KEY, TOPICS_KEY)}
             state.write_arrays("latent.npz", latents)
             state.finish("latent", costs.rows)
+        if sets is not None:  # labels for the report's topic table and heatmap
+            tl.annotate_topics(model, sets, key_added="topic_annotation")
         result = PipelineResult(adata=data, model=model, params=params)
 
         with costs.phase("evaluate"):
@@ -235,6 +249,12 @@ def _preprocess(adata, counts_layer, n_top_genes: int, batch_key: str) -> ad.Ann
     # Counts read from disk are the run's own: preprocessed in place, not copied again.
     data = pp.preprocess(source, n_top_genes=n_top_genes, batch_key=batch_key, copy=not on_disk)
     return source if on_disk else data
+
+
+def _digest(sets: Mapping[str, list[str]]) -> str:
+    """A short fingerprint of gene sets, so a resumed run checks they are the same."""
+    text = json.dumps(sorted((name, sorted(genes)) for name, genes in sets.items()))
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def _check_memory(adata, counts_layer, n_top_genes: int, correct_kwargs) -> None:

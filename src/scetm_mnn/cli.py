@@ -117,6 +117,7 @@ def _run(args: argparse.Namespace) -> int:
             source_name=str(path),
             max_cells=args.max_cells,
             resume=args.resume,
+            gene_sets=args.gene_sets,
         )
     finally:
         adata.file.close()
@@ -314,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
         run,
         "required: output folder for the metrics, figures, model, report.html and "
         "<input>_scetm_mnn.h5ad (created if missing)",
+    )
+    run.add_argument(
+        "--gene-sets",
+        default=None,
+        metavar="GMT",
+        help="topic model: a GMT file of gene sets that guide the first topics, one per "
+        "set, each named after its set; the other topics are annotated against them in "
+        "the report (default: none, every topic free)",
     )
     run.add_argument(
         "--resume",
