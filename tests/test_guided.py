@@ -142,3 +142,13 @@ def test_stability_refuses_models_guided_by_other_sets(guided_model, sim_topic_m
         tl.topic_stability([guided_model, sim_topic_model])
     same = tl.topic_stability([guided_model, guided_model])
     assert same.table.loc["programme_0", "reproducibility"] == pytest.approx(1.0)
+
+
+def test_a_query_model_keeps_the_guided_topics(guided_model, sim_adata):
+    query = sim_adata[sim_adata.obs["batch"] == sim_adata.obs["batch"].cat.categories[0]].copy()
+    query.obs["batch"] = "new_donor"
+    query = BatchCorrectedSCETM.prepare_query_anndata(query, guided_model)
+    model = BatchCorrectedSCETM.load_query_data(query, guided_model)
+    assert model.topic_names == guided_model.topic_names
+    assert torch.equal(model.module.topic_prior, guided_model.module.topic_prior)
+    assert not model.module.alpha.requires_grad  # the guided topics stay the reference's
