@@ -202,10 +202,11 @@ def test_options_reach_the_pipeline(monkeypatch, h5ad, tmp_path):
         "source_name": str(h5ad),
         "max_cells": 200_000,
         "resume": False,
+        "gene_sets": None,
     }
     seen.clear()
-    assert main([*argv, "--resume"]) == 2
-    assert seen["resume"] is True
+    assert main([*argv, "--resume", "--gene-sets", "markers.gmt"]) == 2
+    assert seen["resume"] is True and seen["gene_sets"] == "markers.gmt"
     seen.clear()
     assert main(["demo", "--mnn-weight", "1", "--out", str(tmp_path)]) == 2
     assert seen["mnn_weight"] == 1.0 and seen["batch_key"] == "batch"
