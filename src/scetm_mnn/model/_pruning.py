@@ -204,7 +204,7 @@ class TopicPruningMixin:
 
     @property
     def topic_names(self) -> list[str]:
-        """The exposed topics' names: a guided topic's gene set, else ``topic_<k>``.
+        """The exposed topics' names, each a guided topic's gene set or ``topic_<k>``.
 
         ``k`` is the topic's index among all ``K`` (guided topics come first).
         """
