@@ -1,17 +1,27 @@
-"""One process against two with Lightning DDP (gloo, one torch thread each), same work.
+"""Data-parallel training (Lightning DDP, gloo on the CPU) against one process, same work.
 
 The data (``--cells`` × 2000 genes, 4 batches, 8 types, ``scetm_mnn.datasets.simulate``
-seed 0) are written once to an h5ad file. Each run is a fresh process that reads it,
-registers the counts and trains the topic model for ``--epochs`` epochs with a global
-minibatch of 256 cells (under DDP each of the 2 ranks takes 128 per step, so both runs
-take the same optimizer steps and see the same samples). 5 % of the cells are held out;
-their ELBO (``elbo_validation``, the same cells on every rank) and the last epoch's
-training reconstruction loss compare the fits. Cells/s counts the training cells seen
-per second of ``fit`` (process start-up and data loading excluded; they are listed). A
-third run, one process with seed 1, shows how far two seeds of the same run fall apart.
+seed 0) are written once to an h5ad file. Each run is a fresh process (``--worker``) that
+reads it, registers the counts and trains the default topic model for ``--epochs`` epochs
+at a global minibatch of ``--batch-size`` cells (the seed's 2,000 by default; under DDP
+each of the 2 ranks takes half, so every run takes the same optimizer steps over the same
+samples). The runs:
 
-Run: ``.venv/bin/python benchmarks/ddp.py [--cells 100000] [--epochs 3]
-[--out benchmarks/results/ddp.md]``
+- 1 process × 1 torch thread, seeds 0 and 1 (how far two seeds fall apart: the yardstick
+  for the fit);
+- 1 process × 2 threads;
+- 2 processes × 1 thread, with BatchNorm statistics and random draws shared over the
+  ranks (the default, ``scetm_mnn.train.SyncRanks``); with ``--ablation`` also without
+  it (each rank normalises over its own half of the minibatch and draws its own noise),
+  and with the gradients all-reduced in float16 (torch's ``fp16_compress_hook``; its
+  bfloat16 twin needs CUDA).
+
+5 % of the cells are held out; their ELBO and reconstruction loss (``elbo_validation``,
+the same cells on every rank) compare the fits. Cells/s counts the training cells seen
+per second of ``fit`` (start-up and data loading excluded; listed).
+
+Run: ``.venv/bin/python benchmarks/ddp.py [--cells 100000] [--epochs 6]
+[--batch-size 2000] [--ablation] [--out benchmarks/results/ddp.md]``
 """
 
 from __future__ import annotations
@@ -26,25 +36,53 @@ import tempfile
 import time
 from pathlib import Path
 
-BATCH = 256
+RUNS = (
+    # (processes, threads per process, seed, BatchNorm synced, gradient hook)
+    (1, 1, 0, True, "none"),
+    (1, 1, 1, True, "none"),
+    (1, 2, 0, True, "none"),
+    (2, 1, 0, True, "none"),
+)
+ABLATION = ((2, 1, 0, False, "none"), (2, 1, 0, True, "fp16"))
 
 
-def worker(path: str, devices: int, epochs: int, seed: int = 0) -> None:
-    """Train on ``path`` with ``devices`` processes; rank 0 prints one JSON line."""
+def worker(
+    path: str,
+    devices: int,
+    threads: int,
+    epochs: int,
+    batch: int,
+    seed: int,
+    sync: bool,
+    hook: str,
+) -> None:
+    """Train on ``path``; rank 0 prints one JSON line."""
     tic = time.perf_counter()
     import anndata as ad
     import torch
     from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.plugins import LayerSync
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     from scetm_mnn.model import BatchCorrectedSCETM
 
     class FitClock(Callback):
         def on_fit_start(self, trainer, pl_module):
             self.start = time.perf_counter()
+            if hook == "fp16" and trainer.world_size > 1:
+                from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+                trainer.strategy.model.register_comm_hook(None, default_hooks.fp16_compress_hook)
 
         def on_fit_end(self, trainer, pl_module):
             self.seconds = time.perf_counter() - self.start
+
+    class PerRank(LayerSync):  # the ablation: BatchNorm over each rank's own cells
+        def apply(self, model):
+            return model
+
+        def revert(self, model):
+            return model
 
     adata = ad.read_h5ad(path)
     BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
@@ -53,13 +91,14 @@ def worker(path: str, devices: int, epochs: int, seed: int = 0) -> None:
     clock = FitClock()
     model.train(
         max_epochs=epochs,
-        batch_size=BATCH,
+        batch_size=batch,
         validation_size=0.05,
         accelerator="cpu",
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
         seed=seed,
         callbacks=[clock],
+        plugins=None if sync else [PerRank()],
         check_val_every_n_epoch=epochs,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -72,9 +111,12 @@ def worker(path: str, devices: int, epochs: int, seed: int = 0) -> None:
         json.dumps(
             {
                 "processes": devices,
+                "threads": threads,
                 "seed": seed,
+                "ranks share": ("BatchNorm, noise" if sync else "nothing") if devices > 1 else "",
+                "hook": hook if devices > 1 else "",
                 "steps": int(model.trainer.global_step),
-                "samples seen": int(model.trainer.global_step) * BATCH,
+                "samples seen": int(model.trainer.global_step) * batch,
                 "start-up s": round(loaded, 1),
                 "fit s": round(clock.seconds, 1),
                 "cells/s": round(epochs * n_train / clock.seconds),
@@ -87,16 +129,66 @@ def worker(path: str, devices: int, epochs: int, seed: int = 0) -> None:
     )
 
 
+def _relative(a: dict, b: dict, key: str) -> float:
+    return a[key] / b[key] - 1
+
+
+def summary(rows: list[dict]) -> dict[str, float]:
+    """Speed-ups and fit differences between the runs (relative differences are signed)."""
+
+    def find(processes, threads, seed=0, bn="", hook=""):
+        for row in rows:
+            if (row["processes"], row["threads"], row["seed"]) == (processes, threads, seed) and (
+                processes == 1 or (row["ranks share"], row["hook"]) == (bn, hook)
+            ):
+                return row
+        return None
+
+    one, seed1, two_threads = find(1, 1), find(1, 1, 1), find(1, 2)
+    ddp = find(2, 1, bn="BatchNorm, noise", hook="none")
+    out = {
+        "2 processes × 1 thread against 1 × 1 (cells/s)": ddp["cells/s"] / one["cells/s"],
+        "2 processes × 1 thread against 1 × 2 threads (cells/s)": ddp["cells/s"]
+        / two_threads["cells/s"],
+        "1 process × 2 threads against 1 × 1 (cells/s)": two_threads["cells/s"] / one["cells/s"],
+        "held-out ELBO, 2 processes vs 1 (relative)": _relative(ddp, one, "ELBO (held out)"),
+        "held-out rec. loss, 2 processes vs 1 (relative)": _relative(
+            ddp, one, "rec. loss (held out)"
+        ),
+        "held-out ELBO, seed 1 vs seed 0, 1 process (relative)": _relative(
+            seed1, one, "ELBO (held out)"
+        ),
+        "held-out rec. loss, seed 1 vs seed 0, 1 process (relative)": _relative(
+            seed1, one, "rec. loss (held out)"
+        ),
+    }
+    if (per_rank := find(2, 1, bn="nothing", hook="none")) is not None:
+        out["held-out ELBO, 2 processes sharing nothing vs 1 (relative)"] = _relative(
+            per_rank, one, "ELBO (held out)"
+        )
+    if (fp16 := find(2, 1, bn="BatchNorm, noise", hook="fp16")) is not None:
+        out["held-out ELBO, 2 processes with fp16 gradients vs 1 (relative)"] = _relative(
+            fp16, one, "ELBO (held out)"
+        )
+        out["2 processes with fp16 gradients against 1 × 1 (cells/s)"] = (
+            fp16["cells/s"] / one["cells/s"]
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Write the data, run 1 and 2 processes, print and write the table."""
+    """Write the data, run every configuration, print and write the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=100_000)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--ablation", action="store_true", help="per-rank BatchNorm, fp16 hook")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ddp.md"))
-    parser.add_argument("--worker", nargs=4, metavar=("PATH", "DEVICES", "EPOCHS", "SEED"))
+    parser.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker[0], *map(int, args.worker[1:]))
+        path, *numbers, sync, hook = args.worker
+        worker(path, *map(int, numbers), sync == "1", hook)
         return
     import pandas as pd
 
@@ -108,43 +200,25 @@ def main(argv: list[str] | None = None) -> None:
         sm.datasets.simulate(
             n_cells=args.cells, n_genes=2000, n_batches=4, n_cell_types=8, random_state=0
         ).write_h5ad(path)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        # 1 and 2 processes with seed 0, and 1 process with seed 1: how far two seeds of
-        # the same run fall apart, the yardstick for the 1-against-2 difference.
-        for devices, seed in ((1, 0), (2, 0), (1, 1)):
-            cmd = [sys.executable, __file__, "--worker", str(path)]
-            cmd += [str(devices), str(args.epochs), str(seed)]
+        for devices, threads, seed, sync, hook in RUNS + (ABLATION if args.ablation else ()):
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+            cmd = [sys.executable, __file__, "--worker", str(path), str(devices), str(threads)]
+            cmd += [str(args.epochs), str(args.batch_size), str(seed), str(int(sync)), hook]
             done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if done.returncode:
                 raise RuntimeError(done.stderr[-4000:])
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    table = pd.DataFrame(rows)
-    one, two, other_seed = rows
-    ratio = {
-        "speed-up (cells/s)": two["cells/s"] / one["cells/s"],
-        "held-out ELBO, 2 vs 1 (relative)": two["ELBO (held out)"] / one["ELBO (held out)"] - 1,
-        "held-out rec. loss, 2 vs 1 (relative)": two["rec. loss (held out)"]
-        / one["rec. loss (held out)"]
-        - 1,
-        "held-out ELBO, seed 1 vs seed 0, 1 process (relative)": other_seed["ELBO (held out)"]
-        / one["ELBO (held out)"]
-        - 1,
-        "held-out rec. loss, seed 1 vs seed 0, 1 process (relative)": other_seed[
-            "rec. loss (held out)"
-        ]
-        / one["rec. loss (held out)"]
-        - 1,
-    }
+    ratios = summary(rows)
     text = (
-        f"# Data-parallel training: 1 process against 2 (DDP, gloo)\n\n"
-        f"`benchmarks/ddp.py --cells {args.cells} --epochs {args.epochs}` on "
-        f"{platform.node()} ({os.cpu_count()} cores), one torch thread per process, "
-        f"global minibatch {BATCH}.\n\n"
-        + table.round(4).to_markdown(index=False)
+        "# Data-parallel training: 1 process against 2 (DDP, gloo)\n\n"
+        f"`benchmarks/ddp.py --cells {args.cells} --epochs {args.epochs} --batch-size "
+        f"{args.batch_size}{' --ablation' if args.ablation else ''}` on {platform.node()} "
+        f"({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}.\n\n"
+        + pd.DataFrame(rows).round(4).to_markdown(index=False)
         + "\n\n"
         + "\n".join(
-            f"- {k}: {v:+.4f}" if "relative" in k else f"- {k}: {v:.2f}" for k, v in ratio.items()
+            f"- {k}: {v:+.4f}" if "relative" in k else f"- {k}: {v:.2f}" for k, v in ratios.items()
         )
         + "\n"
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 
 import scetm_mnn as sm
 from scetm_mnn.train import MinibatchSource, _data
@@ -42,8 +43,22 @@ def data():
     )
 
 
-def train(devices: int, strategy: str = "auto", record=None, seed: int = 0):
-    """A trained model and its data, served rows recorded per epoch into ``record``.
+class StepLosses(Callback):
+    """Each optimizer step's loss over the global minibatch (the mean over the ranks)."""
+
+    def __init__(self):
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"].detach().clone()
+        if trainer.world_size > 1:
+            torch.distributed.all_reduce(loss)
+            loss /= trainer.world_size
+        self.losses.append(float(loss))
+
+
+def train(devices: int, strategy: str = "auto", record=None, seed: int = 0, plugins=None):
+    """A trained model, its data and its per-step losses; served rows go into ``record``.
 
     The caller sets the thread count (one, as each rank has; the test module's
     ``one_thread`` fixture restores it afterwards).
@@ -64,6 +79,7 @@ def train(devices: int, strategy: str = "auto", record=None, seed: int = 0):
             return served(self, rows)
 
         _data.epoch_order, MinibatchSource.tensors = epoch_order, tensors
+    steps = StepLosses()
     model.train(
         max_epochs=N_EPOCHS,
         batch_size=BATCH_SIZE,
@@ -71,10 +87,12 @@ def train(devices: int, strategy: str = "auto", record=None, seed: int = 0):
         devices=devices,
         strategy=strategy,
         seed=seed,
+        callbacks=[steps],
+        plugins=plugins,
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    return model, adata
+    return model, adata, steps.losses
 
 
 def last(model, metric: str) -> float:
@@ -87,7 +105,7 @@ if __name__ == "__main__":
     out, devices = Path(sys.argv[1]), int(sys.argv[2])
     record: dict[int, list[int]] = defaultdict(list)
     seed = int(sys.argv[3]) if len(sys.argv) > 3 else 0
-    model, adata = train(devices, "ddp", record, seed=seed)
+    model, adata, losses = train(devices, "ddp", record, seed=seed)
     rank = model.trainer.global_rank
     params = torch.cat([p.detach().flatten() for p in model.module.parameters()]).numpy()
     np.savez(
@@ -96,6 +114,7 @@ if __name__ == "__main__":
         steps=model.trainer.global_step,
         latent=model.get_latent_representation(),
         history=len(model.history.get("elbo_train", [])),
+        losses=np.asarray(losses),
         reconstruction=last(model, "reconstruction_loss_train") if rank == 0 else np.nan,
         **{f"epoch{e}": np.asarray(rows) for e, rows in record.items()},
     )

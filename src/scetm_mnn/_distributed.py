@@ -1,4 +1,4 @@
-"""BatchNorm whose batch statistics span every process, on any backend (gloo included).
+"""Layers that make N processes train as one: shared BatchNorm statistics, shared noise.
 
 Under data-parallel training each process sees ``1/N`` of the global minibatch, so a plain
 ``BatchNorm1d`` normalises over a smaller, noisier sample than one process would, and the
@@ -8,11 +8,19 @@ per-feature sums ``[Σx, Σx², n]`` with autograd, so the forward
 pass and its gradient are those of BatchNorm over the whole global minibatch, on the CPU
 with gloo as well as on GPUs with NCCL. It is used by ``train`` (through Lightning's
 :class:`~lightning.pytorch.plugins.LayerSync`) and by the corrector under ``strategy="ddp"``.
+
+The random draws of training (dropout masks, the reparameterised ``δ``) are shared the
+same way: :class:`RankDropout` and :class:`StandardNormal` draw the noise of the whole
+global minibatch from the seeded stream every rank holds, and each rank keeps its own rows
+(rank ``r`` of ``N`` holds rows ``r, r + N, ...``, the interleaving of
+:func:`scetm_mnn.train.epoch_order`). ``N`` processes then draw what one process would for
+the same minibatch, and follow its training run to float rounding instead of being
+another random run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -49,7 +57,7 @@ class MomentBatchNorm1d(nn.BatchNorm1d):
     (biased) variance come from the all-reduced sums of all ranks, the running statistics
     are updated from them (so they stay equal on every rank), and gradients flow back
     through the all-reduce. Otherwise it is ``BatchNorm1d``, with the same parameters,
-    buffers and state dict, so a module converted by :func:`convert_batchnorm` saves and
+    buffers and state dict, so a module converted by :func:`convert_layers` saves and
     loads as the plain one.
 
     Examples
@@ -89,24 +97,82 @@ class MomentBatchNorm1d(nn.BatchNorm1d):
         return y
 
 
-def convert_batchnorm(module: nn.Module, sync: bool = True) -> nn.Module:
-    """Turn every ``BatchNorm1d`` of ``module`` into :class:`MomentBatchNorm1d`, in place.
+def rank_rows(draw: Callable[[tuple[int, ...]], torch.Tensor], shape: torch.Size) -> torch.Tensor:
+    """The rows of ``draw`` for the global minibatch that belong to this rank.
 
-    The layers keep their parameters and buffers (only their class changes), so optimizers
-    built before or after, and state dicts, are unaffected. ``sync=False`` reverts.
+    In one process, all of ``draw(shape)``.
+
+    ``shape`` is the local one; ``draw(shape)`` makes a tensor from the random stream.
     """
-    old, new = (nn.BatchNorm1d, MomentBatchNorm1d) if sync else (MomentBatchNorm1d, nn.BatchNorm1d)
+    n = world_size()
+    if n == 1:
+        return draw(tuple(shape))
+    full = draw((shape[0] * n, *shape[1:]))
+    return full[torch.distributed.get_rank() :: n]
+
+
+class RankDropout(nn.Dropout):
+    """``Dropout`` whose mask is this rank's rows of the global minibatch's mask.
+
+    Its mask is drawn as ``torch.nn.functional.dropout`` draws it on the CPU, so in one
+    process (or in eval mode) it is ``Dropout``, bit for bit.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or world_size() == 1:
+            return super().forward(x)
+        keep = 1.0 - self.p
+        mask = rank_rows(lambda s: x.new_empty(s).bernoulli_(keep), x.shape)
+        return x * mask.div_(keep)
+
+
+class StandardNormal(nn.Module):
+    """Standard normal noise shaped like its input: ``ε`` of ``δ = μ + σ ε``.
+
+    ``torch.distributions.Normal.rsample`` draws it the same way, so the module changes no
+    single-process result. :func:`convert_layers` makes it :class:`RankStandardNormal`.
+    """
+
+    def forward(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(like).normal_()
+
+
+class RankStandardNormal(StandardNormal):
+    """:class:`StandardNormal` whose noise is this rank's rows of the global minibatch's."""
+
+    def forward(self, like: torch.Tensor) -> torch.Tensor:
+        if not self.training or world_size() == 1:
+            return super().forward(like)
+        return rank_rows(lambda s: like.new_empty(s).normal_(), like.shape)
+
+
+_SHARED = {
+    nn.BatchNorm1d: MomentBatchNorm1d,
+    nn.Dropout: RankDropout,
+    StandardNormal: RankStandardNormal,
+}
+"""Each layer class and its twin that trains over the ranks as one process would."""
+
+
+def convert_layers(module: nn.Module, sync: bool = True) -> nn.Module:
+    """Give ``module``'s layers their twins that span the ranks (``sync=False`` reverts).
+
+    ``BatchNorm1d`` becomes :class:`MomentBatchNorm1d`, ``Dropout`` :class:`RankDropout`
+    and :class:`StandardNormal` :class:`RankStandardNormal`, in place. Only the classes
+    change: parameters, buffers, optimizers and state dicts are unaffected.
+    """
+    swap = _SHARED if sync else {new: old for old, new in _SHARED.items()}
     for layer in module.modules():
-        if type(layer) is old:
-            layer.__class__ = new
+        if type(layer) in swap:
+            layer.__class__ = swap[type(layer)]
     return module
 
 
 @contextmanager
-def synced_batchnorm(module: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, ``module``'s BatchNorm layers share statistics across processes."""
-    convert_batchnorm(module, sync=True)
+def synced_layers(module: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, ``module``'s layers span the ranks (:func:`convert_layers`)."""
+    convert_layers(module, sync=True)
     try:
         yield module
     finally:
-        convert_batchnorm(module, sync=False)
+        convert_layers(module, sync=False)

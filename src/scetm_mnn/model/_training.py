@@ -16,7 +16,7 @@ from anndata import AnnData
 from lightning.pytorch.callbacks import ModelCheckpoint
 from scipy import sparse
 
-from ..train import HistoryLogger
+from ..train import HistoryLogger, parallel_trainer_kwargs
 from ._setup import check_pairs
 
 DEFAULT_N_STEPS = 2000
@@ -162,7 +162,7 @@ def train_arguments(
     """
     plan_kwargs = dict(plan_kwargs or {})
     datasplitter_kwargs = dict(datasplitter_kwargs or {})
-    trainer_kwargs = dict(trainer_kwargs)
+    trainer_kwargs = parallel_trainer_kwargs(trainer_kwargs)
     # A query model (load_query_data) fits only its new λ rows: fewer, larger steps.
     defaults = getattr(model, "_train_defaults", {})
     if lr is not None:

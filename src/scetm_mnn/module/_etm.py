@@ -13,6 +13,7 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
+from .._distributed import StandardNormal
 from ._likelihood import proportions_nll, sample_multinomial
 from ._mnn_loss import MNN_LOSSES, MNNLoss, mnn_loss
 
@@ -163,6 +164,7 @@ class ETMModule(BaseModuleClass):
         n_head = hidden_sizes[-1] + (self.n_encoder_input if self.encoder_skip else 0)
         self.mu = nn.Linear(n_head, n_topics)
         self.log_sigma = nn.Linear(n_head, n_topics)
+        self.noise = StandardNormal()  # ε of δ = μ + σ ε (no parameters)
 
         if fixed_gene_embeddings is None:
             fixed = torch.zeros(0, n_input)
@@ -250,7 +252,8 @@ class ETMModule(BaseModuleClass):
         mu = self.mu(h)
         log_sigma = self.log_sigma(h).clamp(-LOG_SIGMA_BOUND, LOG_SIGMA_BOUND)
         qz = Normal(mu, log_sigma.exp())
-        delta = qz.rsample() if n_samples == 1 else qz.rsample((n_samples,))
+        # ε from a layer, so that data-parallel training can share the draws (_distributed)
+        delta = mu + self.noise(mu) * qz.scale if n_samples == 1 else qz.rsample((n_samples,))
         return {"qz": qz, "z": delta, "theta": F.softmax(delta, dim=-1), "p": p}
 
     @auto_move_data

@@ -5,16 +5,26 @@ from ._denormals import flush_denormals
 from ._logger import HistoryLogger
 from ._plan import ETMTrainingPlan, linear_warmup
 from ._source import CORRECTED_SHIFT_KEY, MinibatchSource, source_from_manager
+from ._strategy import (
+    DEFAULT_TIMEOUT_S,
+    SyncRanks,
+    ddp_strategy,
+    parallel_trainer_kwargs,
+)
 
 __all__ = [
     "CORRECTED_SHIFT_KEY",
+    "DEFAULT_TIMEOUT_S",
     "ETMTrainingPlan",
     "HistoryLogger",
     "MinibatchSource",
     "PreloadedDataSplitter",
+    "SyncRanks",
+    "ddp_strategy",
     "epoch_order",
     "flush_denormals",
     "linear_warmup",
+    "parallel_trainer_kwargs",
     "resolve_seed",
     "source_from_manager",
 ]

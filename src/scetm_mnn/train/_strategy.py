@@ -1,0 +1,123 @@
+"""The data-parallel strategy ``train`` runs under: Lightning's DDP with this package's settings.
+
+``model.train(strategy="ddp")`` (or any of Lightning's ``"ddp_*"`` names) becomes
+:func:`ddp_strategy`: Lightning's :class:`~lightning.pytorch.strategies.DDPStrategy` with a
+collective timeout, gradients all-reduced straight from their buckets, and BatchNorm
+statistics and random draws shared by every process (:class:`SyncRanks`; torch's
+``SyncBatchNorm`` works only on GPUs). A strategy object passed by the caller is used as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from lightning.pytorch.plugins import LayerSync
+from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+from torch import nn
+
+from .._distributed import convert_layers
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 600.0
+"""Seconds a process waits in a collective (all-reduce, barrier) before it fails.
+
+A rank that dies makes the others fail at their next collective instead of waiting for
+ever; Lightning's own default is 30 minutes. Nothing in training holds one rank alone for
+long: rank 0 writes checkpoints and logs outside collectives.
+"""
+
+
+class SyncRanks(LayerSync):
+    """Lightning plugin: N processes train as one process would on the same minibatches.
+
+    While fitting under DDP, every ``BatchNorm1d`` normalises over the global minibatch
+    (:class:`scetm_mnn._distributed.MomentBatchNorm1d`; unlike
+    ``Trainer(sync_batchnorm=True)`` it works on the CPU with gloo too), and dropout masks
+    and the sampled ``δ`` are each rank's rows of the global minibatch's draws
+    (:func:`scetm_mnn._distributed.convert_layers`). Afterwards the layers are plain again
+    (parameters, buffers and state dict unchanged).
+    """
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Make ``model``'s layers span the processes."""
+        return convert_layers(model, sync=True)
+
+    def revert(self, model: nn.Module) -> nn.Module:
+        """Give ``model`` back its plain layers."""
+        return convert_layers(model, sync=False)
+
+
+def ddp_strategy(
+    name: str = "ddp",
+    *,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    **kwargs,
+) -> DDPStrategy:
+    """Lightning's DDP strategy ``name`` with this package's settings.
+
+    Parameters
+    ----------
+    name
+        A DDP name of Lightning's strategy registry: ``"ddp"`` (one process per device,
+        started by re-running the script, or joined from ``torchrun`` / SLURM),
+        ``"ddp_spawn"``, ``"ddp_notebook"``, ...
+    timeout
+        Seconds a process waits in a collective before it fails with an error
+        (:data:`DEFAULT_TIMEOUT_S`). A rank that dies or hangs then ends the job.
+    **kwargs
+        Passed to :class:`~lightning.pytorch.strategies.DDPStrategy` (and from there to
+        torch's ``DistributedDataParallel``), e.g. ``bucket_cap_mb`` or ``static_graph``.
+
+    Returns
+    -------
+    The strategy, to pass as ``model.train(strategy=...)``.
+
+    Examples
+    --------
+    >>> from scetm_mnn.train import ddp_strategy
+    >>> strategy = ddp_strategy(timeout=120)
+    >>> type(strategy).__name__, strategy._timeout.total_seconds()
+    ('DDPStrategy', 120.0)
+    """
+    if name not in StrategyRegistry or StrategyRegistry[name]["strategy"] is not DDPStrategy:
+        names = sorted(
+            n for n in StrategyRegistry if StrategyRegistry[n]["strategy"] is DDPStrategy
+        )
+        raise ValueError(f"strategy={name!r} is not a DDP strategy; use one of {names}.")
+    if timeout <= 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout}.")
+    params = {
+        **StrategyRegistry[name]["init_params"],
+        "timeout": timedelta(seconds=timeout),
+        "gradient_as_bucket_view": True,
+        **kwargs,
+    }
+    return DDPStrategy(**params)
+
+
+def is_ddp_name(strategy: object) -> bool:
+    """Whether ``strategy`` is one of Lightning's DDP strategy names."""
+    return (
+        isinstance(strategy, str)
+        and strategy in StrategyRegistry
+        and StrategyRegistry[strategy]["strategy"] is DDPStrategy
+    )
+
+
+def parallel_trainer_kwargs(trainer_kwargs: dict) -> dict:
+    """``trainer_kwargs`` with a DDP name made :func:`ddp_strategy`, and :class:`SyncRanks`.
+
+    The plugin is added unless the caller asked for ``sync_batchnorm`` or gave a
+    ``LayerSync`` plugin of their own; only DDP strategies apply it, so a single process
+    trains as before. Returns a new dict; the one given is not changed.
+    """
+    kwargs = dict(trainer_kwargs)
+    if is_ddp_name(kwargs.get("strategy")):
+        kwargs["strategy"] = ddp_strategy(kwargs["strategy"])
+    plugins = kwargs.get("plugins") or []
+    plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+    if not kwargs.get("sync_batchnorm") and not any(isinstance(p, LayerSync) for p in plugins):
+        kwargs["plugins"] = [*plugins, SyncRanks()]
+    return kwargs
