@@ -248,9 +248,8 @@ class BatchCorrectedSCETM(
         accelerator
             Lightning accelerator (``"cpu"``, ``"gpu"``, ``"auto"``, ...).
         devices
-            Lightning devices. With ``devices=N`` and ``strategy="ddp"`` (in
-            ``trainer_kwargs``) training runs data-parallel over N processes, each on its own
-            shard of the cells (see the user guide, "Training on many machines").
+            Lightning devices. ``devices=N, strategy="ddp"`` trains data-parallel over N
+            processes, each on its own shard of the cells (:doc:`/distributed`).
         %(early_stopping)s
         %(plan_kwargs)s
         %(datasplitter_kwargs)s
@@ -267,11 +266,12 @@ class BatchCorrectedSCETM(
         seed = resolve_seed(seed)
         arguments = _training.train_arguments(
             self, max_epochs, batch_size, lr, mnn_weight, train_size, validation_size, seed,
-            early_stopping, plan_kwargs, datasplitter_kwargs, trainer_kwargs,
+            early_stopping, plan_kwargs, datasplitter_kwargs,
+            {"accelerator": accelerator, "devices": devices, **trainer_kwargs},
         )  # fmt: skip
         seed_everything(seed, verbose=False)
         with flush_denormals():  # subnormals slow the CPU's decoder step up to 1.4×
-            result = super().train(accelerator=accelerator, devices=devices, **arguments)
+            result = super().train(**arguments)
         if self.module.alpha.requires_grad:  # the topics trained (not a frozen query)
             self.prune_topics()
         return result

@@ -10,8 +10,11 @@ statistics and random draws shared by every process (:class:`SyncRanks`; torch's
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from datetime import timedelta
 
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins import LayerSync
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch import nn
@@ -47,6 +50,24 @@ class SyncRanks(LayerSync):
     def revert(self, model: nn.Module) -> nn.Module:
         """Give ``model`` back its plain layers."""
         return convert_layers(model, sync=False)
+
+
+class EndRanksOnError(Callback):
+    """When training fails in the process that started the others, end them too.
+
+    Lightning's ``"ddp"`` launcher kills the other processes when one of them fails, but
+    when the first process (rank 0) raises, the others run on until their next collective,
+    or for ever when one is stuck outside one. This callback kills them at once, so the
+    job ends with the error, not with orphans. (Under ``torchrun`` or SLURM, their agents
+    end the other processes.)
+    """
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """Kill the processes this one started (if it started any)."""
+        launcher = trainer.strategy.launcher
+        if getattr(launcher, "procs", None):
+            logger.error("Training failed on rank 0 (%s); ending the other ranks.", exception)
+            launcher.kill(signal.SIGKILL)
 
 
 def ddp_strategy(
@@ -97,6 +118,38 @@ def ddp_strategy(
     return DDPStrategy(**params)
 
 
+def check_devices(accelerator: object, devices: object) -> None:
+    """Refuse, with the fix, devices that this machine cannot give.
+
+    ``devices=N`` CPU processes need a core each (``os.sched_getaffinity``): more would
+    share cores and run slower than one process. A GPU accelerator needs a GPU that torch
+    can see; Apple's ``"mps"`` runs one process only.
+    """
+    import torch
+
+    name = str(accelerator).lower()
+    several = isinstance(devices, int) and devices > 1
+    if name in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"accelerator={accelerator!r}, but torch sees no GPU (torch.cuda.is_available() "
+            f"is False; torch {torch.__version__} may be the CPU build). Pass "
+            "accelerator='cpu', or install a CUDA build of torch."
+        )
+    if name == "mps" and several:
+        raise ValueError(
+            f"accelerator='mps' runs one process; devices={devices} needs CUDA GPUs or "
+            "accelerator='cpu'."
+        )
+    on_cpu = name == "cpu" or (name == "auto" and not torch.cuda.is_available())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if on_cpu and several and devices > (cores or 1):
+        raise ValueError(
+            f"devices={devices} CPU processes need a core each, but this process may use "
+            f"{cores}. Pass devices={cores} or fewer (or devices=1: torch then uses the "
+            "cores as threads)."
+        )
+
+
 def is_ddp_name(strategy: object) -> bool:
     """Whether ``strategy`` is one of Lightning's DDP strategy names."""
     return (
@@ -107,17 +160,23 @@ def is_ddp_name(strategy: object) -> bool:
 
 
 def parallel_trainer_kwargs(trainer_kwargs: dict) -> dict:
-    """``trainer_kwargs`` with a DDP name made :func:`ddp_strategy`, and :class:`SyncRanks`.
+    """``trainer_kwargs`` checked (:func:`check_devices`), with DDP made to pay and end cleanly.
 
-    The plugin is added unless the caller asked for ``sync_batchnorm`` or gave a
-    ``LayerSync`` plugin of their own; only DDP strategies apply it, so a single process
-    trains as before. Returns a new dict; the one given is not changed.
+    A DDP name becomes :func:`ddp_strategy`, and :class:`SyncRanks` and
+    :class:`EndRanksOnError` are added. The plugin is added unless the caller asked for
+    ``sync_batchnorm`` or gave a ``LayerSync`` plugin of their own; only DDP strategies
+    apply it, so a single process trains as before. Returns a new dict; the one given is
+    not changed.
     """
     kwargs = dict(trainer_kwargs)
+    check_devices(kwargs.get("accelerator", "auto"), kwargs.get("devices", "auto"))
     if is_ddp_name(kwargs.get("strategy")):
         kwargs["strategy"] = ddp_strategy(kwargs["strategy"])
     plugins = kwargs.get("plugins") or []
     plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
     if not kwargs.get("sync_batchnorm") and not any(isinstance(p, LayerSync) for p in plugins):
         kwargs["plugins"] = [*plugins, SyncRanks()]
+    callbacks = list(kwargs.get("callbacks") or [])
+    if not any(isinstance(c, EndRanksOnError) for c in callbacks):
+        kwargs["callbacks"] = [*callbacks, EndRanksOnError()]
     return kwargs
