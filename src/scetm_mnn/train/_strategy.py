@@ -66,7 +66,13 @@ class EndRanksOnError(Callback):
         """Kill the processes this one started (if it started any)."""
         launcher = trainer.strategy.launcher
         if getattr(launcher, "procs", None):
-            logger.error("Training failed on rank 0 (%s); ending the other ranks.", exception)
+            # Through Lightning's logger, which prints: Lightning's watcher of the other
+            # processes ends this one too a few seconds later, before its traceback shows.
+            logging.getLogger("lightning.pytorch").error(
+                "Training failed on rank 0 (%s: %s); ending the other ranks.",
+                type(exception).__name__,
+                exception,
+            )
             launcher.kill(signal.SIGKILL)
 
 
