@@ -4,12 +4,14 @@ Runs inside ``.venv-scetm`` (``make bench-env``) and imports only scETM and its 
 dependencies, never scetm_mnn:
 
     .venv-scetm/bin/python benchmarks/_scetm_runner.py --input X.h5ad --output emb.npy \
-        [--n-epochs 12000 | --steps N] [--batch-size 2000] [--seed 0] [--threads 0]
+        [--n-epochs 12000 | --steps N] [--batch-size 2000] [--seed 0] [--threads 0] \
+        [--device cpu]
 
 The input holds raw counts in ``X`` (scETM normalizes them itself) and integer batches in
 ``obs["batch_indices"]``. The model uses scETM's defaults (K=50 topics, L=400 gene
 embedding dimensions, encoder (128,), batch bias on) and is trained with
-``UnsupervisedTrainer.train(eval=False)``; no checkpoint or log file is written
+``UnsupervisedTrainer.train(eval=False)`` on ``--device`` (``cpu`` by default; ``auto``:
+CUDA when torch sees it, as scETM's own default); no checkpoint or log file is written
 (``ckpt_dir=None``), and the process works in a temporary directory.
 
 Outputs: ``--output`` (float32 array, cells × K, ``obsm["delta"]``); beside it
@@ -55,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-samplers", type=int, default=4, help="scETM's sampler threads")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: default")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     return parser.parse_args(argv)
 
 
@@ -63,6 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     inp, out = args.input.resolve(), args.output.resolve()
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
     adata = anndata.read_h5ad(inp)
     if "batch_indices" not in adata.obs:
         raise KeyError(f"{inp} has no obs['batch_indices'].")
@@ -77,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="scetm_runner_") as tmp:
         os.chdir(tmp)  # whatever scETM or its dependencies write lands here
-        model = scETM(adata.n_vars, n_batches, device=torch.device("cpu"))
+        model = scETM(adata.n_vars, n_batches, device=device)
         trainer = UnsupervisedTrainer(
             model, adata, ckpt_dir=None, batch_size=args.batch_size, seed=args.seed
         )
@@ -91,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
                 eval=False,
                 save_model_ckpt=False,
             )
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the last step's kernels, inside the clock
             train_seconds = time.perf_counter() - t0
         model.get_all_embeddings_and_nll(
             adata, batch_size=args.batch_size, emb_names=["delta", "theta"]
@@ -111,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         "n_epochs": n_epochs,
         "steps": steps,
         "seed": args.seed,
+        "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "train_seconds": train_seconds,
         "ms_per_step": 1000 * train_seconds / max(steps, 1),

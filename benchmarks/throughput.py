@@ -47,33 +47,49 @@ def _datasets(n_sim: int) -> dict:
     }
 
 
-def time_ours(adata, steps: int, batch_size: int) -> tuple[float, int, int]:
-    """Seconds of ``model.train`` for about ``steps`` steps, the steps, and the cells seen.
+def train_ours(
+    adata, steps: int, batch_size: int, **train_kwargs
+) -> tuple[BatchCorrectedSCETM, float, int]:
+    """A default model trained for about ``steps`` steps, the seconds of ``model.train``,
+    and the cells seen.
 
     Training goes by epochs, so an epoch of ``n`` cells is ``ceil(n / batch_size)`` steps
     and its last step is smaller (Baron human: 2,000 and 142 cells): the cells seen, not
     the steps, are what compares with scETM's steps of ``batch_size`` cells each.
+    ``train_kwargs`` go to ``model.train`` (e.g. ``accelerator``, ``precision``).
     """
     scvi.settings.seed = 0
     adata = adata.copy()
     BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
     model = BatchCorrectedSCETM(adata)
-    steps_per_epoch = int(np.ceil(adata.n_obs / batch_size))
+    train_size = 1.0 - (train_kwargs.get("validation_size") or 0.0)
+    steps_per_epoch = int(np.ceil(adata.n_obs * train_size / batch_size))
     epochs = max(1, steps // steps_per_epoch)
+    train_kwargs.setdefault("enable_progress_bar", False)
     start = time.perf_counter()
-    model.train(max_epochs=epochs, batch_size=batch_size, enable_progress_bar=False)
+    model.train(max_epochs=epochs, batch_size=batch_size, **train_kwargs)
     seconds = time.perf_counter() - start
-    return seconds, model.trainer.global_step, epochs * adata.n_obs
+    return model, seconds, len(model.train_indices) * epochs
 
 
-def time_scetm(adata, steps: int, batch_size: int) -> tuple[float, int, int]:
+def time_ours(adata, steps: int, batch_size: int) -> tuple[float, int, int]:
+    """Seconds of ``model.train`` for about ``steps`` steps, the steps, and the cells seen
+    (:func:`train_ours`)."""
+    model, seconds, cells = train_ours(adata, steps, batch_size)
+    return seconds, model.trainer.global_step, cells
+
+
+def time_scetm(
+    adata, steps: int, batch_size: int, python: Path = SCETM_PYTHON, device: str = "cpu"
+) -> tuple[float, int, int]:
     """Seconds of scETM's training loop for ``steps`` steps (in its own venv), the steps,
     and the cells seen (each of its steps samples ``min(batch_size, n)`` cells).
 
-    scETM gets the same number of torch threads as our model.
+    scETM gets the same number of torch threads as our model. ``python`` is the venv's
+    interpreter, ``device`` where scETM trains (``_scetm_runner.py --device``).
     """
-    if not SCETM_PYTHON.exists():
-        raise FileNotFoundError("No .venv-scetm: run `make bench-env` first.")
+    if not Path(python).exists():
+        raise FileNotFoundError(f"No {python}: run `make bench-env` first.")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "data.h5ad"
         # The same matrix, not a copy: at a million cells a copy is 5 GB that scETM's own
@@ -82,10 +98,10 @@ def time_scetm(adata, steps: int, batch_size: int) -> tuple[float, int, int]:
         ad.AnnData(X=adata.X, obs=obs, var=adata.var).write_h5ad(path)
         out = Path(tmp) / "emb.npy"
         cmd = [
-            str(SCETM_PYTHON), str(HERE / "_scetm_runner.py"),
+            str(python), str(HERE / "_scetm_runner.py"),
             "--input", str(path), "--output", str(out),
             "--steps", str(steps), "--batch-size", str(batch_size), "--seed", "0",
-            "--threads", str(torch.get_num_threads()),
+            "--threads", str(torch.get_num_threads()), "--device", device,
         ]  # fmt: skip
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         info = json.loads(out.with_suffix(".json").read_text())

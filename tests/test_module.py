@@ -71,6 +71,19 @@ def test_fused_nll_has_the_composed_value_and_gradient():
         proportions_nll(logits, p[..., :-1])
 
 
+def test_fused_nll_runs_in_float32_under_bf16_autocast():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 30, generator=g).bfloat16().requires_grad_()
+    p = torch.softmax(torch.randn(4, 30, generator=g), -1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = proportions_nll(logits, p)
+    # The proportions are not rounded to bf16, nor is the loss (3 significant digits).
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, proportions_nll(logits.detach().float(), p))
+    loss.sum().backward()
+    assert logits.grad.dtype == torch.bfloat16
+
+
 def test_corrected_layer_feeds_the_encoder_and_counts_stay_the_target():
     module = ETMModule(3, n_topics=2, n_emb=2, hidden_sizes=(4,))
     module.eval()

@@ -179,3 +179,29 @@ def test_reduce_lr_on_plateau_says_the_decay_is_dropped():
     module = ETMModule(10, n_topics=2, n_emb=3)
     with pytest.warns(UserWarning, match="lr_decay"):
         ETMTrainingPlan(module, reduce_lr_on_plateau=True)
+
+
+def test_bf16_mixed_training_clips_gradients_with_the_fused_adam(sim_adata, monkeypatch):
+    """Lightning refuses to clip for a fused optimizer under any mixed precision; bf16
+    scales no gradient, so the plan clips them itself (Lightning-AI/pytorch-lightning#21435).
+    """
+    from scetm_mnn.model import BatchCorrectedSCETM
+
+    clipped = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm, *args, **kwargs):
+        clipped.append(max_norm)
+        return clip(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    adata = sim_adata.copy()
+    BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch")
+    model = BatchCorrectedSCETM(adata, n_topics=4)
+    model.train(
+        max_epochs=2, batch_size=200, accelerator="cpu", precision="bf16-mixed",
+        validation_size=0.1, enable_progress_bar=False,
+    )  # fmt: skip
+    assert clipped and set(clipped) == {50.0}
+    assert model.trainer.optimizers[0].defaults["fused"]
+    assert np.isfinite(model.history["elbo_validation"].to_numpy()).all()

@@ -44,6 +44,7 @@ def proportions_nll(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     ``-(p * F.log_softmax(logits, -1)).sum(-1)``, without the product with ``p`` or the
     backward's intermediate arrays: the forward and the backward make one cells × genes
     array each (the log-probabilities, the gradient), where the composed form makes four.
+    It is computed in float32 (or float64) even under autocast (bf16 logits are cast up).
     At a minibatch of 2,000 cells × 2,000 genes each such array is 16 MB, and on the CPU
     making them, not the arithmetic, is most of what this loss costs.
 
@@ -73,7 +74,12 @@ def proportions_nll(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
             f"logits and p must have the same shape, got {tuple(logits.shape)} and "
             f"{tuple(p.shape)}."
         )
-    return _ProportionsNLL.apply(logits, p.to(logits.dtype))
+    # In float32 at least, autocast or not (as autocast itself runs log_softmax and nll_loss),
+    # and in one dtype: CUDA autocast would return log_softmax in float32 and run vecdot in
+    # bf16, so p and the loss would be rounded to bf16 (3 significant digits).
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    with torch.autocast(logits.device.type, enabled=False):
+        return _ProportionsNLL.apply(logits.to(dtype), p.to(dtype))
 
 
 def multinomial_log_prob(x: torch.Tensor, log_px: torch.Tensor) -> torch.Tensor:

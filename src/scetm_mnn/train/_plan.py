@@ -6,6 +6,8 @@ import math
 import warnings
 
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from scvi.module.base import BaseModuleClass
 from scvi.train import TrainingPlan
 
@@ -297,9 +299,19 @@ class ETMTrainingPlan(TrainingPlan):
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:
-        """Clip gradients by global norm (``gradient_clip_norm``) unless the trainer says so."""
+        """Clip gradients by global norm (``gradient_clip_norm``) unless the trainer says so.
+
+        Under ``precision="bf16-mixed"`` no gradient is scaled, yet Lightning refuses to
+        clip for any fused optimizer (Lightning-AI/pytorch-lightning#21435): there the
+        gradients are clipped as in full precision.
+        """
         if gradient_clip_val is None and self.gradient_clip_norm is not None:
             gradient_clip_val, gradient_clip_algorithm = self.gradient_clip_norm, "norm"
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or "norm")
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
+            return
         self.clip_gradients(
             optimizer,
             gradient_clip_val=gradient_clip_val,
