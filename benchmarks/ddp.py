@@ -7,12 +7,12 @@ at a global minibatch of ``--batch-size`` cells (the seed's 2,000 by default; un
 each of the 2 ranks takes half, so every run takes the same optimizer steps over the same
 samples). The runs:
 
-- 1 process × 1 torch thread, seeds 0 and 1 (how far two seeds fall apart: the yardstick
-  for the fit);
-- 1 process × 2 threads;
-- 2 processes × 1 thread, with BatchNorm statistics and random draws shared over the
-  ranks (the default, ``scetm_mnn.train.SyncRanks``); with ``--ablation`` also without
-  it (each rank normalises over its own half of the minibatch and draws its own noise),
+- 1 process × 1 torch thread and 2 processes × 1 thread, for each of ``--seeds`` seeds
+  (how far seeds fall apart is the yardstick for the fit); the 2 processes share
+  BatchNorm statistics and random draws (the default, ``scetm_mnn.train.SyncRanks``);
+- 1 process × 2 threads (seed 0);
+- with ``--ablation`` also 2 processes × 1 thread without
+  sharing (each rank normalises over its own half of the minibatch and draws its own noise),
   and with the gradients all-reduced in float16 (torch's ``fp16_compress_hook``; its
   bfloat16 twin needs CUDA).
 
@@ -21,7 +21,7 @@ the same cells on every rank) compare the fits. Cells/s counts the training cell
 per second of ``fit`` (start-up and data loading excluded; listed).
 
 Run: ``.venv/bin/python benchmarks/ddp.py [--cells 100000] [--epochs 6]
-[--batch-size 2000] [--ablation] [--out benchmarks/results/ddp.md]``
+[--batch-size 2000] [--seeds 3] [--ablation] [--out benchmarks/results/ddp.md]``
 """
 
 from __future__ import annotations
@@ -36,14 +36,16 @@ import tempfile
 import time
 from pathlib import Path
 
-RUNS = (
-    # (processes, threads per process, seed, BatchNorm synced, gradient hook)
-    (1, 1, 0, True, "none"),
-    (1, 1, 1, True, "none"),
-    (1, 2, 0, True, "none"),
-    (2, 1, 0, True, "none"),
-)
-ABLATION = ((2, 1, 0, False, "none"), (2, 1, 0, True, "fp16"))
+
+def runs(seeds: int, ablation: bool) -> list[tuple[int, int, int, bool, str]]:
+    """(processes, threads per process, seed, layers shared, gradient hook) of each run."""
+    out = []
+    for seed in range(seeds):  # 1 and 2 processes, paired by seed
+        out += [(1, 1, seed, True, "none"), (2, 1, seed, True, "none")]
+    out.append((1, 2, 0, True, "none"))
+    if ablation:
+        out += [(2, 1, 0, False, "none"), (2, 1, 0, True, "fp16")]
+    return out
 
 
 def worker(
@@ -135,39 +137,46 @@ def _relative(a: dict, b: dict, key: str) -> float:
 
 def summary(rows: list[dict]) -> dict[str, float]:
     """Speed-ups and fit differences between the runs (relative differences are signed)."""
+    import numpy as np
 
-    def find(processes, threads, seed=0, bn="", hook=""):
+    def find(processes, threads, seed=0, shared="BatchNorm, noise", hook="none"):
         for row in rows:
             if (row["processes"], row["threads"], row["seed"]) == (processes, threads, seed) and (
-                processes == 1 or (row["ranks share"], row["hook"]) == (bn, hook)
+                processes == 1 or (row["ranks share"], row["hook"]) == (shared, hook)
             ):
                 return row
         return None
 
-    one, seed1, two_threads = find(1, 1), find(1, 1, 1), find(1, 2)
-    ddp = find(2, 1, bn="BatchNorm, noise", hook="none")
+    one, two_threads, ddp = find(1, 1), find(1, 2), find(2, 1)
+    seeds = sorted({row["seed"] for row in rows if row["processes"] == 1 and row["threads"] == 1})
+    ones = [find(1, 1, s) for s in seeds]
+    twos = [find(2, 1, s) for s in seeds]
     out = {
         "2 processes × 1 thread against 1 × 1 (cells/s)": ddp["cells/s"] / one["cells/s"],
         "2 processes × 1 thread against 1 × 2 threads (cells/s)": ddp["cells/s"]
         / two_threads["cells/s"],
         "1 process × 2 threads against 1 × 1 (cells/s)": two_threads["cells/s"] / one["cells/s"],
-        "held-out ELBO, 2 processes vs 1 (relative)": _relative(ddp, one, "ELBO (held out)"),
-        "held-out rec. loss, 2 processes vs 1 (relative)": _relative(
-            ddp, one, "rec. loss (held out)"
-        ),
-        "held-out ELBO, seed 1 vs seed 0, 1 process (relative)": _relative(
-            seed1, one, "ELBO (held out)"
-        ),
-        "held-out rec. loss, seed 1 vs seed 0, 1 process (relative)": _relative(
-            seed1, one, "rec. loss (held out)"
-        ),
     }
-    if (per_rank := find(2, 1, bn="nothing", hook="none")) is not None:
-        out["held-out ELBO, 2 processes sharing nothing vs 1 (relative)"] = _relative(
-            per_rank, one, "ELBO (held out)"
+    for key, name in (("ELBO (held out)", "ELBO"), ("rec. loss (held out)", "rec. loss")):
+        a = np.array([r[key] for r in ones])
+        b = np.array([r[key] for r in twos])
+        out[f"held-out {name}, 2 processes vs 1, seed 0 (relative)"] = b[0] / a[0] - 1
+        if len(seeds) > 1:
+            out[f"held-out {name}, 2 processes vs 1, mean over {len(seeds)} seeds (relative)"] = (
+                b.mean() / a.mean() - 1
+            )
+            out[f"held-out {name}, 1 process, sd over {len(seeds)} seeds (relative)"] = (
+                a.std(ddof=1) / a.mean()
+            )
+            out[f"held-out {name}, 2 processes, sd over {len(seeds)} seeds (relative)"] = (
+                b.std(ddof=1) / b.mean()
+            )
+    if (alone := find(2, 1, shared="nothing")) is not None:
+        out["held-out ELBO, 2 processes sharing nothing vs 1, seed 0 (relative)"] = _relative(
+            alone, one, "ELBO (held out)"
         )
-    if (fp16 := find(2, 1, bn="BatchNorm, noise", hook="fp16")) is not None:
-        out["held-out ELBO, 2 processes with fp16 gradients vs 1 (relative)"] = _relative(
+    if (fp16 := find(2, 1, hook="fp16")) is not None:
+        out["held-out ELBO, 2 processes with fp16 gradients vs 1, seed 0 (relative)"] = _relative(
             fp16, one, "ELBO (held out)"
         )
         out["2 processes with fp16 gradients against 1 × 1 (cells/s)"] = (
@@ -182,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cells", type=int, default=100_000)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=2000)
-    parser.add_argument("--ablation", action="store_true", help="per-rank BatchNorm, fp16 hook")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the 1-vs-2 pairs")
+    parser.add_argument("--ablation", action="store_true", help="sharing nothing, fp16 hook")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ddp.md"))
     parser.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -200,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         sm.datasets.simulate(
             n_cells=args.cells, n_genes=2000, n_batches=4, n_cell_types=8, random_state=0
         ).write_h5ad(path)
-        for devices, threads, seed, sync, hook in RUNS + (ABLATION if args.ablation else ()):
+        for devices, threads, seed, sync, hook in runs(args.seeds, args.ablation):
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
             cmd = [sys.executable, __file__, "--worker", str(path), str(devices), str(threads)]
             cmd += [str(args.epochs), str(args.batch_size), str(seed), str(int(sync)), hook]
@@ -213,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     text = (
         "# Data-parallel training: 1 process against 2 (DDP, gloo)\n\n"
         f"`benchmarks/ddp.py --cells {args.cells} --epochs {args.epochs} --batch-size "
-        f"{args.batch_size}{' --ablation' if args.ablation else ''}` on {platform.node()} "
+        f"{args.batch_size} --seeds {args.seeds}{' --ablation' if args.ablation else ''}` on "
+        f"{platform.node()} "
         f"({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}.\n\n"
         + pd.DataFrame(rows).round(4).to_markdown(index=False)
         + "\n\n"

@@ -7,6 +7,7 @@ from ._plan import ETMTrainingPlan, linear_warmup
 from ._source import CORRECTED_SHIFT_KEY, MinibatchSource, source_from_manager
 from ._strategy import (
     DEFAULT_TIMEOUT_S,
+    EndRanksOnError,
     SyncRanks,
     ddp_strategy,
     parallel_trainer_kwargs,
@@ -16,6 +17,7 @@ __all__ = [
     "CORRECTED_SHIFT_KEY",
     "DEFAULT_TIMEOUT_S",
     "ETMTrainingPlan",
+    "EndRanksOnError",
     "HistoryLogger",
     "MinibatchSource",
     "PreloadedDataSplitter",

@@ -41,6 +41,16 @@ class SyncRanks(LayerSync):
     and the sampled ``δ`` are each rank's rows of the global minibatch's draws
     (:func:`scetm_mnn._distributed.convert_layers`). Afterwards the layers are plain again
     (parameters, buffers and state dict unchanged).
+
+    Examples
+    --------
+    >>> from scetm_mnn.module import ETMModule
+    >>> from scetm_mnn.train import SyncRanks
+    >>> module = SyncRanks().apply(ETMModule(n_input=30, n_topics=4, n_emb=8))
+    >>> type(module.encoder[2]).__name__, type(module.noise).__name__
+    ('MomentBatchNorm1d', 'RankStandardNormal')
+    >>> type(SyncRanks().revert(module).encoder[2]).__name__
+    'BatchNorm1d'
     """
 
     def apply(self, model: nn.Module) -> nn.Module:
@@ -60,6 +70,12 @@ class EndRanksOnError(Callback):
     or for ever when one is stuck outside one. This callback kills them at once, so the
     job ends with the error, not with orphans. (Under ``torchrun`` or SLURM, their agents
     end the other processes.)
+
+    Examples
+    --------
+    >>> from scetm_mnn.train import EndRanksOnError, parallel_trainer_kwargs
+    >>> any(isinstance(c, EndRanksOnError) for c in parallel_trainer_kwargs({})["callbacks"])
+    True
     """
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
@@ -173,6 +189,13 @@ def parallel_trainer_kwargs(trainer_kwargs: dict) -> dict:
     ``sync_batchnorm`` or gave a ``LayerSync`` plugin of their own; only DDP strategies
     apply it, so a single process trains as before. Returns a new dict; the one given is
     not changed.
+
+    Examples
+    --------
+    >>> from scetm_mnn.train import parallel_trainer_kwargs
+    >>> kwargs = parallel_trainer_kwargs({"strategy": "ddp"})
+    >>> type(kwargs["strategy"]).__name__, [type(p).__name__ for p in kwargs["plugins"]]
+    ('DDPStrategy', ['SyncRanks'])
     """
     kwargs = dict(trainer_kwargs)
     check_devices(kwargs.get("accelerator", "auto"), kwargs.get("devices", "auto"))
