@@ -59,7 +59,7 @@ def _rank(rank: int, store: str, queue) -> None:
             assert isinstance(noise, RankStandardNormal)
             result = _step(x[rank::2], weights[rank::2], net, noise)
         assert type(net[0]) is nn.BatchNorm1d and type(noise) is StandardNormal
-        queue.put((rank, result))
+        queue.put((rank, [t.detach().numpy().copy() for t in result]))  # by value
     finally:
         torch.distributed.destroy_process_group()
 
@@ -72,7 +72,10 @@ def two_ranks(tmp_path_factory):
     processes = [context.Process(target=_rank, args=(r, store, queue)) for r in (0, 1)]
     for p in processes:
         p.start()
-    results = dict(queue.get(timeout=120) for _ in processes)
+    results = {
+        rank: [torch.from_numpy(a) for a in arrays]
+        for rank, arrays in (queue.get(timeout=120) for _ in processes)
+    }
     for p in processes:
         p.join(timeout=60)
         assert p.exitcode == 0

@@ -31,16 +31,35 @@ class _AllReduceSum(torch.autograd.Function):
     """Sum over processes whose gradient is the sum of the processes' gradients."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, tensor: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
         total = tensor.clone()
-        torch.distributed.all_reduce(total)
+        torch.distributed.all_reduce(total, group=group)
         return total
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         total = grad.clone()
-        torch.distributed.all_reduce(total)
-        return total
+        torch.distributed.all_reduce(total, group=ctx.group)
+        return total, None
+
+
+_GROUP: list = []
+"""The process group of the statistics (made once per process by :func:`moments_group`)."""
+
+
+def moments_group():
+    """A process group of its own for the layers' small all-reduces, made on first use.
+
+    DDP all-reduces the gradients in the default group while the backward pass runs; a
+    BatchNorm all-reduce queued in that group would wait behind megabytes of gradients
+    and stall the backward pass. Every rank must call this at the same point (the first
+    training forward, which they run in step).
+    """
+    if not _GROUP or _GROUP[0][0] is not torch.distributed.distributed_c10d._get_default_group():
+        default = torch.distributed.distributed_c10d._get_default_group()
+        _GROUP[:] = [(default, torch.distributed.new_group())]
+    return _GROUP[0][1]
 
 
 def world_size() -> int:
@@ -76,7 +95,7 @@ class MomentBatchNorm1d(nn.BatchNorm1d):
         c = self.num_features
         wide = x.double()  # E[x²] - E[x]² is exact enough in float64
         local = torch.cat([wide.sum(0), wide.pow(2).sum(0), wide.new_full((1,), x.shape[0])])
-        total = _AllReduceSum.apply(local)
+        total = _AllReduceSum.apply(local, moments_group())
         n = total[-1]
         mean = total[:c] / n
         var = (total[c : 2 * c] / n - mean.pow(2)).clamp_min(0.0)
