@@ -152,6 +152,9 @@ def summary(rows: list[dict]) -> dict[str, float]:
     ones = [find(1, 1, s) for s in seeds]
     twos = [find(2, 1, s) for s in seeds]
     out = {
+        "held-out ELBO, 1 process × 2 threads vs × 1 thread, seed 0 (relative; rounding only)": (
+            _relative(two_threads, one, "ELBO (held out)")
+        ),
         "2 processes × 1 thread against 1 × 1 (cells/s)": ddp["cells/s"] / one["cells/s"],
         "2 processes × 1 thread against 1 × 2 threads (cells/s)": ddp["cells/s"]
         / two_threads["cells/s"],
