@@ -12,6 +12,7 @@ with gloo as well as on GPUs with NCCL. It is used by ``train`` (through Lightni
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -110,3 +111,40 @@ def synced_batchnorm(module: nn.Module) -> Iterator[nn.Module]:
         yield module
     finally:
         convert_batchnorm(module, sync=False)
+
+
+_RANK_VARIABLES = ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+"""Environment variables of launchers (torchrun, SLURM, LSF) that give the global rank."""
+
+
+def is_global_zero() -> bool:
+    """Whether this process is rank 0 (the one that writes files), or runs alone.
+
+    Inside a process group, its rank; before one is initialized, what the launcher's
+    environment says: ``RANK`` (torchrun), ``SLURM_PROCID``, or ``LOCAL_RANK`` and
+    ``NODE_RANK`` (which Lightning's script launcher sets for the processes it starts).
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    for name in _RANK_VARIABLES:
+        if name in os.environ:
+            return int(os.environ[name]) == 0
+    return all(int(os.environ.get(name, 0)) == 0 for name in ("LOCAL_RANK", "NODE_RANK"))
+
+
+def check_world_size(requested: int, what: str) -> None:
+    """Refuse ``requested`` processes when the process group already holds another number.
+
+    A script whose processes were started for one number (by ``mnn_correct(devices=N)``,
+    a topic model's ``train(devices=N, strategy="ddp")`` or a launcher such as torchrun)
+    runs every later distributed step in those same processes; a step that asks for
+    another number would train each rank alone or on the wrong shards.
+    """
+    running = world_size()
+    if running > 1 and requested != running:
+        raise ValueError(
+            f"This script already runs in {running} processes (started by an earlier "
+            f"devices={running} step or a launcher), but {what} asks for {requested}. Pass "
+            f"devices and num_nodes that make {running} processes, with strategy='ddp', "
+            "or run this step in a script of its own."
+        )
