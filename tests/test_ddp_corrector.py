@@ -172,6 +172,11 @@ def test_a_gpu_that_is_not_there_is_refused_with_the_fix():
 def test_several_processes_need_a_script(monkeypatch):
     monkeypatch.setattr(sys, "ps1", ">>> ", raising=False)  # an interactive session
     monkeypatch.delenv("LOCAL_RANK", raising=False)
+
+    def launched(*args, **kwargs):  # it would run pytest again, as rank 1
+        raise AssertionError("the processes were launched")
+
+    monkeypatch.setattr("lightning.fabric.Fabric.launch", launched)
     adata = sm.datasets.simulate(n_cells=200, n_genes=50, random_state=0)
     sm.pp.preprocess(adata, n_top_genes=50, batch_key="batch")
     with pytest.raises(ValueError, match="cannot run in a notebook"):

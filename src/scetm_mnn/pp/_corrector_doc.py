@@ -190,6 +190,12 @@ by the frozen network alone, so the reference cells get exactly the output
 as a new one anyway (e.g. another study's ``"donor1"``), or ``"raise"`` to refuse
 names that clash.
 
+**Many processes.** With ``devices=N, strategy="ddp"`` (from a script), :meth:`fit`
+runs data-parallel under Lightning Fabric: the pair search and the training minibatches
+are shared among the processes, every process ends with the same corrector, and only
+rank 0 writes files (see ``devices`` below and the user guide, "Training on many
+machines"). :meth:`transform` runs in the calling process.
+
 Parameters
 ----------
 batch_key

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from .._distributed import synced_batchnorm, world_size
+from .._distributed import check_world_size, is_global_zero, synced_batchnorm, world_size
 
 RUNTIME = ("devices", "strategy", "accelerator", "num_nodes")
 """The corrector's arguments that say where its fit runs, not what it fits: they are not
@@ -118,6 +118,7 @@ def launch(params: dict[str, Any]) -> FitEngine:
     from lightning.fabric import Fabric
 
     world = params["devices"] * params["num_nodes"]
+    check_world_size(world, "mnn_correct")
     launched = "LOCAL_RANK" in os.environ or world_size() > 1
     if world > 1 and _interactive() and not launched:
         raise ValueError(
@@ -161,8 +162,12 @@ class FitEngine:
 
     @property
     def is_global_zero(self) -> bool:
-        """Whether this process writes files and shows the progress bar."""
-        return self.rank == 0
+        """Whether this process writes files and shows the progress bar.
+
+        Alone, unless it is a rank other than 0 of a script that runs in several processes
+        (a fit with ``devices=1`` on every rank of one: each fits, rank 0 writes).
+        """
+        return is_global_zero() if self.fabric is None else self.rank == 0
 
     @property
     def device(self) -> torch.device:
