@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import anndata as ad
 import numpy as np
 import pytest
 import torch
@@ -206,3 +207,30 @@ def test_a_trainer_for_other_processes_than_the_running_ones_is_refused(monkeypa
     model = sm.model.BatchCorrectedSCETM(adata, n_topics=3, n_emb=4)
     with pytest.raises(ValueError, match="Pass devices and num_nodes that make 2"):
         model.train(max_epochs=1, accelerator="cpu", devices=1, enable_progress_bar=False)
+
+
+# ------------------------------------------------------------------ the CLI
+@needs_two_cores
+def test_the_cli_runs_both_stages_in_two_processes_and_writes_once(tmp_path, sim_adata):
+    sim_adata.write_h5ad(tmp_path / "input.h5ad")
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    argv = [
+        "run", str(tmp_path / "input.h5ad"), "--batch-key", "batch", "--n-top-genes", "200",
+        "--max-epochs", "2", "--no-report", "--out", str(out), "--devices", "2",
+        "--accelerator", "cpu",
+    ]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "scetm_mnn.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Outputs in") == 1  # rank 0 reports
+    # the outputs once (no state left: rank 0 cleared it after the run)
+    outputs = ["costs.csv", "input_scetm_mnn.h5ad", "model", "topics.png", "umap.png"]
+    assert sorted(path.name for path in out.iterdir()) == outputs
+    result = ad.read_h5ad(out / "input_scetm_mnn.h5ad")
+    assert result.uns["mnn_corrected"]["n_pairs"] > 0

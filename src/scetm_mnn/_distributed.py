@@ -113,23 +113,38 @@ def synced_batchnorm(module: nn.Module) -> Iterator[nn.Module]:
         convert_batchnorm(module, sync=False)
 
 
-_RANK_VARIABLES = ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
-"""Environment variables of launchers (torchrun, SLURM, LSF) that give the global rank."""
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+"""Where launchers put a process's rank, in the order Lightning reads them (torchrun,
+Lightning's script launcher, SLURM, LSF)."""
 
 
 def is_global_zero() -> bool:
-    """Whether this process is rank 0 (the one that writes files), or runs alone.
+    """Whether this process is rank 0 of its process group (the one that writes files).
 
-    Inside a process group, its rank; before one is initialized, what the launcher's
-    environment says: ``RANK`` (torchrun), ``SLURM_PROCID``, or ``LOCAL_RANK`` and
-    ``NODE_RANK`` (which Lightning's script launcher sets for the processes it starts).
+    ``True`` outside a process group: a process alone writes its files.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank() == 0
+    return True
+
+
+def started_as_global_zero() -> bool:
+    """Whether a launcher started this process as rank 0, before any process group exists.
+
+    What the launcher's environment says, as Lightning reads it: ``RANK`` (torchrun),
+    ``LOCAL_RANK`` (Lightning's script launcher, which starts ranks >= 1 with it; and
+    ``NODE_RANK`` on other machines than the first), ``SLURM_PROCID``, ``JSM_NAMESPACE_RANK``.
+    For a run that will be distributed: a process started alone (by ``srun`` among
+    independent tasks, say) may carry such variables too.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    if int(os.environ.get("NODE_RANK", 0)) != 0:
+        return False
     for name in _RANK_VARIABLES:
         if name in os.environ:
             return int(os.environ[name]) == 0
-    return all(int(os.environ.get(name, 0)) == 0 for name in ("LOCAL_RANK", "NODE_RANK"))
+    return True
 
 
 def check_world_size(requested: int, what: str) -> None:

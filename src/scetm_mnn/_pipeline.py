@@ -19,7 +19,7 @@ import scvi
 from . import _memory, pl, pp, tl
 from ._atomic import write_text
 from ._costs import PhaseCosts
-from ._distributed import is_global_zero
+from ._distributed import is_global_zero, started_as_global_zero
 from ._gene_sets import as_gene_sets
 from ._resume import RunState, input_fingerprint
 from ._rows import is_on_disk
@@ -173,7 +173,8 @@ def run_pipeline(
         params.update(train_runtime)  # none for one process: the fingerprint of before
         costs = PhaseCosts()
         fingerprint = {**params, "input": input_fingerprint(adata, batch_key)}
-        writes = is_global_zero()  # the other processes of devices > 1 leave it to rank 0
+        several = devices * num_nodes > 1  # rank 0 writes for all (and they start later)
+        writes = started_as_global_zero() if several else is_global_zero()
         state = RunState(out, fingerprint, resume, write=writes)
         costs.rows = list(state.costs)
         if not state.finished("preprocess") and check_memory:
