@@ -118,7 +118,7 @@ def launch(params: dict[str, Any]) -> FitEngine:
     from lightning.fabric import Fabric
 
     world = params["devices"] * params["num_nodes"]
-    check_world_size(world, "mnn_correct")
+    check_world_size(world, "the corrector's fit")
     launched = "LOCAL_RANK" in os.environ or world_size() > 1
     if world > 1 and _interactive() and not launched:
         raise ValueError(
