@@ -203,10 +203,18 @@ def test_options_reach_the_pipeline(monkeypatch, h5ad, tmp_path):
         "max_cells": 200_000,
         "resume": False,
         "gene_sets": None,
+        "devices": 1,
+        "strategy": "auto",
+        "accelerator": None,
+        "num_nodes": 1,
     }
     seen.clear()
     assert main([*argv, "--resume", "--gene-sets", "markers.gmt"]) == 2
     assert seen["resume"] is True and seen["gene_sets"] == "markers.gmt"
+    seen.clear()
+    assert main([*argv, "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu"]) == 2
+    runtime = {k: seen[k] for k in ("devices", "strategy", "accelerator", "num_nodes")}
+    assert runtime == {"devices": 2, "strategy": "ddp", "accelerator": "cpu", "num_nodes": 1}
     seen.clear()
     assert main(["demo", "--mnn-weight", "1", "--out", str(tmp_path)]) == 2
     assert seen["mnn_weight"] == 1.0 and seen["batch_key"] == "batch"

@@ -48,7 +48,15 @@ MODEL_ROWS = [
     ("`train(batch_size=256)`", BatchCorrectedSCETM.train, "batch_size"),
     ("`prune_topics(max_overlap=0.8)`", BatchCorrectedSCETM.prune_topics, "max_overlap"),
 ]
-CORRECTOR_ROWS = ["n_neighbors", "n_search_comps", "search_rounds", "n_comps", "rec_weight", "lr"]
+CORRECTOR_ROWS = [
+    "n_neighbors",
+    "n_search_comps",
+    "search_rounds",
+    "n_comps",
+    "rec_weight",
+    "lr",
+    "devices",
+]
 
 
 @pytest.mark.parametrize(("row", "function", "name"), MODEL_ROWS, ids=[r[2] for r in MODEL_ROWS])

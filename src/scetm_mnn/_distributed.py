@@ -20,6 +20,7 @@ another random run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -195,3 +196,96 @@ def synced_layers(module: nn.Module) -> Iterator[nn.Module]:
         yield module
     finally:
         convert_layers(module, sync=False)
+
+
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+"""Where launchers put a process's rank, in the order Lightning reads them (torchrun,
+Lightning's script launcher, SLURM, LSF)."""
+
+
+def is_global_zero() -> bool:
+    """Whether this process is rank 0 of its process group (the one that writes files).
+
+    ``True`` outside a process group: a process alone writes its files.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return True
+
+
+def started_as_global_zero() -> bool:
+    """Whether a launcher started this process as rank 0, before any process group exists.
+
+    What the launcher's environment says, as Lightning reads it: ``RANK`` (torchrun),
+    ``LOCAL_RANK`` (Lightning's script launcher, which starts ranks >= 1 with it; and
+    ``NODE_RANK`` on other machines than the first), ``SLURM_PROCID``, ``JSM_NAMESPACE_RANK``.
+    For a run that will be distributed: a process started alone (by ``srun`` among
+    independent tasks, say) may carry such variables too.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    if int(os.environ.get("NODE_RANK", 0)) != 0:
+        return False
+    for name in _RANK_VARIABLES:
+        if name in os.environ:
+            return int(os.environ[name]) == 0
+    return True
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def check_devices(accelerator: object, devices: object) -> None:
+    """Refuse, with the fix, ``devices`` of ``accelerator`` that this machine cannot give.
+
+    ``devices=N`` CPU processes need a core each (more would share cores and run slower
+    than one process); GPUs must be there for torch to see; Apple's ``"mps"`` runs one
+    process. Used by the corrector's fit and the topic model's ``train`` alike.
+    """
+    name = str(accelerator).lower()
+    if name in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"accelerator={accelerator!r}, but torch finds no CUDA GPU here (torch "
+            f"{torch.__version__} may be the CPU build); pass accelerator='cpu' (with "
+            "strategy='ddp', one process per CPU device), or install a CUDA build of torch."
+        )
+    if not isinstance(devices, int) or isinstance(devices, bool) or devices <= 1:
+        return
+    if name == "mps":
+        raise ValueError(
+            f"accelerator='mps' runs one process; devices={devices} needs CUDA GPUs or "
+            "accelerator='cpu'."
+        )
+    cuda = name in ("gpu", "cuda") or (name == "auto" and torch.cuda.is_available())
+    have = torch.cuda.device_count() if cuda else available_cpus()
+    if devices > have:
+        what = "GPUs" if cuda else "CPU cores"
+        raise ValueError(
+            f"devices={devices} with accelerator={accelerator!r} starts {devices} processes "
+            f"on this machine, but it has {have} {what} available; pass devices={have} or "
+            "fewer (num_nodes for more machines; on the CPU, devices=1 uses the cores as "
+            "torch threads)."
+        )
+
+
+def check_world_size(requested: int, what: str) -> None:
+    """Refuse ``requested`` processes when the process group already holds another number.
+
+    A script whose processes were started for one number (by ``mnn_correct(devices=N)``,
+    a topic model's ``train(devices=N, strategy="ddp")`` or a launcher such as torchrun)
+    runs every later distributed step in those same processes; a step that asks for
+    another number would train each rank alone or on the wrong shards.
+    """
+    running = world_size()
+    if running > 1 and requested != running:
+        raise ValueError(
+            f"This script already runs in {running} processes (started by an earlier "
+            f"devices={running} step or a launcher), but {what} asks for {requested}. Pass "
+            f"devices and num_nodes that make {running} processes, with strategy='ddp', "
+            "or run this step in a script of its own."
+        )

@@ -19,9 +19,11 @@ import scvi
 from . import _memory, pl, pp, tl
 from ._atomic import write_text
 from ._costs import PhaseCosts
+from ._distributed import is_global_zero, started_as_global_zero
 from ._gene_sets import as_gene_sets
 from ._resume import RunState, input_fingerprint
 from ._rows import is_on_disk
+from ._runtime import stage_arguments
 from ._validation import get_matrix, obs_keys_checked
 from .model import BatchCorrectedSCETM
 from .pl import FIGURE_MAX_CELLS
@@ -70,6 +72,10 @@ def run_pipeline(
     resume: bool = False,
     check_memory: bool = True,
     gene_sets: str | Path | Mapping[str, list[str]] | None = None,
+    devices: int = 1,
+    strategy: str = "auto",
+    accelerator: str | None = None,
+    num_nodes: int = 1,
 ) -> PipelineResult:
     """Preprocess, correct with MNN, train the topic model, and evaluate.
 
@@ -133,6 +139,15 @@ def run_pipeline(
         ``gene_sets``), and that name the other topics too: the topics are annotated
         against them (:func:`scetm_mnn.tl.annotate_topics`), so the report shows the
         labels. Read before any work, so a bad file fails at once.
+    devices, strategy, accelerator, num_nodes
+        Where the corrector's fit and the topic model's training run (both in the same
+        processes): ``devices`` processes per machine (``strategy="ddp"``, on ``num_nodes``
+        machines) start with the correction, by running the calling script again, and
+        every process runs the run up to the latent; rank 0 alone evaluates and writes
+        the state, the outputs and the report (the other processes return a result
+        without ``sweep``). ``accelerator``: both stages' (``None``: the corrector on the
+        CPU, the topic model on Lightning's ``"auto"``; with several processes, both on
+        ``"auto"``). The defaults, one process, are the run of earlier versions.
     """
     keys = {batch_key: "batch_key"}
     if label_key is not None:
@@ -154,8 +169,13 @@ def run_pipeline(
             "gene_sets": None if sets is None else f"{len(sets)} sets ({_digest(sets)})",
             **{f"correct.{k}": v for k, v in (correct_kwargs or {}).items()},
         }
+        correct_runtime, train_runtime = stage_arguments(devices, strategy, accelerator, num_nodes)
+        params.update(train_runtime)  # none for one process: the fingerprint of before
         costs = PhaseCosts()
-        state = RunState(out, {**params, "input": input_fingerprint(adata, batch_key)}, resume)
+        fingerprint = {**params, "input": input_fingerprint(adata, batch_key)}
+        several = devices * num_nodes > 1  # rank 0 writes for all (and they start later)
+        writes = started_as_global_zero() if several else is_global_zero()
+        state = RunState(out, fingerprint, resume, write=writes)
         costs.rows = list(state.costs)
         if not state.finished("preprocess") and check_memory:
             _check_memory(adata, counts_layer, n_top_genes, correct_kwargs)
@@ -177,6 +197,7 @@ def run_pipeline(
                     random_state=random_state,
                     ckpt_path=state.path("corrector_fit.ckpt"),
                     resume=state.resume,
+                    **correct_runtime,
                     **dict(correct_kwargs or {}),
                 )
             state.write_data("corrected.h5ad", data)
@@ -194,7 +215,7 @@ def run_pipeline(
                 )
                 model = BatchCorrectedSCETM(data, gene_sets=sets)
                 train_kwargs = {} if mnn_weight is None else {"mnn_weight": mnn_weight}
-                train_kwargs.update(state.topic_model_arguments())
+                train_kwargs.update(state.topic_model_arguments(), **train_runtime)
                 model.train(max_epochs=max_epochs, seed=random_state, **train_kwargs)
             state.write_model(model)
             state.finish("train", costs.rows, ("topic_model.ckpt",))
@@ -207,6 +228,8 @@ def run_pipeline(
             latents = {key: data.obsm[key] for key in (LATENT_KEY, TOPICS_KEY)}
             state.write_arrays("latent.npz", latents)
             state.finish("latent", costs.rows)
+        if not writes:  # every process has the embeddings; rank 0 evaluates and writes
+            return PipelineResult(adata=data, model=model, params=params)
         if sets is not None:  # labels for the report's topic table and heatmap
             tl.annotate_topics(model, sets, key_added="topic_annotation")
         result = PipelineResult(adata=data, model=model, params=params)

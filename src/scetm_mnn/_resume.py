@@ -69,10 +69,20 @@ class RunState:
     resume
         Continue the run whose state is in ``out``; ``False`` starts afresh (the old
         state is replaced as the new run goes).
+    write
+        Write the state; ``False`` in the processes other than rank 0 of a run in several,
+        which read it (to resume as rank 0 does) but leave every write to rank 0.
     """
 
-    def __init__(self, out: str | Path | None, fingerprint: dict[str, Any], resume: bool):
+    def __init__(
+        self,
+        out: str | Path | None,
+        fingerprint: dict[str, Any],
+        resume: bool,
+        write: bool = True,
+    ):
         self.enabled = out is not None
+        self.write = bool(write)
         self.resume = bool(resume)
         if resume and out is None:
             raise ValueError("resume=True needs the out folder of the run to resume.")
@@ -82,7 +92,7 @@ class RunState:
         self.costs: list[dict[str, Any]] = []
         if self.enabled and resume:
             self._read()
-        elif self.enabled and self.dir.exists():
+        elif self.enabled and self.write and self.dir.exists():
             shutil.rmtree(self.dir)  # a fresh run: the old state must not be resumed
 
     def _read(self) -> None:
@@ -102,7 +112,7 @@ class RunState:
 
     def clear(self) -> None:
         """Delete the state: the run finished, its outputs are in place."""
-        if self.enabled:
+        if self.enabled and self.write:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def path(self, name: str) -> Path | None:
@@ -122,6 +132,8 @@ class RunState:
             return
         self.done.append(phase)
         self.costs = [dict(row) for row in costs]
+        if not self.write:
+            return
         state = {
             "format": FORMAT,
             "fingerprint": self.fingerprint,
@@ -138,7 +150,7 @@ class RunState:
 
     def write_data(self, name: str, adata: ad.AnnData) -> None:
         """Write ``adata`` to the state file ``name`` (an h5ad)."""
-        if not self.enabled:
+        if not self.enabled or not self.write:
             return
         with atomic_path(self.dir / name) as tmp:
             adata.write_h5ad(tmp)
@@ -149,7 +161,7 @@ class RunState:
 
     def write_model(self, model) -> None:
         """Save the trained model to ``model/`` (through a temporary sibling folder)."""
-        if not self.enabled:
+        if not self.enabled or not self.write:
             return
         model.save(self.dir / "model", overwrite=True)  # atomic: a whole folder or none
 
@@ -159,7 +171,7 @@ class RunState:
 
     def write_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
         """Write ``arrays`` to the state file ``name`` (an ``.npz``)."""
-        if not self.enabled:
+        if not self.enabled or not self.write:
             return
         with atomic_file(self.dir / name, "wb") as handle:
             np.savez(handle, **arrays)

@@ -31,7 +31,9 @@ from ._cli_errors import (
     report,
 )
 from ._disk import anndata_bytes, check_free_space
+from ._distributed import is_global_zero
 from ._pipeline import LATENT_KEY, TOPICS_KEY, run_pipeline
+from ._runtime import add_options, option_values
 from .pl import FIGURE_MAX_CELLS
 from .tl._leiden import sweep_subsample
 
@@ -85,8 +87,10 @@ def _demo(args: argparse.Namespace) -> int:
         report=not args.no_report,
         source_name=f"scetm-mnn demo --dataset {args.dataset}",
         max_cells=args.max_cells,
+        **option_values(args),
     )
-    _print_summary(result, Path(args.out))
+    if is_global_zero():  # with --devices N, rank 0 reports
+        _print_summary(result, Path(args.out))
     return 0
 
 
@@ -118,9 +122,12 @@ def _run(args: argparse.Namespace) -> int:
             max_cells=args.max_cells,
             resume=args.resume,
             gene_sets=args.gene_sets,
+            **option_values(args),
         )
     finally:
         adata.file.close()
+    if not is_global_zero():  # the other processes of --devices N: rank 0 writes
+        return 0
     result.files["h5ad"] = h5ad
     check_free_space(h5ad, anndata_bytes(result.adata), "the output h5ad")
     with atomic_path(h5ad) as temporary:
@@ -249,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of the corrector, the topic model's training and the Leiden sweep; the "
         "figures' UMAP always uses seed 0 (default: %(default)s)",
     )
+    add_options(common)
 
     demo = sub.add_parser(
         "demo",

@@ -28,6 +28,7 @@ from scipy import sparse
 
 from .._atomic import atomic_file
 from .._rows import Rows
+from ._distributed_fit import RUNTIME
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +63,14 @@ def fingerprint(params: dict[str, Any], x: Rows, batches: np.ndarray) -> str:
 
     The data enter by their shape, their batches and the values of their first cells, so a
     checkpoint of other data or other parameters is refused rather than silently resumed.
+    ``chunk_size`` and the runtime arguments (``devices``, ``strategy``, ...) do not enter:
+    every rank draws the same minibatches from the same generator, so a fit checkpointed
+    in some number of processes resumes in any other.
     """
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(x.take(np.arange(min(x.n_obs, _DIGEST_CELLS)))).tobytes())
     digest.update("\x00".join(map(str, batches)).encode())
-    record = {k: v for k, v in sorted(params.items()) if k != "chunk_size"}
+    record = {k: v for k, v in sorted(params.items()) if k not in ("chunk_size", *RUNTIME)}
     record.update(n_obs=int(x.n_obs), n_vars=int(x.n_vars), data=digest.hexdigest())
     return json.dumps(record, sort_keys=True, default=str)
 
@@ -99,10 +103,14 @@ class FitCheckpoint:
     resume
         Read the existing checkpoint (none: start afresh). ``False`` ignores it; the first
         write replaces it.
+    write
+        Write the checkpoint; ``False`` on the ranks other than 0 of a fit in several
+        processes, which read it but leave the writing to rank 0.
     """
 
-    def __init__(self, path: str | Path, print_: str, resume: bool):
+    def __init__(self, path: str | Path, print_: str, resume: bool, write: bool = True):
         self.file = checkpoint_file(path)
+        self.write = bool(write)
         self.fingerprint = print_
         self.state: dict[str, Any] = self._read() if resume else {}
         self.interval = _interval()
@@ -132,6 +140,8 @@ class FitCheckpoint:
         return state
 
     def _write(self) -> None:
+        if not self.write:
+            return
         _save_atomic({**self.state, "format": FORMAT, "fingerprint": self.fingerprint}, self.file)
         self._written = time.monotonic()
 

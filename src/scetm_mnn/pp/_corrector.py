@@ -10,7 +10,6 @@ AnnData outputs (``_corrected``).
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,9 +20,8 @@ from anndata import AnnData
 
 from .._rows import Rows
 from ._adapter import Adapter, correct_cells, query_cells
-from ._checkpoint import FitCheckpoint, fingerprint
 from ._corrected import dense_default, output_target, read_input, write_corrected
-from ._corrector_doc import CORRECTOR_DOC, check_parameters, check_transform, document
+from ._corrector_doc import CORRECTOR_DOC, check_parameters, check_transform, document, recorded
 from ._fitting import Fitted, fit_reference
 from ._genes import align_genes
 from ._network import SubspaceCorrector
@@ -58,6 +56,10 @@ class MNNCorrector:
         early_stopping_patience: int = 10,
         random_state: int = 0,
         chunk_size: int | None = None,
+        devices: int = 1,
+        strategy: Literal["auto", "ddp"] = "auto",
+        accelerator: Literal["cpu", "gpu", "cuda", "auto"] = "cpu",
+        num_nodes: int = 1,
         adapter: Adapter = "local",
         adapter_ridge: float = 1.0,
     ):
@@ -81,7 +83,7 @@ class MNNCorrector:
     @property
     def params(self) -> dict[str, Any]:
         """The parameters as recorded in ``uns[key_added]["params"]`` (``layer`` "X" for X)."""
-        params = {k: v for k, v in self._kwargs.items() if k != "chunk_size"}
+        params = recorded(self._kwargs)
         params["layer"] = "X" if params["layer"] is None else params["layer"]
         if self.network_ is not None:  # "auto", resolved by the fit
             params["network"] = self.network_
@@ -119,11 +121,9 @@ class MNNCorrector:
 
     def _fit(self, adata: AnnData, x: Rows, batches: np.ndarray, dense: bool, ckpt, resume):
         """Fit on ``x``; returns ``(x̂ or None, latent, C, pairs)`` of its cells."""
-        if ckpt is not None:
-            ckpt = FitCheckpoint(ckpt, fingerprint(self._kwargs, x, batches), resume)
-        fitted, *outputs = fit_reference(self._kwargs, x, batches, dense, self.batch_key, ckpt)
-        self._keep([str(g) for g in adata.var_names], fitted, uuid.uuid4().hex)
-        return outputs
+        out = fit_reference(self._kwargs, x, batches, dense, self.batch_key, ckpt, resume)
+        self._keep([str(g) for g in adata.var_names], *out[:2])  # the fit and its id
+        return out[2:]
 
     @document
     def fit(

@@ -13,6 +13,7 @@ from typing import Any
 
 from .._docstrings import EXAMPLES, fill_docstring
 from ._adapter import ADAPTERS
+from ._distributed_fit import RUNTIME, check_runtime
 from ._training import DISTANCES
 
 KNOWN_BATCHES = ("reference", "query", "raise")
@@ -91,7 +92,34 @@ PARAMS_DOC = """\
     chunk_size
         Cells densified at a time when passing over all cells (PCA, correcting every cell);
         2048 (``scetm_mnn._rows.CHUNK_SIZE``) by default. It bounds the memory, not the
-        result: other chunk sizes give the same output up to float rounding."""
+        result: other chunk sizes give the same output up to float rounding.
+    devices
+        Processes per machine the fit runs in; at most the machine's CPU cores (or GPUs).
+        Above 1, the fit runs data-parallel under Lightning Fabric, which starts the
+        other processes by running your script again, so the call must be in a script,
+        not a notebook. The pair search's batch pairs and each training minibatch are
+        shared among the processes, BatchNorm normalises over all of them, and every
+        process ends with the same corrector and writes the same outputs into its own
+        ``adata``; files (:meth:`~scetm_mnn.pp.MNNCorrector.save`, the checkpoint) are
+        written by rank 0 only. A topic model's ``train(devices=N, strategy="ddp")``
+        later in the script runs in the same processes. The pairs are those of one
+        process, and the training is its training up to float rounding (a minibatch
+        that is not a multiple of the processes is padded with its first pairs). See
+        the user guide, "Training on many machines". The four runtime arguments
+        (``devices``, ``strategy``, ``accelerator``, ``num_nodes``) say where the fit
+        runs, not what it fits: they are not recorded in ``uns[key_added]["params"]``,
+        the saved corrector or the checkpoint's fingerprint (a fit checkpointed in some
+        number of processes resumes in any other), and a loaded corrector has the
+        defaults, with which the fit is that of one process, as before, bit for bit.
+    strategy
+        ``"auto"`` (one process, or ``"ddp"`` when ``devices`` or ``num_nodes`` is above
+        1) or ``"ddp"`` (Lightning's DistributedDataParallel; gloo on the CPU).
+    accelerator
+        Where the network trains: ``"cpu"`` (the default), ``"gpu"`` (or ``"cuda"``), or
+        ``"auto"`` (a GPU when torch sees one). The pair search and the correction of
+        every cell run on the CPU.
+    num_nodes
+        Machines the fit runs on, with ``devices`` processes on each (as in Lightning)."""
 
 OUTPUT_DOC = """\
     ``None``, or the new AnnData when ``copy=True``. ``X`` and existing keys are never
@@ -161,6 +189,12 @@ by the frozen network alone, so the reference cells get exactly the output
 :meth:`fit_transform` gave them. Pass ``known_batches="query"`` to align such a batch
 as a new one anyway (e.g. another study's ``"donor1"``), or ``"raise"`` to refuse
 names that clash.
+
+**Many processes.** With ``devices=N, strategy="ddp"`` (from a script), :meth:`fit`
+runs data-parallel under Lightning Fabric: the pair search and the training minibatches
+are shared among the processes, every process ends with the same corrector, and only
+rank 0 writes files (see ``devices`` below and the user guide, "Training on many
+machines"). :meth:`transform` runs in the calling process.
 
 Parameters
 ----------
@@ -276,6 +310,17 @@ def check_parameters(params: dict[str, Any]) -> None:
             continue
         if value < minimum:
             raise ValueError(f"{name} must be at least {minimum}, not {value}.")
+    check_runtime(params)
+
+
+def recorded(params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters a fit records in ``uns``: all but ``chunk_size`` and ``RUNTIME``.
+
+    Neither says what is fitted: ``chunk_size`` bounds the memory, and the runtime
+    arguments (``devices``, ``strategy``, ``accelerator``, ``num_nodes``) say where the
+    fit runs.
+    """
+    return {k: v for k, v in params.items() if k not in ("chunk_size", *RUNTIME)}
 
 
 def check_transform(known_batches: str, max_missing_genes: float, adapter: str | None) -> None:

@@ -2,15 +2,18 @@
 
 :func:`fit_reference` is what :meth:`~scetm_mnn.pp.MNNCorrector.fit` runs (the method of
 :func:`~scetm_mnn.pp.mnn_correct`): it returns the fitted state (:class:`Fitted`) and the
-corrected reference cells. The training loop itself is in ``scetm_mnn.pp._training``.
+corrected reference cells. The training loop itself is in ``scetm_mnn.pp._training``; the
+processes the fit runs in (one, or Lightning Fabric's) in ``scetm_mnn.pp._distributed_fit``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +22,8 @@ import torch
 from scipy import sparse
 
 from .._rows import Rows, map_chunks
-from ._checkpoint import FitCheckpoint
+from ._checkpoint import FitCheckpoint, fingerprint
+from ._distributed_fit import FitEngine, launch
 from ._latent import (
     FrozenPCA,
     apply_frozen,
@@ -29,7 +33,7 @@ from ._latent import (
     visible_basis,
 )
 from ._network import SubspaceCorrector, build_network, correct_all
-from ._pairs import find_mnn_pairs, pair_counts
+from ._pairs import MIN_PAIRS, pair_counts, search_pairs
 from ._training import (
     DISTANCES,
     RECALIBRATION_PAIRS,
@@ -100,47 +104,63 @@ def _initial_network(p: dict, x: Rows, space: torch.nn.Module) -> tuple[Subspace
     return net, network
 
 
-def _train(p: dict, net, space, x: Rows, batches: np.ndarray, upper, checkpoint) -> list[float]:
-    """Train ``net`` on the pairs ``upper`` (row < col), then recalibrate and rescale it."""
+def _train(
+    p: dict, net, space, x: Rows, batches: np.ndarray, upper, checkpoint, engine: FitEngine
+) -> list[float]:
+    """Train ``net`` on the pairs ``upper`` (row < col), then recalibrate and rescale it.
+
+    Under several processes, the network ends with rank 0's state on every rank.
+    """
     seed = p["random_state"]
     pairs_t = torch.from_numpy(np.stack([upper.row, upper.col], axis=1).astype(np.int64))
     generator = torch.Generator().manual_seed(seed)
-    history = train_network(
-        net,
-        space,
-        x,
-        pairs_t,
-        batch_weight=p["batch_weight"],
-        rec_weight=p["rec_weight"],
-        distance=DISTANCES[p["distance"]],
-        max_epochs=p["max_epochs"],
-        batch_size=p["batch_size"],
-        pairs_per_epoch=p["pairs_per_epoch"],
-        lr=p["lr"],
-        patience=p["early_stopping_patience"],
-        generator=generator,
-        checkpoint=checkpoint,
-    )
-    recalibrate_batchnorm(net, x, pairs_t, p["batch_size"], RECALIBRATION_PAIRS, generator)
+    with engine.synced(net):
+        history = train_network(
+            net,
+            space,
+            x,
+            pairs_t,
+            batch_weight=p["batch_weight"],
+            rec_weight=p["rec_weight"],
+            distance=DISTANCES[p["distance"]],
+            max_epochs=p["max_epochs"],
+            batch_size=p["batch_size"],
+            pairs_per_epoch=p["pairs_per_epoch"],
+            lr=p["lr"],
+            patience=p["early_stopping_patience"],
+            generator=generator,
+            checkpoint=checkpoint,
+            engine=engine,
+        )
+        recalibrate_batchnorm(
+            net, x, pairs_t, p["batch_size"], RECALIBRATION_PAIRS, generator, engine
+        )
+    net.to("cpu")
     spread = restore_spread(net, x, batches, seed)
+    engine.sync_module(net)
     logger.info("Corrected coordinates scaled by %.3g to their batches' spread.", spread)
     return history
 
 
-def _search(p: dict, x: Rows, z, space, batches, timing: dict, checkpoint) -> sparse.csr_matrix:
+def _search(
+    p: dict, x: Rows, z, space, batches, timing: dict, checkpoint, engine: FitEngine
+) -> sparse.csr_matrix:
     """The MNN pairs: those of the checkpoint, or found (and saved in the checkpoint)."""
     if checkpoint is not None and (saved := checkpoint.pairs()) is not None:
         pairs, timing["pairs"] = saved
         return pairs
     tic = time.perf_counter()
     seed = p["random_state"]
-    pairs = find_mnn_pairs(
+    pairs = search_pairs(
         search_latent(x, z, space, p["n_search_comps"], seed),
         batches,
-        n_neighbors=p["n_neighbors"],
-        random_state=seed,
-        n_rounds=p["search_rounds"],
-        max_cells=p["max_search_cells"],
+        p["n_neighbors"],
+        seed,
+        MIN_PAIRS,
+        p["search_rounds"],
+        False,
+        p["max_search_cells"],
+        engine,
     )
     timing["pairs"] = time.perf_counter() - tic
     if checkpoint is not None:
@@ -154,14 +174,23 @@ def fit_reference(
     batches: np.ndarray,
     dense: bool,
     batch_key: str,
-    checkpoint: FitCheckpoint | None = None,
+    ckpt_path: str | Path | None = None,
+    resume: bool = False,
 ):
     """Fit on the cells ``x`` of ``batches`` with the corrector's parameters ``p``.
 
-    Returns ``(fitted, x̂ or None, latent, C, pairs)``, the last four of ``x``'s cells.
-    With a ``checkpoint``, the pairs it holds are not searched again and the training
-    continues from its epoch; the pairs and the training are saved in it.
+    Returns ``(fitted, fit_id, x̂ or None, latent, C, pairs)``, the last four of ``x``'s
+    cells. With a ``ckpt_path``, the fit keeps a :class:`FitCheckpoint` there (``resume``:
+    the pairs it holds are not searched again and the training continues from its epoch).
+    With ``p``'s runtime arguments (``devices``, ...) for several processes, they are
+    launched first (:func:`~scetm_mnn.pp._distributed_fit.launch`); every rank returns the
+    same fit, and only rank 0 writes the checkpoint.
     """
+    engine = launch(p)
+    checkpoint = None
+    if ckpt_path is not None:
+        print_ = fingerprint(p, x, batches)
+        checkpoint = FitCheckpoint(ckpt_path, print_, resume, write=engine.is_global_zero)
     seed, chunk = p["random_state"], p["chunk_size"]
     timing: dict[str, float] = {}
     tic = time.perf_counter()
@@ -169,6 +198,7 @@ def fit_reference(
         space = fit_pca(x, p["n_comps"], random_state=seed)
     else:
         space = fit_autoencoder(x, p["n_comps"], random_state=seed)
+    engine.sync_module(space)  # rank 0's, should the ranks' arithmetic differ
     z = apply_frozen(space, x, chunk)
     timing["latent"] = time.perf_counter() - tic
     net, network = _initial_network(p, x, space)
@@ -183,7 +213,7 @@ def fit_reference(
         )
         pairs = sparse.csr_matrix((x.n_obs, x.n_obs), dtype=np.float32)
     else:
-        pairs = _search(p, x, z, space, batches, timing, checkpoint)
+        pairs = _search(p, x, z, space, batches, timing, checkpoint, engine)
         upper = sparse.triu(pairs, k=1).tocoo()
         if upper.nnz == 0:
             raise ValueError(
@@ -194,7 +224,7 @@ def fit_reference(
             )
         logger.info("%d MNN pairs between %d batches.", upper.nnz, np.unique(batches).size)
         tic = time.perf_counter()
-        history = _train(p, net, space, x, batches, upper, checkpoint)
+        history = _train(p, net, space, x, batches, upper, checkpoint, engine)
         timing["train"] = time.perf_counter() - tic
     tic = time.perf_counter()
     corrected, corrected_latent, shift = correct_all(net, space, x, dense, chunk)
@@ -224,4 +254,5 @@ def fit_reference(
             "timing": timing,
         },
     )
-    return fitted, corrected, corrected_latent, shift, pairs
+    fit_id = engine.broadcast(uuid.uuid4().hex)
+    return fitted, fit_id, corrected, corrected_latent, shift, pairs

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from ._distributed_fit import FitEngine
+
 logger = logging.getLogger(__name__)
 
 EXACT_SEARCH_MAX = 50_000**2
@@ -204,6 +206,29 @@ def find_mnn_pairs(
     >>> sorted((int(i), int(j)) for i, j in zip(*pairs.nonzero()))  # twins across batches
     [(0, 2), (1, 3), (2, 0), (3, 1)]
     """
+    return search_pairs(
+        latent, batches, n_neighbors, random_state, min_pairs, n_rounds, normalize, max_cells
+    )
+
+
+def search_pairs(
+    latent: np.ndarray,
+    batches: np.ndarray | pd.Series,
+    n_neighbors: int,
+    random_state: int,
+    min_pairs: int,
+    n_rounds: int,
+    normalize: bool,
+    max_cells: int | None,
+    engine: FitEngine | None = None,
+) -> sparse.csr_matrix:
+    """:func:`find_mnn_pairs`, its batch pairs shared among the ``engine``'s processes.
+
+    Each round's batch pairs are dealt to the ranks by their cost (``n_a × n_b``) and
+    their pairs gathered, and rank 0's batch offsets are every rank's, so every rank
+    returns the matrix one process finds.
+    """
+    engine = engine or FitEngine()
     latent = np.asarray(latent, dtype=np.float32)
     batches = np.asarray(batches)
     if latent.ndim != 2 or latent.shape[0] != batches.shape[0]:
@@ -229,12 +254,13 @@ def find_mnn_pairs(
         members = {label: _subsample(idx, max_cells, rng) for label, idx in members.items()}
     for round_ in range(1, n_rounds):
         row, col = _search(
-            latent, sample, offsets, n_neighbors, random_state, min_pairs, verbose=False
+            latent, sample, offsets, n_neighbors, random_state, min_pairs, False, engine
         )
         if row.size == 0:
             logger.info("Round %d found no MNN pairs; the batch offsets stay as they are.", round_)
             break
         new = _batch_offsets(latent, codes, len(labels), row, col).astype(np.float32)
+        new = engine.broadcast(new)  # rank 0's: every rank takes the same rounds
         change = float(np.linalg.norm(new - offsets, axis=1).max())
         offsets = new
         norms = np.linalg.norm(offsets, axis=1)
@@ -247,7 +273,9 @@ def find_mnn_pairs(
         )
         if change <= OFFSET_TOL * norms.max():
             break
-    row, col = _search(latent, members, offsets, n_neighbors, random_state, min_pairs, True)
+    row, col = _search(
+        latent, members, offsets, n_neighbors, random_state, min_pairs, True, engine
+    )
     n = batches.shape[0]
     rows, cols = np.concatenate([row, col]), np.concatenate([col, row])
     pairs = sparse.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(n, n))
@@ -269,18 +297,24 @@ def _search(
     random_state: int,
     min_pairs: int,
     verbose: bool,
+    engine: FitEngine,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One MNN search among the ``members`` of each batch, with ``offsets`` removed.
 
-    Returns the pairs ``(row, col)`` as global cell indices, each pair once. ``verbose``
-    logs reduced ``k`` and skipped batch pairs at INFO/WARNING (else at DEBUG).
+    Returns the pairs ``(row, col)`` as global cell indices, each pair once, in the order
+    of the batch pairs whichever rank searched them. ``verbose`` logs reduced ``k`` and
+    skipped batch pairs at INFO/WARNING (else at DEBUG).
     """
     labels = list(members)
     searchers = {label: _Searcher(latent[members[label]], random_state) for label in labels}
     info = logging.INFO if verbose else logging.DEBUG
     warning = logging.WARNING if verbose else logging.DEBUG
-    rows, cols = [], []
-    for (ia, a), (ib, b) in combinations(enumerate(labels), 2):
+    jobs = list(combinations(enumerate(labels), 2))
+    mine = engine.assign([members[a].size * members[b].size for (_, a), (_, b) in jobs])
+    found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for job, ((ia, a), (ib, b)) in enumerate(jobs):
+        if not mine[job]:
+            continue
         in_a, in_b = members[a], members[b]
         k = min(n_neighbors, in_a.size, in_b.size)
         if k < n_neighbors:
@@ -313,8 +347,10 @@ def _search(
             )
             continue
         logger.log(info, "Batches %r and %r: %d MNN pairs.", a, b, i.size)
-        rows.append(in_a[i])
-        cols.append(in_b[j])
+        found[job] = (in_a[i], in_b[j])
+    found = engine.gather(found)
+    rows = [found[job][0] for job in sorted(found)]
+    cols = [found[job][1] for job in sorted(found)]
     if not rows:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     return np.concatenate(rows), np.concatenate(cols)

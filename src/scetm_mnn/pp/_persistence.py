@@ -28,6 +28,8 @@ import torch
 
 from .._atomic import atomic_files, fsync_dir, pending
 from .._disk import check_free_space
+from .._distributed import is_global_zero
+from ._distributed_fit import RUNTIME
 from ._fitting import Fitted
 from ._latent import FrozenPCA, build_encoder, freeze
 from ._network import build_network
@@ -60,10 +62,19 @@ def write_corrector(
     fitted: Fitted,
     fit_id: str,
 ) -> Path:
-    """Write a fitted corrector; returns the path of the ``.pt`` file."""
+    """Write a fitted corrector; returns the path of the ``.pt`` file.
+
+    In a script that runs in several processes, only rank 0 writes (the others return the
+    path and write nothing). The runtime arguments (``devices``, ...) are not kept: a
+    loaded corrector has their defaults.
+    """
     from .. import __version__
 
     state_path, meta_path = corrector_paths(path)
+    if not is_global_zero():
+        logger.info("Not saving the corrector on this rank; rank 0 saves it.")
+        return state_path
+    params = {k: v for k, v in params.items() if k not in RUNTIME}
     existing = [str(p) for p in (state_path, meta_path) if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(

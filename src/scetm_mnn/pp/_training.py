@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .._optim import fused_adam
 from .._rows import Rows, index_chunks
 from ._checkpoint import FitCheckpoint
+from ._distributed_fit import FitEngine
 from ._network import SubspaceCorrector
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ def train_network(
     patience: int,
     generator: torch.Generator,
     checkpoint: FitCheckpoint | None = None,
+    engine: FitEngine | None = None,
 ) -> list[float]:
     """Adam on minibatches of pairs; returns the loss of each epoch.
 
@@ -129,7 +131,14 @@ def train_network(
     early when the epoch loss has not improved for ``patience`` epochs. With a
     ``checkpoint``, training continues from its saved epoch (the network, Adam, the
     counters and ``generator`` as they were then) and saves its state after epochs.
+
+    Under an ``engine`` of several processes, every rank draws the same minibatches and
+    trains on its share of each (:meth:`FitEngine.share`) through Fabric's DDP; the epoch
+    loss is that of all shares, so every rank stops at the same epoch. ``net`` stays on
+    the engine's device.
     """
+    engine = engine or FitEngine()
+    net.to(engine.device)
     optimizer = fused_adam(net.parameters(), lr=lr)
     n_pairs = pairs.shape[0]
     per_epoch = min(n_pairs, pairs_per_epoch)
@@ -143,6 +152,8 @@ def train_network(
         generator.set_state(saved["generator"])
         history = [float(v) for v in saved["history"]]
         best, waited, start, done = saved["best"], saved["waited"], saved["epoch"], saved["done"]
+    model, stepper = engine.setup(net, optimizer)
+    space = engine.on_device(space)
     net.train()
     epochs = tqdm(
         range(start, 0 if done else max_epochs),
@@ -150,22 +161,24 @@ def train_network(
         unit="epoch",
         initial=start,
         total=max_epochs,
-        disable=None,
+        disable=None if engine.is_global_zero else True,
     )
     for epoch in epochs:
         order = torch.randperm(n_pairs, generator=generator)[:per_epoch]
-        total = 0.0
+        total, count = 0.0, 0
         for idx in torch.tensor_split(order, n_steps):
+            idx = engine.share(idx)
             m = idx.numel()
-            x_in = _pair_rows(rows, pairs, idx)
-            out = net(x_in)
+            x_in = _pair_rows(rows, pairs, idx).to(engine.device)
+            out = model(x_in)
             z = space(out)
             loss = batch_weight * distance(z[:m], z[m:]) + rec_weight * distance(out, x_in)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            stepper.zero_grad(set_to_none=True)
+            engine.backward(loss)
+            stepper.step()
             total += loss.item() * m
-        history.append(total / per_epoch)
+            count += m
+        history.append(engine.mean(total, count))
         epochs.set_postfix(loss=f"{history[-1]:.4g}", refresh=False)
         if epoch == 0 or history[-1] < best - _REL_TOL * abs(best):
             best, waited = history[-1], 0
@@ -199,6 +212,7 @@ def recalibrate_batchnorm(
     batch_size: int,
     n_pairs: int,
     generator: torch.Generator,
+    engine: FitEngine | None = None,
 ) -> None:
     """Recompute the BatchNorm running statistics of the trained network.
 
@@ -206,7 +220,11 @@ def recalibrate_batchnorm(
     weights, which after few steps are far from the final network's statistics (and would
     then shift every corrected cell in eval mode). They are reset and re-estimated as the
     plain average over minibatches of ``n_pairs`` pairs drawn like the training ones.
+    Under an ``engine`` of several processes each rank passes its share of every
+    minibatch, and synchronised BatchNorm (``engine.synced``) gives every rank the
+    statistics of the whole minibatches.
     """
+    engine = engine or FitEngine()
     norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm1d)]
     momenta = [m.momentum for m in norms]
     for m in norms:
@@ -215,7 +233,7 @@ def recalibrate_batchnorm(
     net.train()
     order = torch.randperm(pairs.shape[0], generator=generator)[:n_pairs]
     for idx in torch.tensor_split(order, max(1, math.ceil(order.numel() / batch_size))):
-        net(_pair_rows(rows, pairs, idx))
+        net(_pair_rows(rows, pairs, engine.share(idx)).to(engine.device))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     net.eval()

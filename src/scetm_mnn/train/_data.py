@@ -16,6 +16,7 @@ import torch
 from scvi import settings
 from scvi.data import AnnDataManager
 
+from .._distributed import check_world_size
 from .._docstrings import shared_docstring
 from ._source import source_from_manager
 
@@ -188,10 +189,15 @@ class PreloadedDataSplitter(pl.LightningDataModule):
         self.train_pairs = self.source.split_pairs(self.train_idx)
 
     def setup(self, stage: str | None = None) -> None:
-        """Place the data for the trainer's device (:meth:`MinibatchSource.place`)."""
+        """Place the data for the trainer's device (:meth:`MinibatchSource.place`).
+
+        In a script that already runs in several processes (e.g. started by
+        ``mnn_correct(devices=N)``), a trainer for another number of them is refused.
+        """
         trainer = self.trainer
         if trainer is None:
             return
+        check_world_size(int(trainer.world_size), "model.train")
         device = trainer.strategy.root_device
         if device.type != "cpu":
             placement = self.source.place(device)

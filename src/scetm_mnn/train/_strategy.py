@@ -10,7 +10,6 @@ statistics and random draws shared by every process (:class:`SyncRanks`; torch's
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from datetime import timedelta
 
@@ -19,7 +18,7 @@ from lightning.pytorch.plugins import LayerSync
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch import nn
 
-from .._distributed import convert_layers
+from .._distributed import check_devices, convert_layers
 
 logger = logging.getLogger(__name__)
 
@@ -140,38 +139,6 @@ def ddp_strategy(
     return DDPStrategy(**params)
 
 
-def check_devices(accelerator: object, devices: object) -> None:
-    """Refuse, with the fix, devices that this machine cannot give.
-
-    ``devices=N`` CPU processes need a core each (``os.sched_getaffinity``): more would
-    share cores and run slower than one process. A GPU accelerator needs a GPU that torch
-    can see; Apple's ``"mps"`` runs one process only.
-    """
-    import torch
-
-    name = str(accelerator).lower()
-    several = isinstance(devices, int) and devices > 1
-    if name in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            f"accelerator={accelerator!r}, but torch sees no GPU (torch.cuda.is_available() "
-            f"is False; torch {torch.__version__} may be the CPU build). Pass "
-            "accelerator='cpu', or install a CUDA build of torch."
-        )
-    if name == "mps" and several:
-        raise ValueError(
-            f"accelerator='mps' runs one process; devices={devices} needs CUDA GPUs or "
-            "accelerator='cpu'."
-        )
-    on_cpu = name == "cpu" or (name == "auto" and not torch.cuda.is_available())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if on_cpu and several and devices > (cores or 1):
-        raise ValueError(
-            f"devices={devices} CPU processes need a core each, but this process may use "
-            f"{cores}. Pass devices={cores} or fewer (or devices=1: torch then uses the "
-            "cores as threads)."
-        )
-
-
 def is_ddp_name(strategy: object) -> bool:
     """Whether ``strategy`` is one of Lightning's DDP strategy names."""
     return (
@@ -182,7 +149,7 @@ def is_ddp_name(strategy: object) -> bool:
 
 
 def parallel_trainer_kwargs(trainer_kwargs: dict) -> dict:
-    """``trainer_kwargs`` checked (:func:`check_devices`), with DDP made to pay and end cleanly.
+    """``trainer_kwargs`` checked (``scetm_mnn._distributed.check_devices``), DDP set up.
 
     A DDP name becomes :func:`ddp_strategy`, and :class:`SyncRanks` and
     :class:`EndRanksOnError` are added. The plugin is added unless the caller asked for
