@@ -63,6 +63,18 @@ def moments_group():
     return _GROUP[0][1]
 
 
+DEFAULT_TIMEOUT_S = 600.0
+"""Seconds a process waits in a collective (all-reduce, barrier) before it fails.
+
+A rank that dies or hangs makes the others fail at their next collective instead of
+waiting for ever (Lightning's own default is 30 minutes). Nothing in the corrector's fit
+or in training holds one rank alone for long: rank 0 writes checkpoints and logs outside
+collectives. The process group is made by the first distributed step of a script (the
+corrector's fit or the topic model's ``train``), with this timeout unless that step's
+strategy says otherwise.
+"""
+
+
 def world_size() -> int:
     """Processes in the default process group (1 outside one)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -31,11 +31,13 @@ import os
 import sys
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
+from datetime import timedelta
 from typing import Any
 
 import torch
 
 from .._distributed import (
+    DEFAULT_TIMEOUT_S,
     check_devices,
     check_world_size,
     is_global_zero,
@@ -112,6 +114,10 @@ def launch(params: dict[str, Any]) -> FitEngine:
             "session: put the call in a script (python correct.py), or pass devices=1."
         )
     strategy = "ddp" if params["strategy"] == "auto" and world > 1 else params["strategy"]
+    if strategy == "ddp":  # with the package's collective timeout, as train's
+        from lightning.fabric.strategies import DDPStrategy
+
+        strategy = DDPStrategy(timeout=timedelta(seconds=DEFAULT_TIMEOUT_S))
     fabric = Fabric(
         accelerator=resolve_accelerator(params["accelerator"]),
         devices=params["devices"],

@@ -18,17 +18,9 @@ from lightning.pytorch.plugins import LayerSync
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch import nn
 
-from .._distributed import check_devices, convert_layers
+from .._distributed import DEFAULT_TIMEOUT_S, check_devices, convert_layers
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_TIMEOUT_S = 600.0
-"""Seconds a process waits in a collective (all-reduce, barrier) before it fails.
-
-A rank that dies makes the others fail at their next collective instead of waiting for
-ever; Lightning's own default is 30 minutes. Nothing in training holds one rank alone for
-long: rank 0 writes checkpoints and logs outside collectives.
-"""
 
 
 class SyncRanks(LayerSync):
