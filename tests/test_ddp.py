@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +10,7 @@ import pytest
 import torch
 from scipy import sparse
 
+from _ranks import run_two_ranks
 from scetm_mnn._rows import Rows, ShiftedRows
 from scetm_mnn.train import HistoryLogger, MinibatchSource, PreloadedDataSplitter, epoch_order
 from scetm_mnn.train._device import DeviceRows, gather_csr_rows
@@ -85,16 +83,7 @@ def test_splitter_gives_each_rank_its_shard_and_all_the_same_validation():
 def ddp_run(tmp_path_factory):
     """Two CPU processes (gloo) training the worker's model with ``strategy="ddp"``."""
     out = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(
-        [sys.executable, str(WORKER), str(out), "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out, [dict(np.load(out / f"rank{rank}.npz")) for rank in (0, 1)]
+    return out, run_two_ranks(WORKER, out)
 
 
 def test_ddp_ranks_end_identical_after_disjoint_shards(ddp_run):

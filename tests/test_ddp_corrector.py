@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import scetm_mnn as sm
+from _ranks import run_two_ranks
 from scetm_mnn._distributed import available_cpus, check_world_size
 from scetm_mnn.pp._distributed_fit import FitEngine
 
@@ -31,16 +32,7 @@ def two_ranks(tmp_path_factory):
     if available_cpus() < 2:
         pytest.skip("2 CPU processes need 2 cores (devices <= cores)")
     out = tmp_path_factory.mktemp("ddp_corrector")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(
-        [sys.executable, str(WORKER), str(out), "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out, [dict(np.load(out / f"rank{rank}.npz")) for rank in (0, 1)]
+    return out, run_two_ranks(WORKER, out)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +157,7 @@ def test_runtime_arguments_that_cannot_run_are_refused_at_once(runtime, message)
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is available here")
 def test_a_gpu_that_is_not_there_is_refused_with_the_fix():
-    with pytest.raises(ValueError, match="no CUDA GPU here .*pass accelerator='cpu'"):
+    with pytest.raises(ValueError, match=r"no CUDA GPU here .*pass accelerator='cpu'"):
         sm.pp.MNNCorrector("batch", devices=2, strategy="ddp", accelerator="gpu")
 
 

@@ -4,7 +4,6 @@ and devices this machine cannot give."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -15,10 +14,10 @@ from pathlib import Path
 import pytest
 
 import scetm_mnn as sm
+from _ranks import ENV
 
 WORKER = Path(__file__).with_name("ddp_launch_worker.py")
 TORCHRUN = Path(sys.executable).with_name("torchrun")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def _port() -> int:
