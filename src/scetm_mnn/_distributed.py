@@ -132,9 +132,8 @@ class MomentBatchNorm1d(nn.BatchNorm1d):
 def rank_rows(draw: Callable[[tuple[int, ...]], torch.Tensor], shape: torch.Size) -> torch.Tensor:
     """The rows of ``draw`` for the global minibatch that belong to this rank.
 
-    In one process, all of ``draw(shape)``.
-
-    ``shape`` is the local one; ``draw(shape)`` makes a tensor from the random stream.
+    ``shape`` is the local one; ``draw(shape)`` makes a tensor from the random stream. In
+    one process, all of ``draw(shape)``.
     """
     n = world_size()
     if n == 1:
