@@ -27,10 +27,10 @@ class SyncRanks(LayerSync):
     """Lightning plugin: N processes train as one process would on the same minibatches.
 
     While fitting under DDP, every ``BatchNorm1d`` normalises over the global minibatch
-    (:class:`scetm_mnn._distributed.MomentBatchNorm1d`; unlike
+    (``scetm_mnn._distributed.MomentBatchNorm1d``; unlike
     ``Trainer(sync_batchnorm=True)`` it works on the CPU with gloo too), and dropout masks
     and the sampled ``δ`` are each rank's rows of the global minibatch's draws
-    (:func:`scetm_mnn._distributed.convert_layers`). Afterwards the layers are plain again
+    (``scetm_mnn._distributed.convert_layers``). Afterwards the layers are plain again
     (parameters, buffers and state dict unchanged).
 
     Examples
