@@ -14,6 +14,7 @@ import pandas as pd
 from scipy import sparse
 
 from scetm_mnn.datasets import baron_pancreas, pancreas_markers, simulate
+from scetm_mnn.model._relevance import topic_relevance
 from scetm_mnn.pp import preprocess
 from scetm_mnn.tl import (
     DEFAULT_RESOLUTIONS,
@@ -22,6 +23,7 @@ from scetm_mnn.tl import (
     leiden_sweep,
     scib_benchmark,
     sweep_summary,
+    topic_diversity,
     topic_summary,
 )
 from scetm_mnn.tl._integration import _batch_entropy
@@ -57,6 +59,9 @@ Method = Callable[[ad.AnnData, int], tuple[np.ndarray | Graph, float]]
 #: Topic models also leave their θ (cells × K) and topic-gene matrix (K × genes DataFrame)
 #: here, under the method's name, for the topic measures of :func:`evaluate`.
 TOPICS: dict[str, tuple[np.ndarray, pd.DataFrame]] = {}
+#: Topic model name → topics × genes relevance, where the model ranks its genes by it (ours);
+#: the others are ranked by the relevance of their β at the same weight (Sievert & Shirley).
+RELEVANCE: dict[str, pd.DataFrame] = {}
 #: Neighbours of the kNN batch entropy (normalised to [0, 1]).
 ENTROPY_NEIGHBOURS = 30
 #: scib-metrics Benchmarker aggregates → the benchmark tables' column names.
@@ -326,8 +331,12 @@ def _topic_columns(adata: ad.AnnData, name: str, markers) -> dict[str, float]:
     if name not in TOPICS:
         return {}
     theta, topic_gene = TOPICS[name]
+    relevance = RELEVANCE.get(name)
+    if relevance is None:
+        scores = topic_relevance(topic_gene.to_numpy(), np.asarray(theta).mean(axis=0))
+        relevance = pd.DataFrame(scores, index=topic_gene.index, columns=topic_gene.columns)
     tmp = ad.AnnData(obs=adata.obs[[LABEL_KEY]].copy(), obsm={"X_topics": theta})
-    genes = topic_gene.reindex(columns=adata.var_names)
+    genes = relevance.reindex(columns=adata.var_names)
     summary = topic_summary(tmp, LABEL_KEY, topic_gene=genes, markers=markers)
     return {
         "mean max θ": summary["mean_max_theta"],
@@ -336,6 +345,7 @@ def _topic_columns(adata: ad.AnnData, name: str, markers) -> dict[str, float]:
         "markers": summary["marker_hits"],
         "of": summary["n_marker_types"],
         "diversity": summary["diversity"],
+        "β diversity": topic_diversity(topic_gene),
         "topics": float(topic_gene.shape[0]),
     }
 

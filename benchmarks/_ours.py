@@ -18,7 +18,8 @@
   ablation that shows the topic collapse it caused).
 
 The corrector runs once per data set and seed; its time is added to the methods that use
-it. Every topic model leaves θ and its topic-gene matrix in :data:`_common.TOPICS`.
+it. Every topic model leaves θ and its topic-gene matrix in :data:`_common.TOPICS`, and
+its genes' relevance (what ``get_top_genes`` ranks by) in :data:`_common.RELEVANCE`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 import anndata as ad
 import numpy as np
 import scanpy as sc
-from _common import TOPICS, timed
+from _common import RELEVANCE, TOPICS, timed
 from _peers import SCETM_BATCH_SIZE, SCETM_EPOCHS
 
 from scetm_mnn import pp
@@ -55,6 +56,7 @@ def _topic_model(
     model = BatchCorrectedSCETM(data, **(model_kwargs or {}))
     model.train(seed=seed, enable_progress_bar=False, **(train_kwargs or {}))
     TOPICS[name] = (model.get_topic_proportions(), model.get_topic_gene_matrix())
+    RELEVANCE[name] = model.get_topic_gene_relevance()  # genes ranked as get_top_genes does
     return model.get_latent_representation()
 
 

@@ -31,6 +31,7 @@ import torch
 from _common import (
     BENCH_DIR,
     LABEL_KEY,
+    RELEVANCE,
     TOPICS,
     evaluate,
     load_dataset,
@@ -68,7 +69,7 @@ def run_seed(adata, seed: int, genes: list[str], strengths: list[float]) -> list
     summary, _ = evaluate(adata, names, seconds, seed=seed, scib=False)
     rows = []
     for name, row in zip(names, summary.to_dict("records")):
-        theta, topic_gene = TOPICS[name]
+        theta, topic_gene = TOPICS[name][0], RELEVANCE[name]  # genes ranked as get_top_genes
         topics = list(topic_gene.index)
         if name == "unguided":
             ratio = max(_ratio(theta, is_beta, k) for k in range(len(topics)))

@@ -40,6 +40,7 @@ from _common import (
     BENCH_DIR,
     DATASETS,
     N_TOP_GENES,
+    RELEVANCE,
     TOPICS,
     Method,
     batch_floor,
@@ -113,6 +114,7 @@ def run_dataset(
         floor = batch_floor(adata)
         log(f"  seed {seed}: {adata.n_obs} cells × {adata.n_vars} genes")
         TOPICS.clear()
+        RELEVANCE.clear()
         seconds = run_methods(adata, methods, seed=seed, log=log)
         summary, sweeps = evaluate(
             adata, list(methods), seconds, seed=seed, markers=markers_of(name, adata), scib=scib
@@ -200,7 +202,10 @@ def main() -> None:
         "batch entropy (30 neighbours, 1 = perfectly mixed). Topic models: mean max θ "
         "(uniform = 1/K), the weakest enrichment ratio over types with ≥ 50 cells and how "
         "many types reach 10, marker hits in the most enriched topic's top-10 genes (types "
-        "with ≥ 20 cells), topic diversity (unique fraction of the top-20 genes). "
+        "with ≥ 20 cells), topic diversity (unique fraction of the top-20 genes), the "
+        "genes ranked by their relevance (Sievert & Shirley 2014, weight 0.6: ours as "
+        "`get_top_genes` ranks them, the others from their β and mean θ); β diversity: "
+        "the same over the genes ranked by β. "
         "scib: scib-metrics Benchmarker (Leiden NMI/ARI, no k-means, unscaled). "
         f"Time: wall seconds of the method on the CPU, {args.threads} torch thread(s).\n\n"
         f"{_graph_note(methods)}Versions: {_versions()}.\n\n"

@@ -15,6 +15,7 @@ import torch
 from anndata import AnnData
 
 from ._docs import shared_parameters
+from ._relevance import RELEVANCE_WEIGHT
 
 
 @shared_parameters
@@ -23,7 +24,8 @@ class TopicOutputsMixin:
 
     Mixed into :class:`~scetm_mnn.model.BatchCorrectedSCETM`. The decoder's logits are
     ``θ · β`` with ``β = α · ρ``: topic embeddings ``α`` (K × L) times gene embeddings
-    ``ρ`` (L × G), so a topic reads as the genes it weights most.
+    ``ρ`` (L × G), so a topic reads as the genes it weights most, less those that every
+    topic weights (:meth:`get_topic_gene_relevance`).
 
     Examples
     --------
@@ -60,13 +62,44 @@ class TopicOutputsMixin:
         beta = self.module.topic_gene_logits().cpu().numpy()[self.exposed_topics]
         return pd.DataFrame(beta, index=self.topic_names, columns=self.adata.var_names)
 
-    def get_top_genes(self, n: int = 10) -> pd.DataFrame:
-        """The ``n`` genes with the largest ``β`` per topic (rows: rank, columns: topics)."""
-        beta = self.get_topic_gene_matrix()
-        n = min(int(n), beta.shape[1])
-        order = np.argsort(-beta.to_numpy(), axis=1)[:, :n]
-        genes = np.asarray(beta.columns)[order].T
-        return pd.DataFrame(genes, columns=beta.index, index=pd.RangeIndex(n, name="rank"))
+    @torch.inference_mode()
+    def get_topic_gene_relevance(self, weight: float = RELEVANCE_WEIGHT) -> pd.DataFrame:
+        """Relevance of each gene to each exposed topic: its ``β``, less the average cell's.
+
+        ``λ log φ_kg + (1 − λ) log(φ_kg / p_g)`` (Sievert & Shirley 2014), with
+        ``φ_k = softmax(β_k)`` and ``p_g`` the expression of the average cell (the topics
+        weighted by their mean ``θ`` over the training cells). It ranks a topic's genes as
+        :meth:`get_top_genes` does: genes every topic weights (``MALAT1``, ``ACTG1``) fall
+        behind the genes this topic stands for.
+
+        Parameters
+        ----------
+        weight
+            ``λ`` in ``[0, 1]``; 1 ranks as ``β``, 0 by the lift ``φ_kg / p_g`` alone.
+
+        Returns
+        -------
+        Exposed topics × genes, columns are ``var_names``.
+        """
+        relevance = self._relevance_of_all_topics(weight)[self.exposed_topics]
+        return pd.DataFrame(relevance, index=self.topic_names, columns=self.adata.var_names)
+
+    def get_top_genes(self, n: int = 10, relevance: float = RELEVANCE_WEIGHT) -> pd.DataFrame:
+        """The ``n`` most relevant genes per topic (rows: rank, columns: topics).
+
+        Parameters
+        ----------
+        n
+            Genes per topic.
+        relevance
+            The relevance weight ``λ`` of :meth:`get_topic_gene_relevance`: the default
+            0.6 is Sievert & Shirley's; 1 gives the genes with the largest ``β``.
+        """
+        scores = self.get_topic_gene_relevance(relevance)
+        n = min(int(n), scores.shape[1])
+        order = np.argsort(-scores.to_numpy(), axis=1, kind="stable")[:, :n]
+        genes = np.asarray(scores.columns)[order].T
+        return pd.DataFrame(genes, columns=scores.index, index=pd.RangeIndex(n, name="rank"))
 
     @torch.inference_mode()
     def get_gene_embeddings(self) -> pd.DataFrame:

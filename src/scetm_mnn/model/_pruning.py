@@ -20,6 +20,7 @@ import torch
 from anndata import AnnData
 
 from ._docs import shared_parameters
+from ._relevance import RELEVANCE_WEIGHT, topic_relevance
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def topic_map(
 
     The first ``n_guided`` topics (guided by gene sets) are always kept, and visited first;
     the others are visited from the most used (mean ``θ``) down. A topic below
-    ``min_usage`` is dead (-1). A live topic whose top ``n_top`` genes (by ``β``) share
+    ``min_usage`` is dead (-1). A live topic whose top ``n_top`` genes (by ``beta``) share
     more than ``max_overlap`` of them with an already kept topic is a copy of the first
     such topic; otherwise it is kept. The most-used topic is always kept.
 
@@ -52,7 +53,8 @@ def topic_map(
     theta
         Topic proportions, cells × K.
     beta
-        Topic × gene weights, K × G.
+        Topic × gene scores whose rows rank the genes, K × G (the model passes the
+        relevance of ``scetm_mnn.model._relevance``).
     min_usage
         Smallest mean ``θ`` of a live topic; ``None``: ``DEAD_FRACTION / K``.
     max_overlap
@@ -117,6 +119,18 @@ class TopicPruningMixin:
     """
 
     topic_map_: list[int] | None = None
+    topic_usage_: list[float] | None = None
+
+    def _topic_usage(self) -> np.ndarray:
+        """Mean ``θ`` of every topic over the training cells (stored by :meth:`prune_topics`)."""
+        if self.topic_usage_ is None:  # a model saved before usage was stored
+            return self._full_topic_proportions(None, None).mean(axis=0)
+        return np.asarray(self.topic_usage_, dtype=np.float64)
+
+    def _relevance_of_all_topics(self, weight: float) -> np.ndarray:
+        """Relevance of every gene to every topic (all ``K``), K × G."""
+        beta = self.module.topic_gene_logits().detach().cpu().numpy()
+        return topic_relevance(beta, self._topic_usage(), weight)
 
     def prune_topics(
         self,
@@ -129,7 +143,8 @@ class TopicPruningMixin:
         """Choose the exposed topics: drop the unused ones, fold copies into their original.
 
         A topic is dead when its mean ``θ`` over the cells is below ``min_usage``, and a
-        copy when more than ``max_overlap`` of its ``n_top`` top genes are those of a
+        copy when more than ``max_overlap`` of its ``n_top`` top genes (by relevance, as
+        :meth:`~scetm_mnn.model.TopicOutputsMixin.get_top_genes` ranks them) are those of a
         more-used topic (see ``topic_map`` in ``scetm_mnn.model._pruning``). From then on,
         :attr:`topic_names`, the topic outputs of
         :class:`~scetm_mnn.model.TopicOutputsMixin` (``θ`` with a copy's weight added to
@@ -156,9 +171,10 @@ class TopicPruningMixin:
         ``"dead"`` or ``"copy"``) and ``exposed_as`` (the topic it is shown as, or empty).
         """
         theta = self._full_topic_proportions(adata, batch_size)
-        beta = self.module.topic_gene_logits().detach().cpu().numpy()
+        self.topic_usage_ = theta.mean(axis=0).tolist()
         n_guided = self.module.n_guided
-        mapping = topic_map(theta, beta, min_usage, max_overlap, n_top, n_guided)
+        relevance = self._relevance_of_all_topics(RELEVANCE_WEIGHT)
+        mapping = topic_map(theta, relevance, min_usage, max_overlap, n_top, n_guided)
         self.topic_map_ = mapping.tolist()
         names = np.array(self._names_of_all_topics())
         status = np.where(

@@ -319,6 +319,7 @@ class QueryMixin:
             freeze_reference(model.module, n_reference)
         model.is_trained_ = False
         model.topic_map_ = parts["topic_map"]  # the reference's topics, not the query's
+        model.topic_usage_ = parts.get("topic_usage")
         if freeze:
             model._train_defaults = {"n_steps": QUERY_STEPS, "lr": QUERY_LR}
         n_trainable = sum(p.numel() for p in model.module.parameters() if p.requires_grad)

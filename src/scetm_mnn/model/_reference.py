@@ -40,6 +40,7 @@ def reference_parts(reference, prefix: str | None = None) -> dict:
             },
             "trained": bool(attrs.get("is_trained_", True)),
             "topic_map": attrs.get("topic_map_"),
+            "topic_usage": attrs.get("topic_usage_"),
         }
     if not isinstance(reference, BaseModelClass):
         raise TypeError(
@@ -53,6 +54,7 @@ def reference_parts(reference, prefix: str | None = None) -> dict:
         "state": {k: v.detach().cpu().clone() for k, v in reference.module.state_dict().items()},
         "trained": bool(reference.is_trained_),
         "topic_map": deepcopy(getattr(reference, "topic_map_", None)),
+        "topic_usage": deepcopy(getattr(reference, "topic_usage_", None)),
     }
 
 

@@ -144,7 +144,7 @@ def topic_figure(model, groups: ad.AnnData, group_key: str, theta_key: str, labe
     ``labels`` (topic → label) name the topics on its axis.
     """
     best = tl.topic_specificity(
-        groups, group_key, theta_key=theta_key, topic_gene=model.get_topic_gene_matrix()
+        groups, group_key, theta_key=theta_key, topic_gene=model.get_topic_gene_relevance()
     )
     shown = list(dict.fromkeys(best["topic"]))
     return topic_heatmap(

@@ -281,7 +281,7 @@ def topics_section(
             groups,
             group_key,
             theta_key=theta_key,
-            topic_gene=model.get_topic_gene_matrix(),
+            topic_gene=model.get_topic_gene_relevance(),  # genes ranked as get_top_genes
             n_top=8,
         )
         table = table.sort_values("ratio", ascending=False, kind="stable")

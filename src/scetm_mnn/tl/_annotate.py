@@ -34,6 +34,8 @@ _COLUMNS = (
 
 def _topic_gene_of(source, topic_gene_key: str) -> tuple[pd.DataFrame, ad.AnnData | None]:
     """The topics × genes matrix of a model, an AnnData or a DataFrame, and where to write."""
+    if hasattr(source, "get_topic_gene_relevance"):  # the genes ranked as get_top_genes ranks
+        return _as_topic_gene(source.get_topic_gene_relevance()), source.adata
     if hasattr(source, "get_topic_gene_matrix"):
         return _as_topic_gene(source.get_topic_gene_matrix()), source.adata
     if isinstance(source, ad.AnnData):
@@ -78,7 +80,9 @@ def annotate_topics(
     Parameters
     ----------
     source
-        A trained topic model (its ``get_topic_gene_matrix()``), an AnnData with the genes ×
+        A trained topic model (its genes ranked as ``get_top_genes`` ranks them, by
+        ``get_topic_gene_relevance()``, or by ``get_topic_gene_matrix()`` for a model
+        without it), an AnnData with the genes ×
         topics weights in ``varm[topic_gene_key]``, or a topics × genes DataFrame.
     gene_sets
         A GMT file's path (:func:`read_gmt`) or a mapping of set name → genes. Empty sets
