@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from scetm_mnn import pp
-from scetm_mnn.model import BatchCorrectedSCETM, _pruning
+from scetm_mnn.model import BatchCorrectedSCETM, _pruning, _relevance
 from scetm_mnn.model._training import DEFAULT_MNN_WEIGHT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +47,7 @@ MODEL_ROWS = [
     ("`n_emb`", BatchCorrectedSCETM.__init__, "n_emb"),
     ("`train(batch_size=256)`", BatchCorrectedSCETM.train, "batch_size"),
     ("`prune_topics(max_overlap=0.8)`", BatchCorrectedSCETM.prune_topics, "max_overlap"),
+    ("`get_top_genes(relevance=0.6)`", BatchCorrectedSCETM.get_top_genes, "relevance"),
 ]
 CORRECTOR_ROWS = [
     "n_neighbors",
@@ -82,6 +83,13 @@ def test_the_pruning_defaults_agree_everywhere():
     text = inspect.getdoc(BatchCorrectedSCETM.prune_topics)
     assert f"``{_pruning.DEAD_FRACTION} / K``" in text
     assert f"{round(100 * _pruning.MAX_OVERLAP)} %" in PARAMETERS
+
+
+def test_the_relevance_weight_agrees_everywhere():
+    weight = _relevance.RELEVANCE_WEIGHT
+    assert _default(BatchCorrectedSCETM.get_topic_gene_relevance, "weight") == weight
+    assert _default(BatchCorrectedSCETM.get_top_genes, "relevance") == weight
+    assert f"$\\lambda = {weight:g}$" in (ROOT / "docs" / "user_guide.md").read_text()
 
 
 def test_the_mnn_weight_default_agrees_everywhere():
