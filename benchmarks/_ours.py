@@ -15,7 +15,9 @@
 - ``scetm_mnn_expr``: the same with the encoder on the corrected expression over all genes
   (``corrected_input="expression"``, the default before);
 - ``scetm_mnn_euclid``: the same with the original Euclidean MNN term, weight 1 (the
-  ablation that shows the topic collapse it caused).
+  ablation that shows the topic collapse it caused);
+- ``scetm_mnn_k100`` and ``scetm_mnn_mnn3``: the pipeline with 100 topics, or with the MNN
+  term at weight 3 (screens of other defaults; neither was adopted).
 
 The corrector runs once per data set and seed; its time is added to the methods that use
 it. Every topic model leaves θ and its topic-gene matrix in :data:`_common.TOPICS`, and
@@ -145,6 +147,16 @@ def scetm_mnn_euclid(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, floa
     )
 
 
+def scetm_mnn_k100(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
+    """The pipeline with 100 topics instead of 50."""
+    return _pipeline(adata, seed, "scetm_mnn_k100", model_kwargs={"n_topics": 100})
+
+
+def scetm_mnn_mnn3(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
+    """The pipeline with the MNN term at weight 3 instead of 1."""
+    return _pipeline(adata, seed, "scetm_mnn_mnn3", train_kwargs={"mnn_weight": 3.0})
+
+
 OURS = {
     "scetm_mnn_orig": scetm_mnn_orig,
     "scetm_mnn_orig_equal": scetm_mnn_orig_equal,
@@ -155,4 +167,6 @@ OURS = {
     "scetm_mnn_noskip": scetm_mnn_noskip,
     "scetm_mnn_nomnn": scetm_mnn_nomnn,
     "scetm_mnn_euclid": scetm_mnn_euclid,
+    "scetm_mnn_k100": scetm_mnn_k100,
+    "scetm_mnn_mnn3": scetm_mnn_mnn3,
 }
