@@ -3,7 +3,8 @@
 Run it with the interpreter of the venv that the wheel was installed into, from a folder
 outside the source tree, passing the wheel's path. It checks that ``scetm_mnn`` is
 imported from that venv (not from ``src/``), that its ``__version__`` is the wheel's,
-that ``py.typed`` and the LICENSE were packaged, and that the ``scetm-mnn`` command is installed and prints that version.
+that ``py.typed`` and the LICENSE were packaged, and that the ``scetm-mnn`` command is
+installed and prints that version.
 """
 
 from __future__ import annotations
