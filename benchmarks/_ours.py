@@ -16,8 +16,9 @@
   (``corrected_input="expression"``, the default before);
 - ``scetm_mnn_euclid``: the same with the original Euclidean MNN term, weight 1 (the
   ablation that shows the topic collapse it caused);
-- ``scetm_mnn_k100`` and ``scetm_mnn_mnn3``: the pipeline with 100 topics, or with the MNN
-  term at weight 3 (screens of other defaults; neither was adopted).
+- ``scetm_mnn_k100``, ``scetm_mnn_mnn3`` and ``scetm_mnn_h8``: the pipeline with 100
+  topics, with the MNN term at weight 3, or with a hidden layer of 8 units instead of 128
+  (screens of other defaults; none adopted yet).
 
 The corrector runs once per data set and seed; its time is added to the methods that use
 it. Every topic model leaves θ and its topic-gene matrix in :data:`_common.TOPICS`, and
@@ -157,6 +158,11 @@ def scetm_mnn_mnn3(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]
     return _pipeline(adata, seed, "scetm_mnn_mnn3", train_kwargs={"mnn_weight": 3.0})
 
 
+def scetm_mnn_h8(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
+    """The pipeline with an encoder hidden layer of 8 units instead of 128."""
+    return _pipeline(adata, seed, "scetm_mnn_h8", model_kwargs={"hidden_sizes": (8,)})
+
+
 OURS = {
     "scetm_mnn_orig": scetm_mnn_orig,
     "scetm_mnn_orig_equal": scetm_mnn_orig_equal,
@@ -169,4 +175,5 @@ OURS = {
     "scetm_mnn_euclid": scetm_mnn_euclid,
     "scetm_mnn_k100": scetm_mnn_k100,
     "scetm_mnn_mnn3": scetm_mnn_mnn3,
+    "scetm_mnn_h8": scetm_mnn_h8,
 }
