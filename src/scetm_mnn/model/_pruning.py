@@ -34,7 +34,7 @@ DEAD_FRACTION = 0.1
 
 def topic_map(
     theta: np.ndarray,
-    beta: np.ndarray,
+    scores: np.ndarray,
     min_usage: float | None = None,
     max_overlap: float = MAX_OVERLAP,
     n_top: int = N_TOP_GENES,
@@ -44,7 +44,7 @@ def topic_map(
 
     The first ``n_guided`` topics (guided by gene sets) are always kept, and visited first;
     the others are visited from the most used (mean ``θ``) down. A topic below
-    ``min_usage`` is dead (-1). A live topic whose top ``n_top`` genes (by ``beta``) share
+    ``min_usage`` is dead (-1). A live topic whose top ``n_top`` genes (by ``scores``) share
     more than ``max_overlap`` of them with an already kept topic is a copy of the first
     such topic; otherwise it is kept. The most-used topic is always kept.
 
@@ -52,9 +52,9 @@ def topic_map(
     ----------
     theta
         Topic proportions, cells × K.
-    beta
+    scores
         Topic × gene scores whose rows rank the genes, K × G (the model passes the
-        relevance of ``scetm_mnn.model._relevance``).
+        relevance of ``scetm_mnn.model._relevance``; β ranks the same way at weight 1).
     min_usage
         Smallest mean ``θ`` of a live topic; ``None``: ``DEAD_FRACTION / K``.
     max_overlap
@@ -77,16 +77,16 @@ def topic_map(
     >>> topic_map(theta, beta, n_top=2).tolist()  # 1 copies 0; 3 is unused
     [0, 0, 2, -1]
     """
-    theta, beta = np.asarray(theta, dtype=np.float64), np.asarray(beta)
+    theta, scores = np.asarray(theta, dtype=np.float64), np.asarray(scores)
     n_topics = theta.shape[1]
-    if beta.shape[0] != n_topics:
-        raise ValueError(f"beta has {beta.shape[0]} topics, theta {n_topics}.")
+    if scores.shape[0] != n_topics:
+        raise ValueError(f"scores has {scores.shape[0]} topics, theta {n_topics}.")
     if not 0.0 <= max_overlap <= 1.0:
         raise ValueError(f"max_overlap must be in [0, 1], got {max_overlap}.")
     usage = theta.mean(axis=0)
     floor = DEAD_FRACTION / n_topics if min_usage is None else float(min_usage)
-    n_top = max(1, min(int(n_top), beta.shape[1]))
-    top = [set(row) for row in np.argsort(-beta, axis=1, kind="stable")[:, :n_top]]
+    n_top = max(1, min(int(n_top), scores.shape[1]))
+    top = [set(row) for row in np.argsort(-scores, axis=1, kind="stable")[:, :n_top]]
     mapping = np.full(n_topics, -1, dtype=np.int64)
     mapping[:n_guided] = np.arange(n_guided)
     kept: list[int] = list(range(n_guided))
@@ -122,9 +122,12 @@ class TopicPruningMixin:
     topic_usage_: list[float] | None = None
 
     def _topic_usage(self) -> np.ndarray:
-        """Mean ``θ`` of every topic over the training cells (stored by :meth:`prune_topics`)."""
-        if self.topic_usage_ is None:  # a model saved before usage was stored
-            return self._full_topic_proportions(None, None).mean(axis=0)
+        """Mean ``θ`` of every topic over the cells :meth:`prune_topics` last read.
+
+        A model saved before usage was stored computes it once from its own data.
+        """
+        if self.topic_usage_ is None:
+            self.topic_usage_ = self._full_topic_proportions(None, None).mean(axis=0).tolist()
         return np.asarray(self.topic_usage_, dtype=np.float64)
 
     def _relevance_of_all_topics(self, weight: float) -> np.ndarray:
