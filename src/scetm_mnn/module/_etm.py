@@ -142,8 +142,12 @@ class ETMModule(BaseModuleClass):
         if batch_bias and n_batch < 1:
             raise ValueError("batch_bias=True needs n_batch >= 1.")
         hidden_sizes = tuple(int(h) for h in hidden_sizes)
-        if not hidden_sizes:
-            raise ValueError("hidden_sizes needs at least one layer.")
+        if not hidden_sizes and not encoder_skip:
+            raise ValueError(
+                "hidden_sizes=() leaves the encoder nothing to read its input through; give "
+                "it a layer, e.g. hidden_sizes=(128,), or set encoder_skip=True for a linear "
+                "encoder."
+            )
         if encoder_input not in ("proportions", "log"):
             raise ValueError(
                 f"encoder_input must be 'proportions' or 'log', not {encoder_input!r}."
@@ -161,7 +165,9 @@ class ETMModule(BaseModuleClass):
         self.n_encoder_input = n_input if n_encoder_input is None else int(n_encoder_input)
         self.encoder = _encoder_layers(self.n_encoder_input, hidden_sizes, dropout_rate)
         self.encoder_skip = bool(encoder_skip)
-        n_head = hidden_sizes[-1] + (self.n_encoder_input if self.encoder_skip else 0)
+        # hidden_sizes=() with the skip: a linear encoder, μ and log σ affine in the input
+        n_hidden = hidden_sizes[-1] if hidden_sizes else 0
+        n_head = n_hidden + (self.n_encoder_input if self.encoder_skip else 0)
         self.mu = nn.Linear(n_head, n_topics)
         self.log_sigma = nn.Linear(n_head, n_topics)
         self.noise = StandardNormal()  # ε of δ = μ + σ ε (no parameters)
@@ -246,9 +252,12 @@ class ETMModule(BaseModuleClass):
             reads = corrected
         else:
             reads = torch.log1p(LOG_SCALE * p) if self.encoder_input == "log" else p
-        h = self.encoder(reads)
-        if self.encoder_skip:
-            h = torch.cat([h, reads], dim=-1)
+        if len(self.encoder) == 0:  # a linear encoder (hidden_sizes=(), with the skip)
+            h = reads
+        else:
+            h = self.encoder(reads)
+            if self.encoder_skip:
+                h = torch.cat([h, reads], dim=-1)
         mu = self.mu(h)
         log_sigma = self.log_sigma(h).clamp(-LOG_SIGMA_BOUND, LOG_SIGMA_BOUND)
         qz = Normal(mu, log_sigma.exp())
