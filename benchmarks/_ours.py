@@ -168,6 +168,12 @@ def scetm_mnn_lin(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
     return _pipeline(adata, seed, "scetm_mnn_lin", model_kwargs={"hidden_sizes": ()})
 
 
+def scetm_mnn_conf(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
+    """The pipeline with a conformal linear encoder: μ a scaled rotation of the latent."""
+    kwargs = {"hidden_sizes": (), "conformal_encoder": True}
+    return _pipeline(adata, seed, "scetm_mnn_conf", model_kwargs=kwargs)
+
+
 OURS = {
     "scetm_mnn_orig": scetm_mnn_orig,
     "scetm_mnn_orig_equal": scetm_mnn_orig_equal,
@@ -182,4 +188,5 @@ OURS = {
     "scetm_mnn_mnn3": scetm_mnn_mnn3,
     "scetm_mnn_h8": scetm_mnn_h8,
     "scetm_mnn_lin": scetm_mnn_lin,
+    "scetm_mnn_conf": scetm_mnn_conf,
 }

@@ -14,6 +14,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from .._distributed import StandardNormal
+from ._conformal import ConformalLinear
 from ._likelihood import proportions_nll, sample_multinomial
 from ._mnn_loss import MNN_LOSSES, MNNLoss, mnn_loss
 
@@ -97,7 +98,12 @@ class ETMModule(BaseModuleClass):
         Let the heads of ``μ`` and ``log σ`` read the encoder's input next to its last
         hidden layer (a linear path from the input to ``δ``, beside the nonlinear one).
         Meant for a low-dimensional input such as the corrector's latent, whose geometry
-        the linear path carries into ``δ``.
+        the linear path carries into ``δ``. With ``hidden_sizes=()`` the encoder is that
+        linear path alone.
+    conformal_encoder
+        Make the linear encoder (``hidden_sizes=()``, ``encoder_skip=True``) map to ``μ``
+        by a scaled isometry (:class:`ConformalLinear`), so that ``μ`` keeps every
+        distance ratio, and so every kNN graph, of the corrector's latent.
     topic_prior
         Optional ``(S, G)`` offsets added to the logits ``β`` of the first ``S`` topics
         (guided topics: a gene set's members get a positive offset). A buffer, saved with
@@ -128,6 +134,7 @@ class ETMModule(BaseModuleClass):
         mnn_loss: MNNLoss = "local",
         n_encoder_input: int | None = None,
         encoder_skip: bool = False,
+        conformal_encoder: bool = False,
         topic_prior: np.ndarray | torch.Tensor | None = None,
         **kwargs,
     ):
@@ -168,7 +175,13 @@ class ETMModule(BaseModuleClass):
         # hidden_sizes=() with the skip: a linear encoder, μ and log σ affine in the input
         n_hidden = hidden_sizes[-1] if hidden_sizes else 0
         n_head = n_hidden + (self.n_encoder_input if self.encoder_skip else 0)
-        self.mu = nn.Linear(n_head, n_topics)
+        if conformal_encoder and (hidden_sizes or not self.encoder_skip):
+            raise ValueError(
+                "conformal_encoder=True is a linear encoder: it needs hidden_sizes=() and "
+                "encoder_skip=True."
+            )
+        self.conformal_encoder = bool(conformal_encoder)
+        self.mu = ConformalLinear(n_head, n_topics) if conformal_encoder else nn.Linear(n_head, n_topics)
         self.log_sigma = nn.Linear(n_head, n_topics)
         self.noise = StandardNormal()  # ε of δ = μ + σ ε (no parameters)
 
