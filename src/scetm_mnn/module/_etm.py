@@ -181,7 +181,8 @@ class ETMModule(BaseModuleClass):
                 "encoder_skip=True."
             )
         self.conformal_encoder = bool(conformal_encoder)
-        self.mu = ConformalLinear(n_head, n_topics) if conformal_encoder else nn.Linear(n_head, n_topics)
+        head = ConformalLinear if conformal_encoder else nn.Linear
+        self.mu = head(n_head, n_topics)
         self.log_sigma = nn.Linear(n_head, n_topics)
         self.noise = StandardNormal()  # ε of δ = μ + σ ε (no parameters)
 
