@@ -174,6 +174,12 @@ def scetm_mnn_conf(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]
     return _pipeline(adata, seed, "scetm_mnn_conf", model_kwargs=kwargs)
 
 
+def scetm_mnn_conf_h8(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
+    """The conformal linear path plus a hidden layer of 8 units."""
+    kwargs = {"hidden_sizes": (8,), "conformal_encoder": True}
+    return _pipeline(adata, seed, "scetm_mnn_conf_h8", model_kwargs=kwargs)
+
+
 OURS = {
     "scetm_mnn_orig": scetm_mnn_orig,
     "scetm_mnn_orig_equal": scetm_mnn_orig_equal,
@@ -189,4 +195,5 @@ OURS = {
     "scetm_mnn_h8": scetm_mnn_h8,
     "scetm_mnn_lin": scetm_mnn_lin,
     "scetm_mnn_conf": scetm_mnn_conf,
+    "scetm_mnn_conf_h8": scetm_mnn_conf_h8,
 }

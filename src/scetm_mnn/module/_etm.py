@@ -101,9 +101,10 @@ class ETMModule(BaseModuleClass):
         the linear path carries into ``δ``. With ``hidden_sizes=()`` the encoder is that
         linear path alone.
     conformal_encoder
-        Make the linear encoder (``hidden_sizes=()``, ``encoder_skip=True``) map to ``μ``
-        by a scaled isometry (:class:`ConformalLinear`), so that ``μ`` keeps every
-        distance ratio, and so every kNN graph, of the corrector's latent.
+        Make the linear path (``encoder_skip=True``) to ``μ`` a scaled isometry
+        (:class:`ConformalLinear`). With ``hidden_sizes=()`` the encoder is that map
+        alone, so ``μ`` keeps every distance ratio, and so every kNN graph, of the
+        corrector's latent; with hidden layers, they add a learnt map to it.
     topic_prior
         Optional ``(S, G)`` offsets added to the logits ``β`` of the first ``S`` topics
         (guided topics: a gene set's members get a positive offset). A buffer, saved with
@@ -175,14 +176,19 @@ class ETMModule(BaseModuleClass):
         # hidden_sizes=() with the skip: a linear encoder, μ and log σ affine in the input
         n_hidden = hidden_sizes[-1] if hidden_sizes else 0
         n_head = n_hidden + (self.n_encoder_input if self.encoder_skip else 0)
-        if conformal_encoder and (hidden_sizes or not self.encoder_skip):
+        if conformal_encoder and not self.encoder_skip:
             raise ValueError(
-                "conformal_encoder=True is a linear encoder: it needs hidden_sizes=() and "
-                "encoder_skip=True."
+                "conformal_encoder=True makes the linear path a scaled isometry; it needs "
+                "that path: set encoder_skip=True."
             )
-        self.conformal_encoder = bool(conformal_encoder)
-        head = ConformalLinear if conformal_encoder else nn.Linear
-        self.mu = head(n_head, n_topics)
+        # conformal: μ = s·Q·input + b (+ a linear map of the hidden layer, if any)
+        self.mu_skip = (
+            ConformalLinear(self.n_encoder_input, n_topics) if conformal_encoder else None
+        )
+        if self.mu_skip is None:
+            self.mu = nn.Linear(n_head, n_topics)
+        else:
+            self.mu = nn.Linear(n_hidden, n_topics, bias=False) if n_hidden else None
         self.log_sigma = nn.Linear(n_head, n_topics)
         self.noise = StandardNormal()  # ε of δ = μ + σ ε (no parameters)
 
@@ -272,7 +278,12 @@ class ETMModule(BaseModuleClass):
             h = self.encoder(reads)
             if self.encoder_skip:
                 h = torch.cat([h, reads], dim=-1)
-        mu = self.mu(h)
+        if self.mu_skip is None:
+            mu = self.mu(h)
+        else:
+            mu = self.mu_skip(reads)
+            if self.mu is not None:
+                mu = mu + self.mu(h[..., : self.mu.in_features])
         log_sigma = self.log_sigma(h).clamp(-LOG_SIGMA_BOUND, LOG_SIGMA_BOUND)
         qz = Normal(mu, log_sigma.exp())
         # ε from a layer, so that data-parallel training can share the draws (_distributed)
