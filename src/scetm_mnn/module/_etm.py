@@ -102,9 +102,9 @@ class ETMModule(BaseModuleClass):
         linear path alone.
     conformal_encoder
         Make the linear path (``encoder_skip=True``) to ``μ`` a scaled isometry
-        (:class:`ConformalLinear`). With ``hidden_sizes=()`` the encoder is that map
-        alone, so ``μ`` keeps every distance ratio, and so every kNN graph, of the
-        corrector's latent; with hidden layers, they add a learnt map to it.
+        (:class:`~scetm_mnn.module.ConformalLinear`). With ``hidden_sizes=()`` the
+        encoder is that map alone, so ``μ`` keeps every distance ratio, and so every kNN
+        graph, of the corrector's latent; with hidden layers, they add a learnt map to it.
     topic_prior
         Optional ``(S, G)`` offsets added to the logits ``β`` of the first ``S`` topics
         (guided topics: a gene set's members get a positive offset). A buffer, saved with
