@@ -38,7 +38,7 @@ def test_auto_reads_the_correctors_latent_where_it_exists(sim_adata, caplog):
     assert model.adata_manager.registry["setup_args"]["corrected_input"] == "latent"
     assert "reads the corrected latent" in caplog.text
     assert model.module.n_encoder_input == N_LATENT
-    assert model.module.encoder[0].in_features == N_LATENT
+    assert model.module.log_sigma.in_features == N_LATENT  # a linear encoder of the latent
     assert model.module.rho.shape[1] == sim_adata.n_vars  # the decoder keeps every gene
     assert "encoder on corrected latent" in model._model_summary_string
 
@@ -125,7 +125,7 @@ def test_a_query_needs_the_latent_the_reference_reads(sim_adata):
         BatchCorrectedSCETM.load_query_data(lacking, model)
     query_model = BatchCorrectedSCETM.load_query_data(query, model)
     query_model.train(max_epochs=1, **FAST)
-    assert query_model.module.encoder[0].in_features == N_LATENT
+    assert query_model.module.log_sigma.in_features == N_LATENT
     assert query_model.get_latent_representation().shape == (query.n_obs, 4)
 
 
@@ -139,4 +139,24 @@ def test_the_linear_path_to_delta_is_on_where_the_encoder_reads_the_latent(sim_a
     BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch", corrected_layer=KEY)
     off = BatchCorrectedSCETM(adata, n_topics=4, n_emb=8, encoder_skip=False)
     assert not off.module.encoder_skip and off.module.mu.in_features == 128
-    assert BatchCorrectedSCETM(adata, n_topics=4, n_emb=8).module.mu.in_features == 128 + N_LATENT
+    linear = BatchCorrectedSCETM(adata, n_topics=4, n_emb=8).module  # no hidden layer
+    assert len(linear.encoder) == 0 and linear.mu.in_features == N_LATENT
+    both = BatchCorrectedSCETM(adata, n_topics=4, n_emb=8, hidden_sizes=(128,)).module
+    assert both.mu.in_features == 128 + N_LATENT and both.mu_skip is None
+
+
+def test_the_linear_encoder_is_conformal_where_the_topics_can_hold_the_latent(sim_adata, caplog):
+    adata = _corrected(sim_adata)
+    BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch", corrected_layer=KEY)
+    conformal = BatchCorrectedSCETM(adata, n_topics=N_LATENT, n_emb=8).module
+    assert conformal.conformal_encoder and conformal.mu is None
+    with caplog.at_level(logging.INFO, logger="scetm_mnn.model._setup"):
+        plain = BatchCorrectedSCETM(adata, n_topics=N_LATENT - 1, n_emb=8).module
+    assert not plain.conformal_encoder
+    assert f"{N_LATENT - 1} topics cannot keep the distances" in caplog.text
+    with pytest.raises(ValueError, match=f"use at least {N_LATENT} topics"):
+        BatchCorrectedSCETM(adata, n_topics=N_LATENT - 1, n_emb=8, conformal_encoder=True)
+    counts = sim_adata.copy()
+    BatchCorrectedSCETM.setup_anndata(counts, batch_key="batch")
+    original = BatchCorrectedSCETM(counts, n_topics=N_LATENT, n_emb=8).module
+    assert not original.conformal_encoder and original.encoder[0].out_features == 128

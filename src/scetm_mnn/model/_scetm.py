@@ -79,7 +79,9 @@ class BatchCorrectedSCETM(
     n_emb
         Dimension L of the gene and topic embeddings.
     hidden_sizes
-        Encoder hidden-layer widths.
+        Encoder hidden-layer widths. ``None``: none where the encoder reads the
+        corrector's latent through the linear path (a linear encoder; see
+        ``conformal_encoder``), ``(128,)`` where it reads counts or the corrected genes.
     dropout_rate
         Encoder dropout.
     batch_bias
@@ -98,6 +100,12 @@ class BatchCorrectedSCETM(
         Give ``δ``'s heads a linear path from the encoder's input beside its hidden layer.
         ``None``: on when the encoder reads the corrector's latent (``corrected_input=
         "latent"``), which it carries into ``δ``; off otherwise.
+    conformal_encoder
+        Make the linear path a scaled rotation (:class:`~scetm_mnn.module.ConformalLinear`),
+        so that with no hidden layer ``μ`` keeps every distance ratio of the corrector's
+        latent, and clustering on ``μ`` gives what clustering on that latent gives. ``None``:
+        on for the linear encoder of the corrector's latent when ``n_topics`` is at least
+        its dimension; off otherwise.
     %(gene_sets)s
     %(gene_set_strength)s
     **module_kwargs
@@ -124,13 +132,14 @@ class BatchCorrectedSCETM(
         adata: AnnData,
         n_topics: int = 50,
         n_emb: int = 400,
-        hidden_sizes: Sequence[int] = (128,),
+        hidden_sizes: Sequence[int] | None = None,
         dropout_rate: float = 0.1,
         batch_bias: bool | None = None,
         fixed_gene_embeddings: np.ndarray | pd.DataFrame | None = None,
         encoder_input: Literal["log", "proportions"] | None = None,
         mnn_loss: Literal["local", "normalized", "euclidean"] = "local",
         encoder_skip: bool | None = None,
+        conformal_encoder: bool | None = None,
         gene_sets: _guided.GeneSetsArg = None,
         gene_set_strength: float = _guided.DEFAULT_STRENGTH,
         **module_kwargs,
@@ -149,6 +158,11 @@ class BatchCorrectedSCETM(
             )
         fixed = _setup.align_fixed_embeddings(fixed_gene_embeddings, self.adata.var_names)
         gene_sets = _guided.guided_sets(gene_sets, adata.var_names, n_topics, gene_set_strength)
+        skip = _setup.resolve_encoder_skip(encoder_skip, self.adata_manager)
+        hidden = _setup.resolve_hidden_sizes(hidden_sizes, skip, self.adata_manager)
+        conformal = _setup.resolve_conformal(
+            conformal_encoder, hidden, skip, n_topics, self.adata_manager
+        )
         self.gene_set_names_ = list(gene_sets or ())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(resolve_seed(None))  # the same seed gives the same init
@@ -157,14 +171,15 @@ class BatchCorrectedSCETM(
                 n_batch=n_batch,
                 n_topics=n_topics,
                 n_emb=n_emb,
-                hidden_sizes=tuple(hidden_sizes),
+                hidden_sizes=hidden,
                 dropout_rate=dropout_rate,
                 batch_bias=batch_bias,
                 fixed_gene_embeddings=fixed,
                 encoder_input=encoder_input or "proportions",
                 mnn_loss=mnn_loss,
                 n_encoder_input=_setup.n_encoder_input(self.adata_manager),
-                encoder_skip=_setup.resolve_encoder_skip(encoder_skip, self.adata_manager),
+                encoder_skip=skip,
+                conformal_encoder=conformal,
                 topic_prior=_guided.topic_prior(gene_sets, adata.var_names, gene_set_strength),
                 **module_kwargs,
             )

@@ -50,7 +50,7 @@ def model_path(dir_path: str | os.PathLike, prefix: str | None = None) -> Path:
     return Path(dir_path) / f"{prefix or ''}{MODEL_FILE}"
 
 
-ADDED_PARAMETERS: dict[str, Any] = {"encoder_skip": False}
+ADDED_PARAMETERS: dict[str, Any] = {"encoder_skip": False, "conformal_encoder": False}
 """Model parameters added after files were first written, and the value they had before:
 a file without one of them loads with that value, so it rebuilds the network it saved."""
 

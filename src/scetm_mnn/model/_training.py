@@ -10,6 +10,7 @@ learning rate (``_train_defaults``).
 
 from __future__ import annotations
 
+import logging
 import math
 
 from anndata import AnnData
@@ -18,6 +19,8 @@ from scipy import sparse
 
 from ..train import HistoryLogger, parallel_trainer_kwargs
 from ._setup import check_pairs
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_N_STEPS = 2000
 """Optimizer steps that ``BatchCorrectedSCETM.train`` aims for when ``max_epochs=None``."""
@@ -57,7 +60,10 @@ mnn_weight
     Weight of the MNN term (:func:`scetm_mnn.module.mnn_loss` of the ``δ`` means of
     MNN-paired cells). Needs ``mnn_pairs_key`` in :meth:`setup_anndata`. ``0`` turns
     it off. ``None``: ``DEFAULT_MNN_WEIGHT`` (1) when ``mnn_pairs_key`` was
-    registered, else 0 (off). Also accepted as ``plan_kwargs["mnn_weight"]``.""",
+    registered, else 0 (off); 0 also under the conformal linear encoder (the default
+    on the corrector's latent), which keeps the latent's distance ratios, so that
+    the scale-invariant term is constant there. Also accepted as
+    ``plan_kwargs["mnn_weight"]``.""",
     "train_size": """\
 train_size
     Fraction of cells to train on (default all, or ``1 - validation_size``).""",
@@ -110,8 +116,15 @@ def default_max_epochs(n_obs: int, batch_size: int, n_steps: int = DEFAULT_N_STE
     return max(1, math.ceil(n_steps / steps_per_epoch))
 
 
-def resolve_mnn_weight(argument: float | None, in_plan: float | None, setup_args: dict) -> float:
-    """The MNN weight to train with, from ``train()`` or ``plan_kwargs``; never silent."""
+def resolve_mnn_weight(
+    argument: float | None, in_plan: float | None, setup_args: dict, constant: bool = False
+) -> float:
+    """The MNN weight to train with, from ``train()`` or ``plan_kwargs``; never silent.
+
+    ``constant``: the term cannot change the encoder (a conformal linear encoder, under
+    which the scale-invariant term is constant), so ``None`` gives 0 and the minibatches
+    carry no partners.
+    """
     if argument is not None and in_plan is not None and argument != in_plan:
         raise ValueError(
             f"mnn_weight={argument} and plan_kwargs['mnn_weight']={in_plan} disagree; "
@@ -119,8 +132,15 @@ def resolve_mnn_weight(argument: float | None, in_plan: float | None, setup_args
         )
     weight = argument if argument is not None else in_plan
     if weight is None:
-        registered = setup_args.get("mnn_pairs_key")
-        return DEFAULT_MNN_WEIGHT if registered is not None else 0.0
+        if setup_args.get("mnn_pairs_key") is None:
+            return 0.0
+        if constant:
+            logger.info(
+                "The MNN term is off: the conformal encoder keeps the corrector's latent "
+                "geometry, under which the term is constant (train(mnn_weight=...) sets it)."
+            )
+            return 0.0
+        return DEFAULT_MNN_WEIGHT
     if weight < 0:
         raise ValueError(f"mnn_weight must be >= 0, got {weight}.")
     return float(weight)
@@ -170,7 +190,9 @@ def train_arguments(
     elif "lr" in defaults:
         plan_kwargs.setdefault("lr", defaults["lr"])
     setup_args = model.adata_manager.registry["setup_args"]
-    mnn_weight = resolve_mnn_weight(mnn_weight, plan_kwargs.pop("mnn_weight", None), setup_args)
+    constant = model.module.keeps_latent_geometry and model.module.mnn_loss != "euclidean"
+    in_plan = plan_kwargs.pop("mnn_weight", None)
+    mnn_weight = resolve_mnn_weight(mnn_weight, in_plan, setup_args, constant)
     if mnn_weight:
         plan_kwargs["mnn_weight"] = mnn_weight
         datasplitter_kwargs["mnn_pairs"] = mnn_pairs(model.adata, setup_args)

@@ -218,6 +218,20 @@ class ETMModule(BaseModuleClass):
         self.register_buffer("topic_prior", prior)
 
     @property
+    def conformal_encoder(self) -> bool:
+        """Whether the linear path to ``μ`` is a scaled isometry (``conformal_encoder``)."""
+        return self.mu_skip is not None
+
+    @property
+    def keeps_latent_geometry(self) -> bool:
+        """Whether ``μ`` is a scaled isometry of the encoder's input (conformal, linear).
+
+        Every scale-invariant function of ``μ``'s distances, such as the ``"local"`` and
+        ``"normalized"`` MNN terms, is then constant in the encoder's parameters.
+        """
+        return self.mu_skip is not None and self.mu is None
+
+    @property
     def n_guided(self) -> int:
         """How many of the first topics a prior guides (``topic_prior``'s rows)."""
         return 0 if self.topic_prior is None else int(self.topic_prior.shape[0])
