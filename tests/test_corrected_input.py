@@ -160,3 +160,15 @@ def test_the_linear_encoder_is_conformal_where_the_topics_can_hold_the_latent(si
     BatchCorrectedSCETM.setup_anndata(counts, batch_key="batch")
     original = BatchCorrectedSCETM(counts, n_topics=N_LATENT, n_emb=8).module
     assert not original.conformal_encoder and original.encoder[0].out_features == 128
+
+
+def test_the_mnn_term_is_off_by_default_under_the_conformal_encoder(caplog):
+    from scetm_mnn.model._training import DEFAULT_MNN_WEIGHT, resolve_mnn_weight
+
+    registered = {"mnn_pairs_key": "mnn_corrected_pairs"}
+    assert resolve_mnn_weight(None, None, registered) == DEFAULT_MNN_WEIGHT
+    with caplog.at_level(logging.INFO, logger="scetm_mnn.model._training"):
+        assert resolve_mnn_weight(None, None, registered, constant=True) == 0.0
+    assert "the term is constant" in caplog.text
+    assert resolve_mnn_weight(2.0, None, registered, constant=True) == 2.0  # asked for
+    assert resolve_mnn_weight(None, None, {}, constant=True) == 0.0

@@ -160,3 +160,44 @@ def test_no_exposed_topic_is_unused_or_a_copy(models, corrected, mnn):
     top = [set(genes) for _, genes in model.get_top_genes(20).items()]  # as the user sees them
     overlaps = [len(a & b) / 20 for i, a in enumerate(top) for b in top[i + 1 :]]
     assert max(overlaps, default=0.0) <= 0.8, max(overlaps)
+
+
+@pytest.fixture(scope="module")
+def conformal_model(corrected_sim):
+    """The README pipeline at its defaults: K = 50 topics hold the 50-d latent."""
+    adata = corrected_sim.copy()
+    BatchCorrectedSCETM.setup_anndata(
+        adata, layer="counts", batch_key="batch", corrected_layer="mnn_corrected",
+        mnn_pairs_key="mnn_corrected_pairs",
+    )  # fmt: skip
+    model = BatchCorrectedSCETM(adata, n_emb=32)
+    epochs = int(np.ceil(STEPS / np.ceil(adata.n_obs / BATCH)))
+    model.train(max_epochs=epochs, batch_size=BATCH, seed=0, enable_progress_bar=False)
+    adata.obsm["X_topics"] = model.get_topic_proportions()
+    return model
+
+
+def test_the_default_encoder_clusters_as_the_correctors_latent(conformal_model):
+    from scipy.spatial.distance import pdist
+
+    model = conformal_model
+    assert model.module.keeps_latent_geometry
+    latent = np.asarray(model.adata.obsm["X_mnn_corrected"])
+    mu = model.get_latent_representation()
+    ratio = pdist(mu[:300]) / pdist(latent[:300])
+    assert ratio.std() / ratio.mean() < 1e-3  # every distance scaled alike: the same kNN
+    labels = model.adata.obs["cell_type"].to_numpy()
+    assert _knn_accuracy(mu, labels) == pytest.approx(_knn_accuracy(latent, labels), abs=1e-3)
+
+
+def test_the_default_encoder_still_names_the_programmes(conformal_model):
+    model = conformal_model
+    adata = model.adata
+    table = tl.topic_specificity(
+        adata, "cell_type", topic_gene=model.get_topic_gene_matrix(), markers=_markers(adata)
+    )
+    shown = table[["topic", "ratio", "n_markers_in_top"]]
+    assert table["n_markers_in_top"].median() >= 5, shown
+    assert (table["n_markers_in_top"] >= 3).all(), shown
+    assert (table["ratio"] >= 5).all(), shown
+    assert tl.mean_max_theta(adata.obsm["X_topics"]) > 4 / 50
