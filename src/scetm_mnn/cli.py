@@ -227,10 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=non_negative_float,
         default=None,
         metavar="W",
-        help="topic model only: weight of the MNN term in its loss. Default: 1, which "
-        "pulls the corrector's MNN-paired cells together in the latent until they share a "
-        "neighbourhood (on the Baron pancreas: higher mean ARI, scib Total and mixing; see "
-        "the user guide). 0 turns it off",
+        help="topic model only: weight of the MNN term in its loss. Default: the model's "
+        "(0 under its default conformal encoder of the corrector's latent, which keeps the "
+        "latent's distances, so the term is constant there; 1 with a hidden layer). "
+        "0 turns it off",
     )
     common.add_argument(
         "--no-report",

@@ -34,7 +34,8 @@ method in the same run, 2026-12-06) weight 1 raised the pipeline's mean ARI over
 sweep from 0.862 to 0.878 (human) and 0.794 to 0.804 (mouse), scib Total from 0.773 to 0.798
 and 0.782 to 0.810, and the kNN batch entropy from 0.811 to 0.837 and 0.830 to 0.852, with
 8/8 marker hits on human (the encoder's linear path off in both). ``train(mnn_weight=0)``
-turns it off.
+turns it off. Under the conformal encoder (the default on the corrector's latent since
+2026-12-07) the term is constant, and ``None`` gives 0 (:func:`resolve_mnn_weight`).
 """
 
 
