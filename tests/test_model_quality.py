@@ -147,16 +147,19 @@ def test_the_topic_model_keeps_what_the_corrector_gave(models):
 @pytest.mark.parametrize("mnn", [False, True], ids=["mnn_off", "mnn_on"])
 @pytest.mark.parametrize("corrected", [False, True], ids=["original", "corrected"])
 def test_no_exposed_topic_is_unused_or_a_copy(models, corrected, mnn):
-    model = models[(corrected, mnn)]
+    _assert_live_and_distinct(models[(corrected, mnn)], N_TOPICS)
+
+
+def _assert_live_and_distinct(model: BatchCorrectedSCETM, n_topics: int) -> None:
     theta = model.get_topic_proportions()
     beta = model.get_topic_gene_matrix()
     n = model.n_live_topics
     assert theta.shape[1] == beta.shape[0] == len(model.topic_names) == n
-    assert 2 <= n <= N_TOPICS
+    assert 2 <= n <= n_topics
     np.testing.assert_allclose(theta.sum(axis=1), 1.0, rtol=1e-5)
     # dead: mean θ below a tenth of uniform over all K topics
     usage = model._full_topic_proportions(None, None).mean(axis=0)
-    assert (usage[model.exposed_topics] >= 0.1 / N_TOPICS).all()
+    assert (usage[model.exposed_topics] >= 0.1 / n_topics).all()
     top = [set(genes) for _, genes in model.get_top_genes(20).items()]  # as the user sees them
     overlaps = [len(a & b) / 20 for i, a in enumerate(top) for b in top[i + 1 :]]
     assert max(overlaps, default=0.0) <= 0.8, max(overlaps)
@@ -201,3 +204,4 @@ def test_the_default_encoder_still_names_the_programmes(conformal_model):
     assert (table["n_markers_in_top"] >= 3).all(), shown
     assert (table["ratio"] >= 5).all(), shown
     assert tl.mean_max_theta(adata.obsm["X_topics"]) > 4 / 50
+    _assert_live_and_distinct(model, 50)
