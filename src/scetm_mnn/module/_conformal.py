@@ -22,6 +22,16 @@ class ConformalLinear(nn.Module):
         Input dimension.
     n_output
         Output dimension; at least ``n_input``, or the map cannot keep distances.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scetm_mnn.module import ConformalLinear
+    >>> layer = ConformalLinear(3, 5)
+    >>> x = torch.randn(4, 3)
+    >>> ratio = torch.pdist(layer(x)) / torch.pdist(x)
+    >>> bool(torch.allclose(ratio, ratio[0]))
+    True
     """
 
     def __init__(self, n_input: int, n_output: int):
