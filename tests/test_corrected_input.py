@@ -150,7 +150,7 @@ def test_the_linear_encoder_is_conformal_where_the_topics_can_hold_the_latent(si
     BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch", corrected_layer=KEY)
     conformal = BatchCorrectedSCETM(adata, n_topics=N_LATENT, n_emb=8).module
     assert conformal.conformal_encoder and conformal.mu is None
-    with caplog.at_level(logging.INFO, logger="scetm_mnn.model._setup"):
+    with caplog.at_level(logging.INFO, logger="scetm_mnn.model._encoder"):
         plain = BatchCorrectedSCETM(adata, n_topics=N_LATENT - 1, n_emb=8).module
     assert not plain.conformal_encoder
     assert f"{N_LATENT - 1} topics cannot keep the distances" in caplog.text

@@ -22,7 +22,7 @@ from scvi.utils import setup_anndata_dsp
 from .._docstrings import fill_docstring
 from ..module import ETMModule
 from ..train import ETMTrainingPlan, PreloadedDataSplitter, flush_denormals, resolve_seed
-from . import _guided, _setup, _training
+from . import _encoder, _guided, _setup, _training
 from ._de import DEMixin
 from ._docs import shared_parameters
 from ._elbo import LikelihoodMixin
@@ -37,7 +37,7 @@ from ._setup import CorrectedInput
 logger = logging.getLogger(__name__)
 
 
-@fill_docstring(_guided.PARAMETERS)
+@fill_docstring({**_guided.PARAMETERS, **_encoder.PARAMETERS})
 class BatchCorrectedSCETM(
     TopicPruningMixin,
     TopicOutputsMixin,
@@ -78,10 +78,7 @@ class BatchCorrectedSCETM(
         Number of topics K.
     n_emb
         Dimension L of the gene and topic embeddings.
-    hidden_sizes
-        Encoder hidden-layer widths. ``None``: none where the encoder reads the
-        corrector's latent through the linear path (a linear encoder; see
-        ``conformal_encoder``), ``(128,)`` where it reads counts or the corrected genes.
+    %(hidden_sizes)s
     dropout_rate
         Encoder dropout.
     batch_bias
@@ -96,16 +93,8 @@ class BatchCorrectedSCETM(
     mnn_loss
         Form of the MNN term (:func:`scetm_mnn.module.mnn_loss`): ``"local"`` (default),
         ``"normalized"``, or ``"euclidean"`` (collapses the topic space; ablations only).
-    encoder_skip
-        Give ``δ``'s heads a linear path from the encoder's input beside its hidden layer.
-        ``None``: on when the encoder reads the corrector's latent (``corrected_input=
-        "latent"``), which it carries into ``δ``; off otherwise.
-    conformal_encoder
-        Make the linear path a scaled rotation (:class:`~scetm_mnn.module.ConformalLinear`),
-        so that with no hidden layer ``μ`` keeps every distance ratio of the corrector's
-        latent, and clustering on ``μ`` gives what clustering on that latent gives. ``None``:
-        on for the linear encoder of the corrector's latent when ``n_topics`` is at least
-        its dimension; off otherwise.
+    %(encoder_skip)s
+    %(conformal_encoder)s
     %(gene_sets)s
     %(gene_set_strength)s
     **module_kwargs
@@ -158,11 +147,6 @@ class BatchCorrectedSCETM(
             )
         fixed = _setup.align_fixed_embeddings(fixed_gene_embeddings, self.adata.var_names)
         gene_sets = _guided.guided_sets(gene_sets, adata.var_names, n_topics, gene_set_strength)
-        skip = _setup.resolve_encoder_skip(encoder_skip, self.adata_manager)
-        hidden = _setup.resolve_hidden_sizes(hidden_sizes, skip, self.adata_manager)
-        conformal = _setup.resolve_conformal(
-            conformal_encoder, hidden, skip, n_topics, self.adata_manager
-        )
         self.gene_set_names_ = list(gene_sets or ())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(resolve_seed(None))  # the same seed gives the same init
@@ -171,15 +155,14 @@ class BatchCorrectedSCETM(
                 n_batch=n_batch,
                 n_topics=n_topics,
                 n_emb=n_emb,
-                hidden_sizes=hidden,
                 dropout_rate=dropout_rate,
                 batch_bias=batch_bias,
                 fixed_gene_embeddings=fixed,
                 encoder_input=encoder_input or "proportions",
                 mnn_loss=mnn_loss,
-                n_encoder_input=_setup.n_encoder_input(self.adata_manager),
-                encoder_skip=skip,
-                conformal_encoder=conformal,
+                **_encoder.encoder_kwargs(
+                    hidden_sizes, encoder_skip, conformal_encoder, n_topics, self.adata_manager
+                ),
                 topic_prior=_guided.topic_prior(gene_sets, adata.var_names, gene_set_strength),
                 **module_kwargs,
             )

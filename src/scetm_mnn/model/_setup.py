@@ -9,7 +9,6 @@ checks of the registered data (``n_topics``, the fixed gene embeddings) live her
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -183,58 +182,6 @@ def n_encoder_input(adata_manager: AnnDataManager) -> int | None:
     if field is None or field.attr_name != "obsm":
         return None
     return int(adata_manager.get_from_registry(CORRECTED_KEY).shape[1])
-
-
-def resolve_encoder_skip(encoder_skip: bool | None, adata_manager: AnnDataManager) -> bool:
-    """``None``: the linear path to ``δ`` when the encoder reads the corrector's latent."""
-    if encoder_skip is None:
-        return n_encoder_input(adata_manager) is not None
-    return bool(encoder_skip)
-
-
-LATENT_HIDDEN_SIZES: tuple[int, ...] = ()
-"""The encoder's hidden layers by default where it reads the corrector's latent: none, a
-linear (conformal) map."""
-COUNTS_HIDDEN_SIZES: tuple[int, ...] = (128,)
-"""The encoder's hidden layers by default where it reads counts or the corrected genes."""
-
-
-def resolve_hidden_sizes(
-    hidden_sizes: Sequence[int] | None, skip: bool, adata_manager: AnnDataManager
-) -> tuple[int, ...]:
-    """``None``: :data:`LATENT_HIDDEN_SIZES` on the latent with the path, else ``(128,)``.
-
-    That is, no hidden layer where the encoder reads the corrector's latent through the
-    linear path (``skip``); :data:`COUNTS_HIDDEN_SIZES` otherwise.
-    """
-    if hidden_sizes is None:
-        reads_latent = n_encoder_input(adata_manager) is not None
-        return LATENT_HIDDEN_SIZES if reads_latent and skip else COUNTS_HIDDEN_SIZES
-    return tuple(int(h) for h in hidden_sizes)
-
-
-def resolve_conformal(
-    conformal: bool | None, hidden_sizes: tuple[int, ...], skip: bool, n_topics: int,
-    adata_manager: AnnDataManager,
-) -> bool:  # fmt: skip
-    """``None``: on for a linear encoder of the corrector's latent with ``K ≥ d`` topics.
-
-    With fewer topics than the latent has dimensions no map into ``δ`` keeps its distances,
-    so the encoder stays a plain linear map, and the log says so.
-    """
-    if conformal is not None:
-        return bool(conformal)
-    n_latent = n_encoder_input(adata_manager)
-    if n_latent is None or hidden_sizes != LATENT_HIDDEN_SIZES or not skip:
-        return False
-    if n_topics < n_latent:
-        logger.info(
-            "%d topics cannot keep the distances of the corrector's %d-dimensional latent; "
-            "the encoder is a plain linear map (set n_topics >= %d for the conformal one).",
-            n_topics, n_latent, n_latent,
-        )  # fmt: skip
-        return False
-    return True
 
 
 def align_fixed_embeddings(fixed, var_names: pd.Index) -> np.ndarray | None:
