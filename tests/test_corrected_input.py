@@ -172,3 +172,16 @@ def test_the_mnn_term_is_off_by_default_under_the_conformal_encoder(caplog):
     assert "the term is constant" in caplog.text
     assert resolve_mnn_weight(2.0, None, registered, constant=True) == 2.0  # asked for
     assert resolve_mnn_weight(None, None, {}, constant=True) == 0.0
+
+
+def test_a_conformal_model_saves_and_loads_to_the_same_latent(sim_adata, tmp_path):
+    adata = _corrected(sim_adata)
+    BatchCorrectedSCETM.setup_anndata(adata, batch_key="batch", corrected_layer=KEY)
+    model = BatchCorrectedSCETM(adata, n_topics=N_LATENT, n_emb=8)
+    model.train(max_epochs=2, **FAST)
+    model.save(tmp_path / "model")
+    loaded = BatchCorrectedSCETM.load(tmp_path / "model", adata=adata)
+    assert loaded.module.keeps_latent_geometry
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(), model.get_latent_representation()
+    )
