@@ -116,6 +116,8 @@ def _pipeline(adata, seed, name, model_kwargs=None, train_kwargs=None, **setup):
 
 
 NO_SKIP = {"encoder_skip": False}
+H128 = {"hidden_sizes": (128,)}
+"""The encoder of the defaults before 2026-12-07 (and of the screens run on them)."""
 
 
 def scetm_mnn(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
@@ -125,7 +127,7 @@ def scetm_mnn(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
 
 def scetm_mnn_h128(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
     """The defaults before: a hidden layer of 128 beside the linear path, the MNN term."""
-    return _pipeline(adata, seed, "scetm_mnn_h128", model_kwargs={"hidden_sizes": (128,)})
+    return _pipeline(adata, seed, "scetm_mnn_h128", model_kwargs=H128)
 
 
 def scetm_mnn_noskip(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
@@ -157,13 +159,15 @@ def scetm_mnn_euclid(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, floa
 
 
 def scetm_mnn_k100(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
-    """The pipeline with 100 topics instead of 50."""
-    return _pipeline(adata, seed, "scetm_mnn_k100", model_kwargs={"n_topics": 100})
+    """The defaults before (:data:`H128`) with 100 topics instead of 50."""
+    return _pipeline(adata, seed, "scetm_mnn_k100", model_kwargs={**H128, "n_topics": 100})
 
 
 def scetm_mnn_mnn3(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:
-    """The pipeline with the MNN term at weight 3 instead of 1."""
-    return _pipeline(adata, seed, "scetm_mnn_mnn3", train_kwargs={"mnn_weight": 3.0})
+    """The defaults before (:data:`H128`) with the MNN term at weight 3 instead of 1."""
+    return _pipeline(
+        adata, seed, "scetm_mnn_mnn3", model_kwargs=H128, train_kwargs={"mnn_weight": 3.0}
+    )
 
 
 def scetm_mnn_h8(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, float]:

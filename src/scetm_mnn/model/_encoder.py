@@ -45,21 +45,22 @@ def encoder_kwargs(
     adata_manager: AnnDataManager,
 ) -> dict:
     """The :class:`~scetm_mnn.module.ETMModule` arguments that shape the encoder."""
-    skip = resolve_encoder_skip(encoder_skip, adata_manager)
-    hidden = resolve_hidden_sizes(hidden_sizes, skip, adata_manager)
-    conformal = resolve_conformal(conformal_encoder, hidden, skip, n_topics, adata_manager)
+    n_latent = n_encoder_input(adata_manager)  # None: the encoder reads genes
+    skip = resolve_encoder_skip(encoder_skip, n_latent)
+    hidden = resolve_hidden_sizes(hidden_sizes, skip, n_latent)
+    conformal = resolve_conformal(conformal_encoder, hidden, skip, n_topics, n_latent)
     return {
         "hidden_sizes": hidden,
         "encoder_skip": skip,
         "conformal_encoder": conformal,
-        "n_encoder_input": n_encoder_input(adata_manager),
+        "n_encoder_input": n_latent,
     }
 
 
-def resolve_encoder_skip(encoder_skip: bool | None, adata_manager: AnnDataManager) -> bool:
+def resolve_encoder_skip(encoder_skip: bool | None, n_latent: int | None) -> bool:
     """``None``: the linear path to ``δ`` when the encoder reads the corrector's latent."""
     if encoder_skip is None:
-        return n_encoder_input(adata_manager) is not None
+        return n_latent is not None
     return bool(encoder_skip)
 
 
@@ -71,22 +72,22 @@ COUNTS_HIDDEN_SIZES: tuple[int, ...] = (128,)
 
 
 def resolve_hidden_sizes(
-    hidden_sizes: Sequence[int] | None, skip: bool, adata_manager: AnnDataManager
+    hidden_sizes: Sequence[int] | None, skip: bool, n_latent: int | None
 ) -> tuple[int, ...]:
     """``None``: :data:`LATENT_HIDDEN_SIZES` on the latent with the path, else ``(128,)``.
 
-    That is, no hidden layer where the encoder reads the corrector's latent through the
-    linear path (``skip``); :data:`COUNTS_HIDDEN_SIZES` otherwise.
+    That is, no hidden layer where the encoder reads the corrector's latent (of
+    ``n_latent`` dimensions) through the linear path (``skip``);
+    :data:`COUNTS_HIDDEN_SIZES` otherwise.
     """
     if hidden_sizes is None:
-        reads_latent = n_encoder_input(adata_manager) is not None
-        return LATENT_HIDDEN_SIZES if reads_latent and skip else COUNTS_HIDDEN_SIZES
+        return LATENT_HIDDEN_SIZES if n_latent is not None and skip else COUNTS_HIDDEN_SIZES
     return tuple(int(h) for h in hidden_sizes)
 
 
 def resolve_conformal(
     conformal: bool | None, hidden_sizes: tuple[int, ...], skip: bool, n_topics: int,
-    adata_manager: AnnDataManager,
+    n_latent: int | None,
 ) -> bool:  # fmt: skip
     """``None``: on for a linear encoder of the corrector's latent with ``K ≥ d`` topics.
 
@@ -95,8 +96,7 @@ def resolve_conformal(
     """
     if conformal is not None:
         return bool(conformal)
-    n_latent = n_encoder_input(adata_manager)
-    if n_latent is None or hidden_sizes != LATENT_HIDDEN_SIZES or not skip:
+    if n_latent is None or hidden_sizes or not skip:
         return False
     if n_topics < n_latent:
         logger.info(

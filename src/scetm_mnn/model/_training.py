@@ -191,8 +191,8 @@ def train_arguments(
     elif "lr" in defaults:
         plan_kwargs.setdefault("lr", defaults["lr"])
     setup_args = model.adata_manager.registry["setup_args"]
-    constant = model.module.keeps_latent_geometry and model.module.mnn_loss != "euclidean"
     in_plan = plan_kwargs.pop("mnn_weight", None)
+    constant = model.module.mnn_term_is_constant
     mnn_weight = resolve_mnn_weight(mnn_weight, in_plan, setup_args, constant)
     if mnn_weight:
         plan_kwargs["mnn_weight"] = mnn_weight

@@ -16,7 +16,7 @@ from torch.distributions import Normal, kl_divergence
 from .._distributed import StandardNormal
 from ._conformal import ConformalLinear
 from ._likelihood import proportions_nll, sample_multinomial
-from ._mnn_loss import MNN_LOSSES, MNNLoss, mnn_loss
+from ._mnn_loss import MNN_LOSSES, SCALE_INVARIANT_LOSSES, MNNLoss, mnn_loss
 
 MNN_PAIRS_KEY = "mnn_pairs"
 """Key of the minibatch tensor holding MNN pairs as row indices into the minibatch (P × 2)."""
@@ -232,6 +232,15 @@ class ETMModule(BaseModuleClass):
         return self.mu_skip is not None and self.mu is None
 
     @property
+    def mnn_term_is_constant(self) -> bool:
+        """Whether the MNN term cannot change the encoder.
+
+        So it is for a scale-invariant form (``"local"``, ``"normalized"``) under a conformal
+        linear encoder (``keeps_latent_geometry``).
+        """
+        return self.keeps_latent_geometry and self.mnn_loss in SCALE_INVARIANT_LOSSES
+
+    @property
     def n_guided(self) -> int:
         """How many of the first topics a prior guides (``topic_prior``'s rows)."""
         return 0 if self.topic_prior is None else int(self.topic_prior.shape[0])
@@ -286,18 +295,17 @@ class ETMModule(BaseModuleClass):
             reads = corrected
         else:
             reads = torch.log1p(LOG_SCALE * p) if self.encoder_input == "log" else p
-        if len(self.encoder) == 0:  # a linear encoder (hidden_sizes=(), with the skip)
+        hidden = self.encoder(reads) if len(self.encoder) else None
+        if hidden is None:  # a linear encoder (hidden_sizes=(), with the skip)
             h = reads
         else:
-            h = self.encoder(reads)
-            if self.encoder_skip:
-                h = torch.cat([h, reads], dim=-1)
+            h = torch.cat([hidden, reads], dim=-1) if self.encoder_skip else hidden
         if self.mu_skip is None:
             mu = self.mu(h)
-        else:
+        else:  # conformal: s·Q·input + b, plus a learnt map of the hidden layer, if any
             mu = self.mu_skip(reads)
             if self.mu is not None:
-                mu = mu + self.mu(h[..., : self.mu.in_features])
+                mu = mu + self.mu(hidden)
         log_sigma = self.log_sigma(h).clamp(-LOG_SIGMA_BOUND, LOG_SIGMA_BOUND)
         qz = Normal(mu, log_sigma.exp())
         # ε from a layer, so that data-parallel training can share the draws (_distributed)

@@ -36,6 +36,8 @@ import torch
 
 MNNLoss = Literal["local", "normalized", "euclidean"]
 MNN_LOSSES: tuple[str, ...] = ("local", "normalized", "euclidean")
+SCALE_INVARIANT_LOSSES: tuple[str, ...] = ("local", "normalized")
+"""The forms that depend on ``μ`` only through ratios of distances (not ``"euclidean"``)."""
 LOCAL_NEIGHBOURS = 5
 """``"local"``: a pair is mixed once each cell's partner is as close as its 5th nearest
 same-batch cell of the minibatch."""
