@@ -8,6 +8,16 @@ Every numeric parameter is passed explicitly, so a later change of a default doe
 touch them. A deliberate change of the corrector's output regenerates them::
 
     python tests/test_golden_corrector.py --update
+
+A seeded fit's last digits depend on the CPU the float kernels run on: the same code,
+torch and seed gave other numbers on an AMD EPYC than on the Intel Xeon the arrays were
+first made on (the pairs and the PCA basis agree; the trained network does not, from
+the first epoch's loss on: 1.5638 against 1.5624; forcing torch's, MKL's or oneDNN's
+instruction set did not reconcile them). So the arrays are kept per CPU vendor
+(``golden_corrector.npz`` for GenuineIntel, ``golden_corrector_<vendor>.npz`` for
+another), both made by the same code, and a machine with none skips, saying how to make
+them. The saved corrector is a file of the Intel machine's: loading it must give the
+arrays of the machine that loads it.
 """
 
 from __future__ import annotations
@@ -26,7 +36,29 @@ from threadpoolctl import threadpool_limits
 import scetm_mnn as sm
 
 DATA = Path(__file__).parent / "data"
-GOLDEN = DATA / "golden_corrector.npz"
+
+
+def cpu_vendor() -> str:
+    """The CPU's ``vendor_id`` (``/proc/cpuinfo``), or ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def golden_path(vendor: str) -> Path:
+    """Where the golden arrays of CPUs of ``vendor`` are kept."""
+    return DATA / (
+        "golden_corrector.npz" if vendor == "GenuineIntel" else f"golden_corrector_{vendor}.npz"
+    )
+
+
+GOLDEN = golden_path(cpu_vendor())
 SAVED = DATA / "golden_corrector"
 KEY = "mnn_corrected"
 TOL = {"rtol": 1e-6, "atol": 1e-6}
@@ -134,6 +166,12 @@ def adata():
 
 @pytest.fixture(scope="module")
 def golden():
+    if not GOLDEN.is_file():
+        pytest.skip(
+            f"No golden arrays for this CPU ({cpu_vendor()}): seeded fits differ in their "
+            "last digits between CPU vendors. Make them from a commit whose output is "
+            "trusted with `python tests/test_golden_corrector.py --update`."
+        )
     with np.load(GOLDEN) as stored:
         return dict(stored)
 
@@ -159,7 +197,9 @@ def test_a_corrector_saved_before_the_split_loads_and_transforms_the_same(adata,
     corrector = sm.pp.MNNCorrector.load(SAVED)
     assert corrector.reference_batches_ == ["batch_0", "batch_1"]
     assert corrector.network_ == "bottleneck"
-    _compare(transformed(corrector, adata), golden)
+    # Another vendor's refit is not the saved (Intel) corrector: its arrays are kept apart.
+    saved = {k[len("saved_") :]: v for k, v in golden.items() if k.startswith("saved_")}
+    _compare(transformed(corrector, adata), saved or golden)
 
 
 def update() -> None:
@@ -167,8 +207,12 @@ def update() -> None:
     adata = simulated()
     corrector = fitted(adata)
     arrays = {**corrected(adata), **transformed(corrector, adata)}
+    if cpu_vendor() != "GenuineIntel":
+        saved = transformed(sm.pp.MNNCorrector.load(SAVED), adata)
+        arrays.update({f"saved_{k}": v for k, v in saved.items()})
     np.savez_compressed(GOLDEN, **arrays)
-    corrector.save(SAVED, overwrite=True)
+    if cpu_vendor() == "GenuineIntel":  # the saved corrector stays the original machine's
+        corrector.save(SAVED, overwrite=True)
 
 
 if __name__ == "__main__":

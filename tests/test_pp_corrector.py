@@ -114,15 +114,25 @@ def test_transform_is_repeatable_and_leaves_input_alone(fitted, data, query_out)
     assert query_out.varm[KEY + "_basis"].shape == (query.n_vars, 50)
 
 
-def test_new_batch_is_aligned_to_the_reference(fitted, data, query_out):
-    """The adapter brings the new batch's cell types onto the reference's: the gap between
+@pytest.mark.parametrize("adapter", ["mixture", "local"])
+def test_new_batch_is_aligned_to_the_reference(fitted, data, query_out, adapter):
+    """The mapping brings the new batch's cell types onto the reference's: the gap between
     their centroids shrinks well below the network-only correction's."""
     _, out = fitted
     query = data[2]
     plain = fitted[0].transform(query, copy=True, adapter="none")
-    info = query_out.uns[KEY]
-    assert info["query_batches"] == [NEW] and info["adapters"][NEW]["n_pairs"] > 50
-    assert sum(info["adapters"][NEW]["pair_counts"].values()) == info["n_pairs"]
+    mapped = (
+        query_out
+        if adapter == "mixture"
+        else fitted[0].transform(query, copy=True, adapter=adapter)
+    )
+    info = mapped.uns[KEY]
+    assert info["query_batches"] == [NEW] and info["adapter"] == adapter
+    if adapter == "local":  # fitted on MNN pairs
+        assert info["adapters"][NEW]["n_pairs"] > 50
+        assert sum(info["adapters"][NEW]["pair_counts"].values()) == info["n_pairs"]
+    else:  # no pair search: the reference's soft clusters
+        assert info["adapters"][NEW]["n_pairs"] == 0 and info["adapters"][NEW]["n_clusters"] >= 10
     obs = data[0].obs
     is_new = (obs["batch"] == NEW).to_numpy()
     ref = ["batch_0", "batch_1"]
@@ -132,9 +142,34 @@ def test_new_batch_is_aligned_to_the_reference(fitted, data, query_out):
         z[~is_new], z[is_new] = out.obsm["X_" + KEY], query_latent
         return centroid_gap(z, obs, ref, NEW)
 
-    with_adapter, without = gap(query_out.obsm["X_" + KEY]), gap(plain.obsm["X_" + KEY])
+    with_adapter, without = gap(mapped.obsm["X_" + KEY]), gap(plain.obsm["X_" + KEY])
     assert plain.uns[KEY]["adapters"][NEW]["shift_norm"] == 0
     assert with_adapter < 0.5 * without, (with_adapter, without)
+
+
+def test_mixture_mapping_labels_the_new_batch_by_its_reference_types(fitted, data, query_out):
+    """Each new cell's nearest corrected reference cells are of its type; the reference
+    cells' outputs are what the fit gave them."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    _, out = fitted
+    knn = KNeighborsClassifier(15).fit(out.obsm["X_" + KEY], out.obs["cell_type"].astype(str))
+    predicted = knn.predict(query_out.obsm["X_" + KEY])
+    assert (predicted == data[2].obs["cell_type"].astype(str).to_numpy()).mean() >= 0.9
+
+
+def test_mixture_on_a_corrector_without_shifts_falls_back_to_local(fitted, data, query_out):
+    """A corrector saved before the reference's shifts were kept: warned, ``"local"``."""
+    import dataclasses
+
+    corrector, _ = fitted
+    old = pp.MNNCorrector.__new__(pp.MNNCorrector)
+    old.__dict__.update(corrector.__dict__)
+    old._fitted = dataclasses.replace(corrector._fitted, reference_shift=None)
+    with pytest.warns(UserWarning, match="adapter='local'"):
+        got = old.transform(data[2], copy=True)
+    expected = corrector.transform(data[2], copy=True, adapter="local")
+    np.testing.assert_array_equal(got.obsm["X_" + KEY], expected.obsm["X_" + KEY])
 
 
 def test_low_rank_form_is_exact_and_writes_to_h5ad(fitted, data, query_out, tmp_path):
@@ -208,7 +243,7 @@ def test_query_without_pairs_warns(fitted, data):
     corrector, _ = fitted
     tiny = data[2][:2].copy()
     with pytest.warns(UserWarning, match="No MNN pairs were found between the query batch"):
-        out = corrector.transform(tiny, copy=True)
+        out = corrector.transform(tiny, copy=True, adapter="local")
     assert out.uns[KEY]["adapters"][NEW]["n_pairs"] == 0
 
 

@@ -102,3 +102,41 @@ def test_bad_input_is_named():
         transfer_labels(reference, query, "label", "X_emb", n_neighbors=0)
     with pytest.raises(ValueError, match="threshold"):
         transfer_labels(reference, query, "label", "X_emb", threshold=1.5)
+
+
+def test_batch_calibration_flags_the_absent_type_and_few_shared_cells(reference_query):
+    """The documented rule (threshold 0.5, distance_quantile 0.95) with the batches."""
+    from sklearn.metrics import roc_auc_score
+
+    reference, query = reference_query[0], reference_query[1].copy()
+    transfer_labels(reference, query, "cell_type", "X_pca", batch_key="batch")
+    predicted = query.obs["cell_type_predicted"].astype(str).to_numpy()
+    truth = query.obs["cell_type"].astype(str).to_numpy()
+    novel = truth == NOVEL
+    assert (predicted == "Unknown")[novel].mean() >= 0.7
+    assert (predicted == "Unknown")[~novel].mean() <= 0.05
+    wrong = predicted != truth  # the novel cells and any mislabelled seen cell
+    assert roc_auc_score(wrong, query.obs["cell_type_uncertainty"]) >= 0.85
+
+
+def test_calibration_to_other_batches_is_never_closer():
+    from scetm_mnn.tl._transfer import calibration_distances, conformal_p_values
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 5))
+    batches = np.repeat(["a", "b"], 100)
+    x[batches == "b"] += 0.5  # a batch shift
+    own = calibration_distances(x, None, 10)
+    cross = calibration_distances(x, batches, 10)
+    assert own.shape == cross.shape == (200,)
+    assert np.all(cross >= own - 1e-9) and cross.mean() > own.mean()
+    # p: the share of the label's calibration cells at least as far; per label
+    labels = np.repeat([0, 1], 100)
+    p = conformal_p_values(np.array([0.0, 1e9, 0.0]), np.array([0, 0, 1]), cross, labels)
+    np.testing.assert_allclose(p, [1.0, 0.0, 1.0])
+
+
+def test_missing_batch_key_is_named(reference_query):
+    reference, query = reference_query[0], reference_query[1].copy()
+    with pytest.raises(KeyError, match="batch_key"):
+        transfer_labels(reference, query, "cell_type", "X_pca", batch_key="donor")

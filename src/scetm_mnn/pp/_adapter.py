@@ -40,6 +40,7 @@ from scipy import sparse
 from .._rows import Rows, ShiftedRows, index_chunks, map_chunks
 from ._genes import AlignedRows, GeneAlignment
 from ._latent import apply_frozen, centre_of
+from ._mapping import ReferenceMixture, map_batch
 from ._network import correct_all
 from ._pairs import find_mnn_pairs
 
@@ -48,8 +49,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Adapter = Literal["local", "affine", "shift", "none"]
-ADAPTERS = ("local", "affine", "shift", "none")
+Adapter = Literal["mixture", "local", "affine", "shift", "none"]
+ADAPTERS = ("mixture", "local", "affine", "shift", "none")
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,30 @@ def adapt_batch(
     return adapter, info
 
 
+def _available(kind: Adapter, fitted: Fitted) -> Adapter:
+    """``kind``, or ``"local"`` for ``"mixture"`` on a corrector saved without its shifts."""
+    if kind == "mixture" and fitted.reference_shift is None:
+        warnings.warn(
+            "This corrector was saved before the reference's shifts were kept, so the "
+            "'mixture' mapping cannot run; new batches are aligned with adapter='local'. "
+            "Refit the corrector (and save it again) to use 'mixture'.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return "local"
+    return kind
+
+
+def _mixture_info(change: np.ndarray, mixture: ReferenceMixture) -> dict:
+    """What ``uns[key]["adapters"][batch]`` records of a batch's ``"mixture"`` mapping."""
+    return {
+        "n_pairs": 0,
+        "shift_norm": float(np.linalg.norm(change.mean(axis=0))),
+        "pair_counts": {},
+        "n_clusters": int(mixture.centres.shape[0]),
+    }
+
+
 @torch.inference_mode()
 def _latent_of(space: torch.nn.Module, block: np.ndarray) -> np.ndarray:
     return space(torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))).numpy()
@@ -276,13 +301,28 @@ def correct_cells(
     adapters: dict[str, dict] = {}
     if is_query.any():
         tic = time.perf_counter()
-        reference_search = apply_frozen(fitted.search, fitted.reference_coords)
+        kind = _available(kind, fitted)
+        if kind == "mixture":
+            uncorrected = fitted.reference_coords - fitted.reference_shift
+            mixture = ReferenceMixture.fit(uncorrected, p["random_state"])
+        else:
+            reference_search = apply_frozen(fitted.search, fitted.reference_coords)
         for name in pd.unique(batches[is_query]):
             idx = np.flatnonzero(is_query & (batches == name))
             coords = np.empty((idx.size, basis.shape[1]), dtype=np.float32)
             for pos, cells in index_chunks(idx, chunk):
-                coords[pos] = (aligned.take(cells) - mean) @ basis + shift[cells]
-            adapter, adapters[str(name).replace("/", "_")] = adapt_batch(
+                coords[pos] = (aligned.take(cells) - mean) @ basis  # uncorrected
+            key = str(name).replace("/", "_")
+            if kind == "mixture":
+                change = (
+                    map_batch(coords, fitted.reference_coords, fitted.reference_shift, mixture)
+                    - coords
+                )
+                shift[idx] = change
+                adapters[key] = _mixture_info(change, mixture)
+                continue
+            coords += shift[idx]  # through the network
+            adapter, adapters[key] = adapt_batch(
                 str(name), coords, reference_search, kind, p, fitted
             )
             shift[idx] += adapter(coords)

@@ -60,7 +60,7 @@ class MNNCorrector:
         strategy: Literal["auto", "ddp"] = "auto",
         accelerator: Literal["cpu", "gpu", "cuda", "auto"] = "cpu",
         num_nodes: int = 1,
-        adapter: Adapter = "local",
+        adapter: Adapter = "mixture",
         adapter_ridge: float = 1.0,
     ):
         # The arguments, in the signature's order, before any other name is bound.

@@ -169,19 +169,22 @@ corrected reference cells' coordinates in the corrector's subspace (cells × ``d
 float32, ``d`` = ``n_comps`` with the PCA latent), not the reference expression.
 
 **New batches.** The network removes the batch effects it learnt; a new batch brings
-one it has not seen. :meth:`transform` therefore passes the cells of a batch that is
-not a reference batch through the frozen network, finds MNN pairs between them and
-the corrected reference (pooled, in a PCA of the reference's coordinates, with the
-offset rounds of :func:`~scetm_mnn.pp.find_mnn_pairs`), and fits a small adapter
-for that batch on those pairs, the reference network staying frozen (as in scArches'
-architecture surgery): ``adapter="affine"`` maps each cell's coordinates ``u`` to a
-change ``b + (u − ū) A`` in the corrector's subspace, fitted by ridge least squares
-so that paired query cells land on their reference partners; ``"local"`` (the
-default) adds to it what is left of the pairs' changes, smoothed over each cell's
-``n_neighbors`` nearest paired query cells (as MNN correction does), so that cell
-types shifted differently each meet their partners; ``"shift"`` fits the
-translation ``b`` alone; ``"none"`` applies the network only. See the user guide's
-section "Correcting new cells".
+one it has not seen. :meth:`transform` maps the cells of a batch that is not a
+reference batch with the reference frozen. ``adapter="mixture"`` (the default) aligns
+the batch with the *uncorrected* reference as Symphony maps a query (soft clusters of
+the reference, and per cluster the ridge-shrunk difference of the query's and the
+reference's means), then gives each aligned cell the correction the network gave the
+reference cells around it (the Gaussian-weighted mean of their shifts, as fastMNN
+smooths correction vectors); it needs no pair search. The other adapters pass the batch
+through the frozen network, find MNN pairs between it and the corrected reference
+(pooled, in a PCA of the reference's coordinates, with the offset rounds of
+:func:`~scetm_mnn.pp.find_mnn_pairs`), and fit a small map on those pairs:
+``"affine"`` maps each cell's coordinates ``u`` to a change ``b + (u − ū) A`` in the
+corrector's subspace, fitted by ridge least squares so that paired query cells land
+on their reference partners; ``"local"`` adds to it what is left of the pairs'
+changes, smoothed over each cell's ``n_neighbors`` nearest paired query cells;
+``"shift"`` fits the translation ``b`` alone; ``"none"`` applies the network only. See
+the user guide's section "Correcting new cells".
 
 **Batch names.** Cells whose batch name is one of the reference batches are, by
 default (``known_batches="reference"`` of :meth:`transform`), corrected as that batch:
@@ -202,8 +205,8 @@ batch_key
     ``obs`` column with the batch of each cell (in the reference and in queries).
 %(params)s
 adapter
-    How :meth:`transform` aligns a batch the corrector was not fitted on: ``"local"``,
-    ``"affine"``, ``"shift"`` or ``"none"`` (see above).
+    How :meth:`transform` aligns a batch the corrector was not fitted on:
+    ``"mixture"``, ``"local"``, ``"affine"``, ``"shift"`` or ``"none"`` (see above).
 adapter_ridge
     Ridge penalty of the affine adapter, relative to the spread of the paired query
     cells; larger stays closer to a translation.
@@ -234,8 +237,9 @@ Examples
 >>> corrector.transform(query)
 >>> query.obsm["X_mnn_corrected"].shape == (query.n_obs, 50)
 True
->>> query.uns["mnn_corrected"]["adapters"]["batch_2"]["n_pairs"] > 0
-True
+>>> info = query.uns["mnn_corrected"]
+>>> info["adapter"], info["adapters"]["batch_2"]["n_clusters"]
+('mixture', 10)
 """
 """The docstring of :class:`~scetm_mnn.pp.MNNCorrector`."""
 

@@ -58,6 +58,9 @@ class Fitted:
     (cells × d, in the network's subspace), in which new batches are paired with the
     reference; ``reference_codes`` are the cells' batches (indices into
     ``reference_batches``); ``info`` holds ``pair_counts``, ``n_pairs`` and ``timing``.
+    ``reference_shift`` is the network's change of each reference cell in those
+    coordinates (``None`` in correctors saved before it was kept), which the
+    ``"mixture"`` mapping of new batches needs.
     """
 
     net: SubspaceCorrector
@@ -69,6 +72,7 @@ class Fitted:
     reference_codes: np.ndarray
     reference_batches: list[str]
     info: dict[str, Any]
+    reference_shift: np.ndarray | None = None
 
 
 def resolve_network(network: str, n_obs: int) -> str:
@@ -248,6 +252,7 @@ def fit_reference(
         reference_coords=np.ascontiguousarray(coords, dtype=np.float32),
         reference_codes=codes.astype(np.int64),
         reference_batches=[str(b) for b in uniques],
+        reference_shift=np.ascontiguousarray(shift, dtype=np.float32),
         info={
             "pair_counts": pair_counts(pairs, batches),
             "n_pairs": int(pairs.nnz // 2),

@@ -90,6 +90,8 @@ def write_corrector(
         "reference_coords": torch.from_numpy(fitted.reference_coords),
         "reference_codes": torch.from_numpy(fitted.reference_codes),
     }
+    if fitted.reference_shift is not None:
+        state["reference_shift"] = torch.from_numpy(fitted.reference_shift)
     meta = {
         "format": FORMAT,
         "fit_id": fit_id,
@@ -103,7 +105,7 @@ def write_corrector(
         **fitted.info,
     }
     tensors = [t for part in state.values() if isinstance(part, dict) for t in part.values()]
-    tensors += [state["reference_coords"], state["reference_codes"]]
+    tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
     needed = sum(t.numel() * t.element_size() for t in tensors) + (1 << 20)
     check_free_space(state_path, needed, "the corrector")
     if overwrite and pending(meta_path) and state_path.is_file():
@@ -244,5 +246,6 @@ def read_corrector(path: str | Path) -> tuple[dict[str, Any], list[str], Fitted,
         reference_codes=state["reference_codes"].numpy(),
         reference_batches=list(meta["reference_batches"]),
         info={k: meta[k] for k in _INFO},
+        reference_shift=state["reference_shift"].numpy() if "reference_shift" in state else None,
     )
     return params, list(meta["genes"]), fitted, meta["fit_id"]

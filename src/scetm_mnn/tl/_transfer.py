@@ -1,4 +1,13 @@
-"""Label transfer from a reference to a query: a distance-weighted kNN vote with uncertainty."""
+"""Label transfer from a reference to a query: a distance-weighted kNN vote with uncertainty.
+
+The uncertainty is calibrated on the reference: a query cell's distance to its nearest
+reference cells is compared with what that distance is for reference cells of the label
+it is given, measured against the *other* reference batches (a split conformal rule,
+label-conditional as in Mondrian conformal prediction; Vovk et al. 2005). A cell of a
+new batch whose type the reference holds lies as close to the reference as reference
+cells lie to the batches they are not in; a cell of a type the reference lacks lies
+farther.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +44,43 @@ def _vote(
     return votes.argmax(axis=1), votes.max(axis=1)
 
 
+def calibration_distances(
+    x_ref: np.ndarray, batches: np.ndarray | None, n_neighbors: int
+) -> np.ndarray:
+    """Each reference cell's mean distance to its ``n_neighbors`` nearest reference cells.
+
+    With ``batches`` (two or more), the neighbours are taken from the other batches only,
+    as a query cell's come from batches it is not in; otherwise from every other cell.
+    """
+    if batches is None or pd.unique(batches).size < 2:
+        index = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(x_ref)
+        return index.kneighbors(x_ref)[0][:, 1:].mean(axis=1)
+    out = np.empty(x_ref.shape[0])
+    for batch in pd.unique(batches):
+        inside = batches == batch
+        k = min(n_neighbors, int((~inside).sum()))
+        index = NearestNeighbors(n_neighbors=k).fit(x_ref[~inside])
+        out[inside] = index.kneighbors(x_ref[inside])[0].mean(axis=1)
+    return out
+
+
+def conformal_p_values(
+    scores: np.ndarray, labels: np.ndarray, calibration: np.ndarray, calibration_labels: np.ndarray
+) -> np.ndarray:
+    """``#{calibration ≥ score} / n`` among the ``n`` calibration cells of each label.
+
+    The empirical tail, without the ``+1`` of the finite-sample conformal p-value: with
+    it, a label of fewer than ``1 / α`` reference cells could never reach ``p < α``.
+    """
+    p = np.ones(scores.size)
+    for label in np.unique(labels):
+        mine = labels == label
+        cal = np.sort(calibration[calibration_labels == label])
+        above = cal.size - np.searchsorted(cal, scores[mine], side="left")
+        p[mine] = above / max(cal.size, 1)
+    return p
+
+
 def transfer_labels(
     reference: ad.AnnData,
     query: ad.AnnData,
@@ -44,6 +90,7 @@ def transfer_labels(
     threshold: float = 0.5,
     distance_quantile: float = 0.95,
     unknown_label: str = UNKNOWN,
+    batch_key: str | None = None,
 ) -> None:
     """Transfer ``reference.obs[label_key]`` to ``query`` by a distance-weighted kNN vote.
 
@@ -54,12 +101,20 @@ def transfer_labels(
 
     ``uncertainty = 1 − (winning weight share) · min(1, p / (1 − distance_quantile))``
 
-    where ``p`` is the fraction of reference cells whose own mean distance to their
-    ``n_neighbors`` nearest other reference cells is at least the query cell's ``d̄``. A
-    cell among reference cells of one label gets an uncertainty near 0; one between
-    labels, or farther from the reference than all but a ``1 − distance_quantile``
-    fraction of reference cells are from their neighbours (such as a type the reference
-    lacks), gets a high one. Cells above ``threshold`` are labelled ``unknown_label``.
+    where ``p`` is a conformal p-value of the cell's distance ``d̄``: the fraction of the
+    reference cells of the winning label whose own mean distance to their
+    ``n_neighbors`` nearest reference cells is at least ``d̄``. With ``batch_key``, those
+    reference distances are taken to the other reference batches only, which is how far
+    a cell of a batch the reference has not seen lies from it; without, to every other
+    reference cell (a stricter rule when the query is a new batch). A cell among
+    reference cells of one label gets an uncertainty near 0; one between labels, or
+    farther from the reference than all but a ``1 − distance_quantile`` fraction of the
+    reference cells of its label are (such as a type the reference lacks), gets a high
+    one. Cells above ``threshold`` are labelled
+    ``unknown_label``: with the defaults, a cell whose neighbours all agree is
+    ``unknown_label`` when ``p < 0.025``, so about 2.5 % of the query cells of a type the
+    reference holds are, when the query lies like the reference's batches (the rule is
+    not fitted to the query; see the user guide).
 
     ``query`` is changed in place: the function writes ``query.obs[f"{label_key}_predicted"]``
     (categorical) and ``query.obs[f"{label_key}_uncertainty"]`` (float in [0, 1]).
@@ -87,11 +142,15 @@ def transfer_labels(
         ``unknown_label``).
     unknown_label
         The label of the uncertain cells.
+    batch_key
+        Column of ``reference.obs`` with the reference's batches, for the calibration
+        (see above); ``None`` calibrates on every other reference cell.
 
     Raises
     ------
     KeyError
-        When ``label_key`` is not in ``reference.obs`` or ``use_rep`` is missing.
+        When ``label_key`` or ``batch_key`` is not in ``reference.obs``, or ``use_rep`` is
+        missing.
     ValueError
         When the embeddings differ in width, the labels have missing values, or a
         parameter is out of range.
@@ -105,7 +164,7 @@ def transfer_labels(
     >>> sc.pp.log1p(adata)
     >>> sc.pp.pca(adata, n_comps=10)
     >>> reference, query = adata[:300].copy(), adata[300:].copy()
-    >>> sm.tl.transfer_labels(reference, query, "cell_type", "X_pca")
+    >>> sm.tl.transfer_labels(reference, query, "cell_type", "X_pca", batch_key="batch")
     >>> predicted = query.obs["cell_type_predicted"].astype(str)
     >>> accuracy = (predicted == query.obs["cell_type"].astype(str)).mean()
     >>> bool(accuracy > 0.9), bool(query.obs["cell_type_uncertainty"].between(0, 1).all())
@@ -118,6 +177,8 @@ def transfer_labels(
     if not 0.0 < distance_quantile < 1.0:
         raise ValueError(f"distance_quantile must be in (0, 1), got {distance_quantile}.")
     check_obs_key(reference, label_key, "label_key")
+    if batch_key is not None:
+        check_obs_key(reference, batch_key, "batch_key")
     labels = reference.obs[label_key]
     x_ref, x_query = get_rep(reference, use_rep), get_rep(query, use_rep)
     if x_ref.shape[1] != x_query.shape[1]:
@@ -130,13 +191,12 @@ def transfer_labels(
     if k < 1:
         raise ValueError("The reference needs at least 2 cells.")
     codes, names = pd.factorize(labels.astype(str), sort=True)
-    index = NearestNeighbors(n_neighbors=k + 1).fit(x_ref)
-    distances, neighbours = index.kneighbors(x_query, n_neighbors=k)
+    distances, neighbours = NearestNeighbors(n_neighbors=k).fit(x_ref).kneighbors(x_query)
     winner, share = _vote(distances, codes[neighbours], len(names))
-    # Each reference cell's mean distance to its k nearest other reference cells.
-    own = np.sort(index.kneighbors(x_ref, n_neighbors=k + 1)[0][:, 1:].mean(axis=1))
-    farther = 1.0 - np.searchsorted(own, distances.mean(axis=1), side="left") / own.size
-    closeness = np.minimum(1.0, farther / (1.0 - distance_quantile))
+    batches = None if batch_key is None else reference.obs[batch_key].astype(str).to_numpy()
+    calibration = calibration_distances(x_ref, batches, k)
+    p = conformal_p_values(distances.mean(axis=1), winner, calibration, codes)
+    closeness = np.minimum(1.0, p / (1.0 - distance_quantile))
     uncertainty = np.clip(1.0 - share * closeness, 0.0, 1.0)
     predicted = np.where(uncertainty > threshold, unknown_label, np.asarray(names)[winner])
     categories = [*names, unknown_label] if unknown_label not in names else list(names)
