@@ -40,7 +40,7 @@ from scipy import sparse
 from .._rows import Rows, ShiftedRows, index_chunks, map_chunks
 from ._genes import AlignedRows, GeneAlignment
 from ._latent import apply_frozen, centre_of
-from ._mapping import ReferenceMixture, map_batch
+from ._mapping import ReferenceMixture, map_batch, smoothed_field
 from ._network import correct_all
 from ._pairs import find_mnn_pairs
 
@@ -79,7 +79,7 @@ class FittedAdapter:
         """The change (cells × d) of the cells with coordinates ``coords`` (cells × d)."""
         delta = self._affine(coords)
         if self.anchors is not None and len(coords):
-            delta = delta + _smoothed(
+            delta = delta + smoothed_field(
                 coords + delta, self.anchors, self.residuals, self.n_neighbors
             )
         return np.ascontiguousarray(delta, dtype=np.float32)
@@ -88,20 +88,6 @@ class FittedAdapter:
     def shift_norm(self) -> float:
         """Norm of the change of a cell at the centre of the paired query cells."""
         return float(np.linalg.norm(self.offset))
-
-
-def _smoothed(
-    coords: np.ndarray, anchors: np.ndarray, values: np.ndarray, n_neighbors: int
-) -> np.ndarray:
-    """Gaussian-weighted mean of ``values`` over each cell's nearest ``anchors``."""
-    from sklearn.neighbors import NearestNeighbors
-
-    k = min(n_neighbors, anchors.shape[0])
-    dist, idx = NearestNeighbors(n_neighbors=k).fit(anchors).kneighbors(coords)
-    bandwidth = np.maximum(dist[:, -1:], 1e-6)
-    weights = np.exp(-0.5 * (dist / bandwidth) ** 2)
-    weights /= weights.sum(axis=1, keepdims=True)
-    return np.einsum("ck,ckd->cd", weights, values[idx]).astype(np.float32)
 
 
 def fit_adapter(
