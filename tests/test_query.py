@@ -164,7 +164,7 @@ def test_mapped_query_transfers_labels(split, reference_model, mapped):
     reference, query = split[0].copy(), model.adata.copy()
     reference.obsm["X_scetm_mnn"] = reference_model.get_latent_representation()
     query.obsm["X_scetm_mnn"] = model.get_latent_representation()
-    transfer_labels(reference, query, "cell_type", "X_scetm_mnn")
+    transfer_labels(reference, query, "cell_type", "X_scetm_mnn", batch_key="batch")
     predicted = query.obs["cell_type_predicted"].astype(str)
     truth = query.obs["cell_type"].astype(str)
     seen = (truth != NOVEL_TYPE).to_numpy()
