@@ -34,21 +34,9 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import scetm_mnn as sm
+from _cpu import cpu_vendor
 
 DATA = Path(__file__).parent / "data"
-
-
-def cpu_vendor() -> str:
-    """The CPU's ``vendor_id`` (``/proc/cpuinfo``), or ``platform.processor()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 def golden_path(vendor: str) -> Path:

@@ -23,10 +23,15 @@ import pytest
 import scvi
 
 import scetm_mnn as sm
+from _cpu import cpu_vendor
 from scetm_mnn.model import BatchCorrectedSCETM
 from test_golden_corrector import CORRECT, DATA, KEY, TOL, single_threaded
 
-GOLDEN = DATA / "golden_model.npz"
+# Kept per CPU vendor, as the corrector's (see tests/test_golden_corrector.py); the AMD
+# arrays were made by the code of e58eaa1, whose Intel arrays these tests held.
+GOLDEN = DATA / (
+    "golden_model.npz" if cpu_vendor() == "GenuineIntel" else f"golden_model_{cpu_vendor()}.npz"
+)
 SAVED = DATA / "golden_model"
 
 MODEL = {
@@ -102,6 +107,12 @@ def outputs(setup: str, model: BatchCorrectedSCETM) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def golden():
+    if not GOLDEN.is_file():
+        pytest.skip(
+            f"No golden arrays for this CPU ({cpu_vendor()}): seeded fits differ in their "
+            "last digits between CPU vendors. Make them from a commit whose output is "
+            "trusted with `python tests/test_golden_model.py --update`."
+        )
     with np.load(GOLDEN) as stored:
         return dict(stored)
 
