@@ -300,10 +300,7 @@ def correct_cells(
                 coords[pos] = (aligned.take(cells) - mean) @ basis  # uncorrected
             key = str(name).replace("/", "_")
             if kind == "mixture":
-                change = (
-                    map_batch(coords, fitted.reference_coords, fitted.reference_shift, mixture)
-                    - coords
-                )
+                change = map_batch(coords, uncorrected, fitted.reference_shift, mixture) - coords
                 shift[idx] = change
                 adapters[key] = _mixture_info(change, mixture)
                 continue

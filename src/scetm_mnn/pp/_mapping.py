@@ -110,17 +110,16 @@ def smoothed_field(
 
 def map_batch(
     coords: np.ndarray,
-    reference_coords: np.ndarray,
+    uncorrected: np.ndarray,
     reference_shift: np.ndarray,
     mixture: ReferenceMixture,
 ) -> np.ndarray:
     """The corrected coordinates of a new batch's uncorrected ``coords`` (cells × d).
 
-    ``reference_coords`` are the corrected reference's coordinates and
-    ``reference_shift`` the network's change of each (so the uncorrected reference is
-    their difference); ``mixture`` the uncorrected reference's clusters.
+    ``uncorrected`` are the reference's coordinates before the network and
+    ``reference_shift`` the network's change of each; ``mixture`` the clusters of
+    ``uncorrected`` (:meth:`ReferenceMixture.fit`).
     """
-    uncorrected = reference_coords - reference_shift
     aligned = mixture.align(coords)
     moved = aligned + smoothed_field(aligned, uncorrected, reference_shift, FIELD_NEIGHBORS)
     return moved.astype(np.float32)
