@@ -129,9 +129,16 @@ def test_ddp_follows_the_single_process_loss_curve(ddp_run, single_run):
     assert one.shape == two.shape  # the same steps over the same samples
     relative = np.abs(two - one) / np.abs(one)
     assert relative[:20].max() < 1e-5  # the same minibatches, statistics and draws
-    # Rounding drifts them apart slowly (0.27 % at most over the 380 steps when written);
-    # another seed of the single process differs by up to 5 % (1.3 % on average).
-    assert relative.max() < 5e-3
+    # After that, float rounding (two half-batch gradients averaged, not one) is amplified
+    # as any perturbation of training is: the gap grows about e-fold every 12 steps. Over
+    # seeds 0-6 it was at most 2e-3 by step 100, and 0.6-2.2 % by step 380, with either
+    # sign; one process whose parameters were scaled by 1 + 1e-7 noise once diverged from
+    # itself by 0.2-0.7 % over the same 380 steps, and another seed differs by up to 5 %.
+    assert relative[:100].max() < 5e-3
+    import ddp_worker
+
+    epoch = lambda losses: losses.reshape(ddp_worker.N_EPOCHS, -1).mean(1)  # noqa: E731
+    assert (np.abs(epoch(two) - epoch(one)) / epoch(one)).max() < 0.02  # 1.5 % at most
 
 
 def test_ddp_latent_clusters_like_single_process(ddp_run, single_run):
