@@ -21,6 +21,7 @@ from ._atomic import write_text
 from ._costs import PhaseCosts
 from ._distributed import is_global_zero, started_as_global_zero
 from ._gene_sets import as_gene_sets
+from ._h5ad import write_in_memory_parts
 from ._resume import RunState, input_fingerprint
 from ._rows import is_on_disk
 from ._runtime import stage_arguments
@@ -35,6 +36,9 @@ from .tl._subsample import check_max_cells
 logger = logging.getLogger(__name__)
 
 CORRECTED_KEY = "mnn_corrected"
+DATA_FILE = "scetm_mnn.h5ad"
+"""The run's data file in ``out`` for counts read from disk: the preprocessed data (streamed
+there, :func:`scetm_mnn.pp.preprocess` with ``filename``), then the run's results."""
 LATENT_KEY = "X_scetm_mnn"
 TOPICS_KEY = "X_topics"
 
@@ -179,14 +183,17 @@ def run_pipeline(
         costs.rows = list(state.costs)
         if not state.finished("preprocess") and check_memory:
             _check_memory(adata, counts_layer, n_top_genes, correct_kwargs)
+        # Counts on disk are streamed into the run's data file, which the run then reads.
+        streamed = writes and out is not None and _on_disk(adata, counts_layer)
+        data_file = Path(out) / DATA_FILE if streamed else None
         if state.finished("correct"):
-            data = state.read_data("corrected.h5ad")
+            data = state.read_data("corrected.h5ad", data_file)
         else:
             if state.finished("preprocess"):
-                data = state.read_data("preprocessed.h5ad")
+                data = state.read_data("preprocessed.h5ad", data_file)
             else:
                 with costs.phase("preprocess"):
-                    data = _preprocess(adata, counts_layer, n_top_genes, batch_key)
+                    data = _preprocess(adata, counts_layer, n_top_genes, batch_key, data_file)
                 state.write_data("preprocessed.h5ad", data)
                 state.finish("preprocess", costs.rows)
             with costs.phase("correct"):
@@ -261,11 +268,26 @@ def run_pipeline(
         return result
 
 
-def _preprocess(adata, counts_layer, n_top_genes: int, batch_key: str) -> ad.AnnData:
-    """The preprocessed copy of ``adata``'s counts (``pp.preprocess``)."""
+def _on_disk(adata: ad.AnnData, counts_layer: str | None) -> bool:
+    """Whether the counts are on disk (the ``X`` of a backed AnnData)."""
+    return is_on_disk(get_matrix(adata, counts_layer, argument="counts_layer"))
+
+
+def _preprocess(
+    adata, counts_layer, n_top_genes: int, batch_key: str, filename: Path | None = None
+) -> ad.AnnData:
+    """The preprocessed copy of ``adata``'s counts (``pp.preprocess``).
+
+    Counts on disk (a backed ``X``) are streamed into ``filename`` when it is given (the
+    result is that file, opened backed), else read into memory once.
+    """
     # The counts and annotations by reference: preprocess(copy=True) makes the one copy.
     counts = get_matrix(adata, counts_layer, argument="counts_layer")
     on_disk = is_on_disk(counts)
+    if on_disk and filename is not None:  # only X is on disk: anndata loads the layers
+        return pp.preprocess(
+            adata, n_top_genes=n_top_genes, batch_key=batch_key, filename=filename
+        )
     if on_disk:  # the X of a backed AnnData: read once, preprocess needs it
         counts = counts.to_memory() if hasattr(counts, "to_memory") else counts[...]
     source = ad.AnnData(X=counts, obs=adata.obs.copy(), var=adata.var.copy())
@@ -353,6 +375,9 @@ def _write_outputs(
     with costs.phase("save"):
         files["model"] = out / "model"
         result.model.save(files["model"], overwrite=True)
+        if result.adata.isbacked:  # the run's data file: the results beside its matrices
+            write_in_memory_parts(result.adata)
+            files["data"] = Path(result.adata.filename)
     result.costs = costs.frame()
     if report:
         costs.start("report")

@@ -149,15 +149,42 @@ class RunState:
                 target.unlink(missing_ok=True)
 
     def write_data(self, name: str, adata: ad.AnnData) -> None:
-        """Write ``adata`` to the state file ``name`` (an h5ad)."""
+        """Write ``adata`` to the state file ``name`` (an h5ad).
+
+        Of a backed AnnData only what is held in memory is written (annotations, ``obsm``,
+        ``obsp``, ``varm``, ``uns`` and the layers added since it was opened): its matrices
+        stay in its own file, which :meth:`read_data` opens again.
+        """
         if not self.enabled or not self.write:
             return
+        if adata.isbacked:
+            stored = set(adata.file["layers"].keys()) if "layers" in adata.file else set()
+            adata = ad.AnnData(
+                obs=adata.obs,
+                var=adata.var,
+                uns=dict(adata.uns),
+                obsm=dict(adata.obsm),
+                varm=dict(adata.varm),
+                obsp=dict(adata.obsp),
+                layers={k: v for k, v in adata.layers.items() if k not in stored},
+            )
         with atomic_path(self.dir / name) as tmp:
             adata.write_h5ad(tmp)
 
-    def read_data(self, name: str) -> ad.AnnData:
-        """Read the state file ``name`` (an h5ad) into memory."""
-        return ad.read_h5ad(self.dir / name)
+    def read_data(self, name: str, backed_on: Path | None = None) -> ad.AnnData:
+        """Read the state file ``name`` (an h5ad) into memory.
+
+        With ``backed_on``, the data whose annotations :meth:`write_data` kept: that file
+        opened ``backed="r"``, with the state file's annotations put back.
+        """
+        saved = ad.read_h5ad(self.dir / name)
+        if backed_on is None:
+            return saved
+        data = ad.read_h5ad(backed_on, backed="r")
+        data.obs, data.var, data.uns = saved.obs, saved.var, saved.uns
+        for key in ("obsm", "varm", "obsp", "layers"):
+            getattr(data, key).update(dict(getattr(saved, key)))
+        return data
 
     def write_model(self, model) -> None:
         """Save the trained model to ``model/`` (through a temporary sibling folder)."""

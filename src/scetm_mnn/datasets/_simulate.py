@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import numbers
 import os
@@ -12,7 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .._atomic import atomic_path
+from .._disk import array_bytes, check_free_space
+from .._h5ad import write_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +218,8 @@ def simulate(
             if not present[:, t].all()
         }
     if filename is not None:
-        return _write_h5ad(filename, obs, var, varm, uns, (counts_of(*c) for c in chunks))
+        blocks = _checked_blocks(filename, n_cells, (counts_of(*c) for c in chunks))
+        return write_blocks(filename, obs, var, blocks, uns=uns, varm=varm)
     return ad.AnnData(
         X=_stack(counts_of(*c) for c in chunks), obs=obs, var=var, varm=varm, uns=uns
     )
@@ -318,29 +321,16 @@ def _stack(blocks: Iterator[sparse.csr_matrix]) -> sparse.csr_matrix:
     return sparse.csr_matrix((data, indices, indptr), shape=(n_rows, n_cols))
 
 
-def _write_h5ad(
-    filename: str | os.PathLike,
-    obs: pd.DataFrame,
-    var: pd.DataFrame,
-    varm: dict,
-    uns: dict,
-    blocks: Iterator[sparse.csr_matrix],
-) -> ad.AnnData:
-    """Write an h5ad whose ``X`` is appended block by block; return it opened backed."""
-    import h5py
-    from anndata.io import sparse_dataset, write_elem
+def _checked_blocks(
+    filename: str | os.PathLike, n_cells: int, blocks: Iterator[sparse.csr_matrix]
+) -> Iterator[dict[str, sparse.csr_matrix]]:
+    """The blocks for :func:`~scetm_mnn._h5ad.write_blocks`, the disk checked first.
 
-    with atomic_path(filename) as temporary, h5py.File(temporary, "w") as f:
-        f.attrs["encoding-type"] = "anndata"
-        f.attrs["encoding-version"] = "0.1.0"
-        for key, value in (("obs", obs), ("var", var), ("varm", varm), ("uns", uns)):
-            write_elem(f, key, value)
-        x = None
-        for block in blocks:
-            if x is None:
-                write_elem(f, "X", block)
-                x = sparse_dataset(f["X"])
-            else:
-                x.append(block)
-    logger.info("Wrote %d simulated cells to %s.", obs.shape[0], filename)
-    return ad.read_h5ad(filename, backed="r")
+    The first block is drawn now, before anything is written; the file's size is
+    extrapolated from it (10 % more, for the blocks' spread), and a disk without that much
+    free space is refused with ``OSError`` (ENOSPC) before the file is created.
+    """
+    first = next(blocks)
+    per_cell = array_bytes(first) / max(first.shape[0], 1)
+    check_free_space(filename, int(1.1 * per_cell * n_cells) + (1 << 20), "the simulation")
+    return ({"X": block} for block in itertools.chain([first], blocks))

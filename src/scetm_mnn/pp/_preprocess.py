@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from typing import NamedTuple
 
@@ -28,6 +29,7 @@ def preprocess(
     min_cells: int = 3,
     target_sum: float = 1e4,
     copy: bool = False,
+    filename: str | os.PathLike | None = None,
 ) -> AnnData | None:
     """Filter, normalize, log-transform and keep the highly variable genes.
 
@@ -40,6 +42,14 @@ def preprocess(
     holds log-normalized expression over the kept cells and genes, and the raw counts are
     in ``layers[counts_layer]``. Pass ``copy=True`` to get a new AnnData and leave
     ``adata`` untouched.
+
+    With ``filename``, the result is written to that new ``.h5ad`` instead, a chunk of
+    cells at a time, and returned opened with ``backed="r"``: the way to preprocess an
+    AnnData opened backed whose counts do not fit in memory. ``adata`` is only read (a
+    read-only file stays as it was), and the file holds what ``copy=True`` would return
+    (``X``, the counts layer, ``obs``, ``var``, ``obsm``, ``varm`` and ``uns``; other
+    layers are not carried), value for value. Memory is bounded by a chunk of cells, the
+    cells the HVG statistics read (at most ``HVG_MAX_CELLS``) and the annotations.
 
     Parameters
     ----------
@@ -63,10 +73,15 @@ def preprocess(
     copy
         Return a new, preprocessed AnnData and leave ``adata`` untouched. By default
         (``False``), ``adata`` itself is preprocessed and ``None`` is returned.
+    filename
+        Write the result to this ``.h5ad`` (replaced if it exists, once written whole)
+        and return it opened backed; ``copy`` is then not used. Needed for a backed
+        ``adata``. The disk's free space is checked before the file is written.
 
     Returns
     -------
-    ``None`` (``adata`` was preprocessed in place), or with ``copy=True`` the new AnnData.
+    ``None`` (``adata`` was preprocessed in place), or with ``copy=True`` the new AnnData,
+    or with ``filename`` the written file opened with ``backed="r"``.
     Either way the result has log-normalized ``X`` over the selected genes, raw counts in
     ``layers[counts_layer]`` and the HVG statistics in ``var``.
 
@@ -74,7 +89,9 @@ def preprocess(
     ------
     ValueError
         ``X`` does not hold raw counts, no cells or genes pass the filters, or ``adata``
-        is backed (read-only on disk).
+        is backed (read-only on disk) and no ``filename`` is given.
+    OSError
+        The disk of ``filename`` has too little free space (nothing is written).
     KeyError
         ``batch_key`` is not an ``obs`` column.
 
@@ -86,18 +103,23 @@ def preprocess(
     >>> adata.n_vars, "counts" in adata.layers
     (100, True)
     """
-    if adata.isbacked:
+    if adata.isbacked and filename is None:
         raise ValueError(
             f"preprocess rewrites X, and this AnnData is backed by {adata.filename} "
-            "(read-only). Load it with `adata = adata.to_memory()` (sparse counts of a few "
-            "hundred thousand cells fit), or preprocess once in memory and write the "
-            "result to an h5ad that later steps open backed: mnn_correct, "
-            "BatchCorrectedSCETM.train and get_latent_representation read it from disk."
+            "(read-only). Pass `filename=` a new .h5ad to stream the result into (it is "
+            "returned opened backed; mnn_correct, BatchCorrectedSCETM.train and "
+            "get_latent_representation read it from disk), or load the data with "
+            "`adata = adata.to_memory()` (sparse counts of a few hundred thousand cells fit)."
         )
     check_counts(adata, argument=None)
     if batch_key is not None:
         check_obs_key(adata, batch_key, "batch_key")
     kept = _filters(adata, min_genes, min_cells)  # before anything is changed
+    if filename is not None:
+        from ._streamed import preprocess_to_file
+
+        arguments = (n_top_genes, batch_key, counts_layer, min_genes, min_cells, target_sum)
+        return preprocess_to_file(adata, filename, kept, *arguments)
     if copy:
         adata = adata.copy()
     else:
@@ -212,43 +234,67 @@ def _apply_filter(
         getattr(adata, f"_inplace_subset_{axis}")(keep)
 
 
-def _select_genes(adata: AnnData, n_top_genes: int, batch_key: str | None) -> None:
-    """Run scanpy's seurat HVG selection, subsetting ``adata`` to the ``n_top_genes`` genes.
+def hvg_sample(n_obs: int) -> np.ndarray | None:
+    """The sorted positions of the cells whose statistics select the HVGs (``None``: all).
 
-    The batches go to scanpy as a categorical of the kept cells' batches (any dtype of
+    Above :data:`HVG_MAX_CELLS` cells, a seeded random sample of that many: the same
+    cells whether the data are in memory or streamed from disk.
+    """
+    if n_obs <= HVG_MAX_CELLS:
+        return None
+    rng = np.random.default_rng(0)
+    return np.sort(rng.choice(n_obs, HVG_MAX_CELLS, replace=False))
+
+
+def hvg_statistics(
+    sample: AnnData, n_top_genes: int, batch_key: str | None
+) -> tuple[pd.DataFrame, dict]:
+    """The seurat HVG columns (scanpy) of the genes of ``sample`` (log data) and ``uns["hvg"]``.
+
+    Only the columns scanpy adds are returned; ``sample``'s own are left out.
+
+    The batches go to scanpy as a categorical of the sample's batches (any dtype of
     ``obs[batch_key]`` works, and batches without cells are left out), in a temporary
     column, so ``obs`` keeps its columns as they were. With ``n_top_genes`` at least the
     number of genes every gene is kept; the statistics then come from scanpy's cutoff mode,
     which also works where too few genes or cells leave no normalized dispersion to rank.
     """
-    key = None
+    key, before = None, set(sample.var.columns)
     if batch_key is not None:
         key = _BATCH_COLUMN
-        adata.obs[key] = pd.Categorical(adata.obs[batch_key].astype(str))
+        sample.obs[key] = pd.Categorical(sample.obs[batch_key].astype(str))
     try:
-        # scanpy copies each batch's rows (twice, for seurat's expm1); above HVG_MAX_CELLS the
-        # statistics come from a seeded random sample of cells, which bounds that memory.
-        sample = adata
-        if adata.n_obs > HVG_MAX_CELLS:
-            rng = np.random.default_rng(0)
-            keep = np.sort(rng.choice(adata.n_obs, HVG_MAX_CELLS, replace=False))
-            sample = AnnData(X=adata.X[keep], obs=adata.obs.iloc[keep], var=adata.var[[]])
-            sample.uns["log1p"] = dict(adata.uns.get("log1p", {}))
-            if key is not None:
-                sample.obs[key] = sample.obs[key].cat.remove_unused_categories()
-            logger.info("HVG statistics from %d of %d cells.", HVG_MAX_CELLS, adata.n_obs)
-        if n_top_genes >= adata.n_vars:
+        if n_top_genes >= sample.n_vars:
             sc.pp.highly_variable_genes(sample, flavor="seurat", batch_key=key)
             sample.var["highly_variable"] = True
         else:
             sc.pp.highly_variable_genes(
                 sample, n_top_genes=n_top_genes, flavor="seurat", batch_key=key
             )
-        if sample is not adata:
-            for column in sample.var.columns:
-                adata.var[column] = sample.var[column].to_numpy()
-        if n_top_genes < adata.n_vars:
-            adata._inplace_subset_var(adata.var["highly_variable"].to_numpy())
     finally:
         if key is not None:
-            del adata.obs[key]
+            del sample.obs[key]
+    added = [column for column in sample.var.columns if column not in before]
+    return sample.var[added].copy(), dict(sample.uns.get("hvg", {}))
+
+
+def _select_genes(adata: AnnData, n_top_genes: int, batch_key: str | None) -> None:
+    """Select the ``n_top_genes`` HVGs (:func:`hvg_statistics`) and subset ``adata`` to them.
+
+    scanpy copies each batch's rows (twice, for seurat's expm1); above
+    :data:`HVG_MAX_CELLS` cells the statistics come from a seeded random sample
+    (:func:`hvg_sample`), which bounds that memory.
+    """
+    keep = hvg_sample(adata.n_obs)
+    sample = adata
+    if keep is not None:
+        obs = adata.obs.iloc[keep][[] if batch_key is None else [batch_key]]
+        sample = AnnData(X=adata.X[keep], obs=obs, var=adata.var[[]])
+        sample.uns["log1p"] = dict(adata.uns.get("log1p", {}))
+        logger.info("HVG statistics from %d of %d cells.", HVG_MAX_CELLS, adata.n_obs)
+    table, hvg = hvg_statistics(sample, n_top_genes, batch_key)
+    for column in table.columns:
+        adata.var[column] = table[column].to_numpy()
+    adata.uns["hvg"] = hvg
+    if n_top_genes < adata.n_vars:
+        adata._inplace_subset_var(adata.var["highly_variable"].to_numpy())

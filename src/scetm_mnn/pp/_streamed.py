@@ -1,0 +1,149 @@
+"""``preprocess(..., filename=)``: the same preprocessing, streamed from the input to a new file.
+
+The input (in memory, or an AnnData opened with ``backed="r"`` whose counts are far larger
+than memory) is read a chunk of cells at a time, three times:
+
+1. the filters' counts (:func:`~scetm_mnn.pp._preprocess._filters`, as in memory);
+2. the HVG statistics, on the cells :func:`~scetm_mnn.pp._preprocess.hvg_sample` names
+   (all of them up to ``HVG_MAX_CELLS``, else the same seeded sample as in memory),
+   log-normalized exactly as in memory;
+3. the output: each chunk normalized, log-transformed and cut to the HVGs, and appended to
+   ``X`` and to the counts layer of the new file (:func:`scetm_mnn._h5ad.write_blocks`).
+
+Every value is computed as the in-memory path computes it (per-cell sums over the kept
+genes, the same float dtype), so the file holds what ``preprocess(adata, copy=True)``
+returns; the input is only read. Memory is bounded by a chunk, the HVG sample and the
+annotations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from .._disk import check_free_space
+from .._h5ad import write_blocks
+from .._rows import index_chunks
+from ._preprocess import _Kept, hvg_sample, hvg_statistics
+
+logger = logging.getLogger(__name__)
+
+
+def _read(x, rows: np.ndarray) -> sparse.csr_matrix:
+    """The stored rows ``rows`` (increasing) of ``x``, as CSR in their own dtype."""
+    block = x[rows]
+    return (
+        sparse.csr_matrix(block)
+        if sparse.issparse(block)
+        else sparse.csr_matrix(np.asarray(block))
+    )
+
+
+def _log_normalized(counts: sparse.csr_matrix, target_sum: float) -> sparse.csr_matrix:
+    """``log1p`` of the counts scaled to ``target_sum`` per cell, as the in-memory path does.
+
+    The float dtype is the in-memory ``X``'s: float32 for integer counts, the counts' own
+    otherwise; a cell without counts stays zero (:func:`_empty_cells` counts them).
+    """
+    floating = np.issubdtype(counts.dtype, np.floating)
+    x = counts.copy() if floating else counts.astype(np.float32)
+    factor = np.asarray(x.sum(axis=1)).ravel() / target_sum
+    factor = factor + (factor == 0)
+    x.data /= np.repeat(factor, np.diff(x.indptr))
+    np.log1p(x.data, out=x.data)
+    return x
+
+
+def _kept_rows(x, kept: _Kept, positions: np.ndarray, genes: np.ndarray | None):
+    """Counts of the kept cells at ``positions`` (increasing), over the kept ``genes``."""
+    cells = np.flatnonzero(kept.cells)
+    for _, chunk in index_chunks(positions):
+        block = _read(x, cells[chunk])
+        yield block if genes is None else block[:, genes]
+
+
+def preprocess_to_file(
+    adata: AnnData,
+    filename: str | os.PathLike,
+    kept: _Kept,
+    n_top_genes: int,
+    batch_key: str | None,
+    counts_layer: str,
+    min_genes: int,
+    min_cells: int,
+    target_sum: float,
+) -> AnnData:
+    """Write the preprocessed data to ``filename`` and return it opened with ``backed="r"``.
+
+    ``kept`` are the filters' cells and genes (checked by the caller).
+    """
+    x = adata.X
+    cells = np.flatnonzero(kept.cells)
+    genes = None if kept.genes.all() else np.flatnonzero(kept.genes)
+    obs = adata.obs.copy()
+    if min_genes > 0:
+        obs["n_genes"] = kept.n_genes
+    var = adata.var.copy()
+    if min_cells > 0:
+        var["n_cells"] = kept.n_cells
+    obs, var = obs.iloc[cells], var.iloc[np.flatnonzero(kept.genes)]
+
+    # The HVGs, from the cells the in-memory path would use.
+    positions = hvg_sample(cells.size)
+    if positions is None:
+        positions = np.arange(cells.size)
+    else:
+        logger.info("HVG statistics from %d of %d cells.", positions.size, cells.size)
+    blocks = [_log_normalized(b, target_sum) for b in _kept_rows(x, kept, positions, genes)]
+    sample = AnnData(
+        X=sparse.vstack(blocks, format="csr"),
+        obs=obs.iloc[positions][[] if batch_key is None else [batch_key]],
+        var=pd.DataFrame(index=var.index),
+    )
+    sample_nnz = sample.X.nnz
+    table, hvg = hvg_statistics(sample, n_top_genes, batch_key)
+    del sample, blocks
+    for column in table.columns:
+        var[column] = table[column].to_numpy()
+    selected = var["highly_variable"].to_numpy() if n_top_genes < var.shape[0] else None
+    if selected is not None:
+        var = var.iloc[np.flatnonzero(selected)]
+
+    uns = {**dict(adata.uns), "log1p": {"base": None}, "hvg": hvg}
+    obsm = {key: np.asarray(value)[cells] for key, value in adata.obsm.items()}
+    varm = {
+        key: np.asarray(value)[np.flatnonzero(kept.genes)] for key, value in adata.varm.items()
+    }
+    if selected is not None:
+        varm = {key: value[selected] for key, value in varm.items()}
+    # X and the counts share their non-zeros: the sample's, scaled to every cell and cut
+    # to the HVGs (their share of the genes, a lower bound of their share of the counts).
+    share = 1.0 if selected is None else float(selected.mean())
+    per_nonzero = 4 + 4 + np.dtype(x.dtype).itemsize + 4  # X and counts: values, indices
+    nonzeros = sample_nnz * share * cells.size / max(positions.size, 1)
+    needed = int(nonzeros * per_nonzero) + 16 * (cells.size + 1) + (1 << 20)
+    check_free_space(filename, needed, "the preprocessed data")
+
+    def written() -> Iterator[dict[str, sparse.csr_matrix]]:
+        empty = 0
+        for counts in _kept_rows(x, kept, np.arange(cells.size), genes):
+            logged = _log_normalized(counts, target_sum)
+            empty += int(np.count_nonzero(np.diff(logged.indptr) == 0))
+            if selected is not None:
+                counts, logged = counts[:, selected], logged[:, selected]
+            yield {"X": logged, counts_layer: counts}
+        if empty:
+            warnings.warn("Some cells have zero counts", UserWarning, stacklevel=2)
+
+    result = write_blocks(filename, obs, var, written(), uns=uns, obsm=obsm, varm=varm)
+    logger.info(
+        "Preprocessed to %d cells × %d genes in %s.", result.n_obs, result.n_vars, filename
+    )
+    return result
