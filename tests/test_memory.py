@@ -17,6 +17,11 @@ def test_the_estimate_grows_with_the_cells_and_counts_the_kept_input():
     assert small.total == pytest.approx(sum(small.parts.values()))
     backed = estimate_run(1_000_000, 2000, 7e8, input_in_memory=False)
     assert backed.total <= large.total
+    # Streamed from disk, no matrix of the counts is ever held: beyond the HVG sample only
+    # the per-cell latents grow with the cells (5M cells x 650 counts: < 12 GiB).
+    streamed = [estimate_run(n, 2000, 650 * n, streamed=True).total for n in (10**6, 5 * 10**6)]
+    assert streamed[0] < backed.total / 2 and streamed[1] < 12 * 2**30
+    assert streamed[1] - streamed[0] < estimate_run(4 * 10**6, 2000, 0).parts["latents"] * 1.01
 
 
 def test_a_run_that_does_not_fit_is_refused_with_the_way_out(monkeypatch):

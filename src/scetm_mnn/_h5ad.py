@@ -72,21 +72,66 @@ def write_blocks(
                 else:
                     datasets[name].append(sparse.csr_matrix(matrix))
     logger.info("Wrote %d cells × %d genes to %s.", obs.shape[0], var.shape[0], filename)
-    return ad.read_h5ad(filename, backed="r")
+    return open_backed(filename)
+
+
+def open_backed(filename: str | os.PathLike) -> ad.AnnData:
+    """The h5ad opened as ``read_h5ad(filename, backed="r")``, its sparse layers left on disk.
+
+    anndata's backed mode reads ``X`` from the file but loads every layer into memory; here
+    a sparse layer is served from the file as well (an anndata ``CSRDataset``, which
+    :func:`scetm_mnn._rows.rows_of` and the model's minibatches read a block of cells at a
+    time), so a file whose counts do not fit in memory can be opened. Dense layers and
+    the annotations are loaded, as anndata loads them.
+    """
+    import h5py
+    from anndata.io import read_elem, sparse_dataset
+
+    f = h5py.File(filename, "r")
+    parts = {k: read_elem(f[k]) for k in ("obs", "var", "obsm", "varm", "obsp", "uns") if k in f}
+    layers = {}
+    for key, element in f["layers"].items() if "layers" in f else ():
+        sparse_layer = isinstance(element, h5py.Group)
+        layers[key] = sparse_dataset(element) if sparse_layer else read_elem(element)
+    return ad.AnnData(filename=filename, filemode="r", layers=layers, **parts)
+
+
+def close_backed(adata: ad.AnnData) -> list[str]:
+    """Close a backed ``adata``'s file and the handle its on-disk layers read through.
+
+    Those layers are taken out of ``adata`` (a closed dataset fails anndata's checks,
+    which every access of ``adata.layers`` runs); the names of the layers are returned.
+    """
+    stored = stored_layers(adata)
+    for key in stored:
+        adata._layers.pop(key)  # the raw mapping: adata.layers would read every layer
+    adata.file.close()
+    for handle in {id(v.group.file): v.group.file for v in stored.values()}.values():
+        if handle:  # still open
+            handle.close()
+    return list(stored)
+
+
+def stored_layers(adata: ad.AnnData) -> dict[str, object]:
+    """The layers of a backed ``adata`` that are read from a file (:func:`open_backed`)."""
+    from anndata.abc import CSRDataset
+
+    return {k: v for k, v in adata.layers.items() if isinstance(v, CSRDataset)}
 
 
 def write_in_memory_parts(adata: ad.AnnData) -> None:
     """Write what a backed ``adata`` holds in memory into its own file, and reopen it.
 
     The annotations (``obs``, ``var``, ``uns``), ``obsm``, ``varm``, ``obsp`` and the layers
-    not stored in the file replace the file's; its ``X`` and stored layers are kept. The
-    file is closed for the write and ``adata`` is backed on it (``"r"``) again afterwards.
+    held in memory replace the file's; its ``X`` and the layers read from it
+    (:func:`open_backed`) are kept. The file is closed for the write, and ``adata`` reads
+    it (``"r"``) again afterwards.
     """
     import h5py
-    from anndata.io import write_elem
+    from anndata.io import sparse_dataset, write_elem
 
     filename = adata.filename
-    stored = set(adata.file["layers"].keys()) if "layers" in adata.file else set()
+    stored = stored_layers(adata)
     parts = {
         "obs": adata.obs,
         "var": adata.var,
@@ -96,7 +141,7 @@ def write_in_memory_parts(adata: ad.AnnData) -> None:
         "obsp": dict(adata.obsp),
     }
     added = {k: v for k, v in adata.layers.items() if k not in stored}
-    adata.file.close()
+    close_backed(adata)  # the stored layers are read through the reopened file below
     try:
         with h5py.File(filename, "r+") as f:
             for key, value in parts.items():
@@ -107,4 +152,8 @@ def write_in_memory_parts(adata: ad.AnnData) -> None:
                 write_elem(f["layers"], key, value)
     finally:
         adata.file.open(filename, "r")
+        if stored:
+            layers = h5py.File(filename, "r")["layers"]
+            for key in stored:
+                adata.layers[key] = sparse_dataset(layers[key])
     logger.info("Wrote the results into %s.", filename)

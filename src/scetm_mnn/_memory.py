@@ -73,6 +73,7 @@ def estimate_run(
     dtype_bytes: int = 4,
     index_bytes: int = 4,
     input_in_memory: bool = True,
+    streamed: bool = False,
     network: str = "auto",
     n_hidden: int = 1024,
     n_blocks: int = 2,
@@ -98,6 +99,10 @@ def estimate_run(
     input_in_memory
         Whether the caller's AnnData holds the counts in memory for the whole run (not for
         ``backed="r"``, which the pipeline reads once, for the preprocessing).
+    streamed
+        The counts are on disk and the preprocessing streams them into the run's data
+        file (the pipeline with ``out``): neither the input nor the selected genes'
+        matrices are ever in memory, only the HVG sample and scanpy's copies of it.
     network, n_hidden, n_blocks
         The corrector's network (``"auto"``: residual up to 50,000 cells).
 
@@ -128,6 +133,8 @@ def estimate_run(
     sample = min(n_obs, HVG_MAX_CELLS) / max(n_obs, 1)
     hvg = HVG_COPIES * log * sample
     preprocess = counts + counts + log + hvg
+    if streamed:  # a chunk at a time; the sample's log matrix and scanpy's copies of it
+        input_in_memory, selected, preprocess = False, 0.0, log * sample + hvg
     if resolve_network(network, n_obs) == "residual":
         weights = 4.0 * n_blocks * genes * genes
     else:
@@ -138,7 +145,9 @@ def estimate_run(
     latents = 4.0 * PER_CELL_FLOATS * n_obs * n_comps
     after = (counts if input_in_memory else 0.0) + selected + latents + dense_layer + net
     parts = {"base": BASE_BYTES}
-    if preprocess >= after:
+    if streamed and preprocess >= after:
+        parts.update(hvg_sample=preprocess)
+    elif preprocess >= after:
         parts.update(counts=2 * counts, log_expression=log, hvg_sample=hvg)
     else:
         parts.update(

@@ -21,7 +21,7 @@ from ._atomic import write_text
 from ._costs import PhaseCosts
 from ._distributed import is_global_zero, started_as_global_zero
 from ._gene_sets import as_gene_sets
-from ._h5ad import write_in_memory_parts
+from ._h5ad import close_backed, write_in_memory_parts
 from ._resume import RunState, input_fingerprint
 from ._rows import is_on_disk
 from ._runtime import stage_arguments
@@ -90,8 +90,12 @@ def run_pipeline(
     ----------
     adata
         Raw counts in ``X`` or ``layers[counts_layer]``; not modified. It may be opened
-        with ``backed="r"``: the counts are read into memory once, for the preprocessing
-        (which needs them there), and nothing else of the file is loaded.
+        with ``backed="r"``: with ``out``, the counts in ``X`` are then never loaded; the
+        preprocessing streams them, a chunk of cells at a time, into ``out/scetm_mnn.h5ad``
+        (:func:`scetm_mnn.pp.preprocess` with ``filename``), which the run reads from disk
+        and which holds its results in the end (the latent, θ, the corrector's low-rank
+        form and pairs, beside the log-expression and the counts). Without ``out``, the
+        counts are read into memory once, for the preprocessing.
     batch_key
         ``obs`` column with batches.
     label_key
@@ -157,7 +161,7 @@ def run_pipeline(
     if label_key is not None:
         keys[label_key] = "label_key"
     # Checked once here: the functions the run calls take these columns as checked.
-    with obs_keys_checked(adata, keys):
+    with obs_keys_checked(adata, keys), _ClosedOnError() as opened:
         check_max_cells(max_cells, "max_cells")  # before the hours of training, not after
         scvi.settings.seed = random_state
         sets = None if gene_sets is None else as_gene_sets(gene_sets)
@@ -181,19 +185,20 @@ def run_pipeline(
         writes = started_as_global_zero() if several else is_global_zero()
         state = RunState(out, fingerprint, resume, write=writes)
         costs.rows = list(state.costs)
-        if not state.finished("preprocess") and check_memory:
-            _check_memory(adata, counts_layer, n_top_genes, correct_kwargs)
         # Counts on disk are streamed into the run's data file, which the run then reads.
         streamed = writes and out is not None and _on_disk(adata, counts_layer)
         data_file = Path(out) / DATA_FILE if streamed else None
+        if not state.finished("preprocess") and check_memory:
+            _check_memory(adata, counts_layer, n_top_genes, correct_kwargs, streamed)
         if state.finished("correct"):
-            data = state.read_data("corrected.h5ad", data_file)
+            data = opened(state.read_data("corrected.h5ad", data_file))
         else:
             if state.finished("preprocess"):
-                data = state.read_data("preprocessed.h5ad", data_file)
+                data = opened(state.read_data("preprocessed.h5ad", data_file))
             else:
                 with costs.phase("preprocess"):
                     data = _preprocess(adata, counts_layer, n_top_genes, batch_key, data_file)
+                    opened(data)
                 state.write_data("preprocessed.h5ad", data)
                 state.finish("preprocess", costs.rows)
             with costs.phase("correct"):
@@ -268,6 +273,30 @@ def run_pipeline(
         return result
 
 
+class _ClosedOnError:
+    """The backed AnnDatas a run opens, closed if the run fails (a rerun may then write them).
+
+    Called on an AnnData, it registers it when backed and returns it.
+    """
+
+    def __init__(self):
+        self.backed: list[ad.AnnData] = []
+
+    def __call__(self, adata: ad.AnnData) -> ad.AnnData:
+        if adata.isbacked:
+            self.backed.append(adata)
+        return adata
+
+    def __enter__(self) -> _ClosedOnError:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if kind is not None:
+            for adata in self.backed:
+                close_backed(adata)
+        return False
+
+
 def _on_disk(adata: ad.AnnData, counts_layer: str | None) -> bool:
     """Whether the counts are on disk (the ``X`` of a backed AnnData)."""
     return is_on_disk(get_matrix(adata, counts_layer, argument="counts_layer"))
@@ -302,7 +331,9 @@ def _digest(sets: Mapping[str, list[str]]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def _check_memory(adata, counts_layer, n_top_genes: int, correct_kwargs) -> None:
+def _check_memory(
+    adata, counts_layer, n_top_genes: int, correct_kwargs, streamed: bool = False
+) -> None:
     """Refuse a run whose estimated peak memory exceeds what is available."""
     counts = get_matrix(adata, counts_layer, argument="counts_layer")
     on_disk = is_on_disk(counts)
@@ -318,6 +349,7 @@ def _check_memory(adata, counts_layer, n_top_genes: int, correct_kwargs) -> None
         n_top_genes=n_top_genes,
         dtype_bytes=np.dtype(dtype).itemsize,
         input_in_memory=not on_disk,
+        streamed=streamed,
         **kwargs,
     )
     _memory.check_memory(estimate, "This run")

@@ -28,6 +28,7 @@ import numpy as np
 from scvi.train import SaveCheckpoint
 
 from ._atomic import atomic_file, atomic_path, write_text
+from ._h5ad import open_backed, stored_layers
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class RunState:
         if not self.enabled or not self.write:
             return
         if adata.isbacked:
-            stored = set(adata.file["layers"].keys()) if "layers" in adata.file else set()
+            stored = stored_layers(adata)
             adata = ad.AnnData(
                 obs=adata.obs,
                 var=adata.var,
@@ -180,7 +181,7 @@ class RunState:
         saved = ad.read_h5ad(self.dir / name)
         if backed_on is None:
             return saved
-        data = ad.read_h5ad(backed_on, backed="r")
+        data = open_backed(backed_on)
         data.obs, data.var, data.uns = saved.obs, saved.var, saved.uns
         for key in ("obsm", "varm", "obsp", "layers"):
             getattr(data, key).update(dict(getattr(saved, key)))
