@@ -17,8 +17,16 @@ The table ends with t(largest)/t(100k) per phase where both sizes ran. Each size
 also saved as JSON (``<out>.json``); ``--combine a.json b.json`` rebuilds the table from
 rows of separate runs (e.g. sizes run side by side).
 
+With ``--disk DIR`` the simulation is written to ``DIR`` in chunks and every phase reads
+from disk: ``preprocess`` streams into a second file there (``pp.preprocess(...,
+filename=)``), and the corrector (low-rank output) and the topic model read it backed, as
+``scetm-mnn run`` does on a file opened backed. Each row also scores the latent against the
+simulated truth on a stratified sample of 20,000 cells: the best Leiden ARI over the sweep
+and the kNN batch entropy (30 neighbours).
+
 Run: ``.venv/bin/python benchmarks/scale.py [--sizes 10000 100000 300000 1000000]
-[--peers] [--peers-max-cells 300000] [--threads 1] [--out benchmarks/results/scale.md]``
+[--peers] [--peers-max-cells 300000] [--threads 1] [--disk DIR]
+[--out benchmarks/results/scale.md]``
 """
 
 from __future__ import annotations
@@ -44,15 +52,38 @@ def _peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def run_one(n_cells: int, peers: bool, threads: int) -> dict:
-    """All phases for one size, in this process; returns seconds and peak GiB per phase."""
+QUALITY_CELLS = 20_000
+"""Cells of the stratified sample (batch × type) the quality columns are scored on."""
+
+
+def _quality(adata, row: dict) -> None:
+    """Best Leiden ARI and kNN batch entropy of the latent against the simulated truth."""
+    from scetm_mnn import tl
+
+    sweep = tl.leiden_sweep(
+        adata, "X_latent", "cell_type", "batch", subsample=QUALITY_CELLS, random_state=0
+    )
+    row["best ARI"] = round(float(sweep["ARI"].max()), 3)
+    metrics = tl.integration_metrics(
+        adata, "X_latent", "cell_type", "batch", n_neighbors=30, subsample=QUALITY_CELLS
+    )
+    row["batch entropy"] = round(float(metrics["batch_entropy"]), 3)
+
+
+def run_one(n_cells: int, peers: bool, threads: int, disk: Path | None = None) -> dict:
+    """All phases for one size, in this process; returns seconds and peak GiB per phase.
+
+    With ``disk`` (a folder), the simulation is written there and every phase reads it from
+    disk: the preprocessing streams into a second file there, and the corrector and the
+    topic model read that file backed (the corrected data in low-rank form).
+    """
     import torch
 
     torch.set_num_threads(threads)
     import scetm_mnn as sm
     from scetm_mnn.model import BatchCorrectedSCETM
 
-    row: dict = {"cells": n_cells}
+    row: dict = {"cells": n_cells, "input": "disk" if disk else "memory"}
 
     def phase(name, seconds):
         row[f"{name} s"] = round(seconds, 1)
@@ -60,13 +91,23 @@ def run_one(n_cells: int, peers: bool, threads: int) -> dict:
 
     tic = time.perf_counter()
     adata = sm.datasets.simulate(
-        n_cells=n_cells, n_genes=2000, n_batches=4, n_cell_types=8, random_state=0
+        n_cells=n_cells,
+        n_genes=2000,
+        n_batches=4,
+        n_cell_types=8,
+        random_state=0,
+        filename=None if disk is None else disk / f"sim_{n_cells}.h5ad",
     )
     phase("simulate", time.perf_counter() - tic)
     tic = time.perf_counter()
-    sm.pp.preprocess(adata, n_top_genes=2000, batch_key="batch")
+    if disk is None:
+        sm.pp.preprocess(adata, n_top_genes=2000, batch_key="batch")
+    else:
+        adata = sm.pp.preprocess(
+            adata, n_top_genes=2000, batch_key="batch", filename=disk / f"pre_{n_cells}.h5ad"
+        )
     phase("preprocess", time.perf_counter() - tic)
-    sm.pp.mnn_correct(adata, "batch")
+    sm.pp.mnn_correct(adata, "batch", dense_layer=None if disk is None else False)
     timing = adata.uns["mnn_corrected"]["timing"]
     for ours, name in (("latent", "pca"), ("pairs", "pairs"), ("train", "corrector")):
         phase(name, timing[ours])
@@ -86,8 +127,9 @@ def run_one(n_cells: int, peers: bool, threads: int) -> dict:
     phase("train", time.perf_counter() - tic)
     row["train steps"] = int(model.trainer.global_step) if model.trainer else STEPS
     tic = time.perf_counter()
-    model.get_latent_representation()
+    adata.obsm["X_latent"] = model.get_latent_representation()
     phase("latent", time.perf_counter() - tic)
+    _quality(adata, row)
     # Ours is complete: should a peer fail (e.g. run out of memory), the parent keeps this.
     print(ROW_MARK + json.dumps(row), file=sys.stderr, flush=True)
 
@@ -122,13 +164,16 @@ def run_one(n_cells: int, peers: bool, threads: int) -> dict:
 def _table(rows: list[dict]) -> str:
     import pandas as pd
 
-    frame = pd.DataFrame(rows).set_index("cells")
+    frame = pd.DataFrame(rows).set_index("cells")  # one input mode per table
     seconds = frame[[f"{p} s" for p in PHASES]]
     total = seconds.sum(axis=1).round(1)
     out = seconds.copy()
     out["total s"] = total
     out["peak GiB"] = frame["latent GiB"]
     for extra in (
+        "input",
+        "best ARI",
+        "batch entropy",
         "pairs n",
         "train steps",
         "dense layer",
@@ -162,10 +207,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--combine", type=Path, nargs="+", help="rebuild from saved rows")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale.md")
+    parser.add_argument(
+        "--disk",
+        type=Path,
+        help="simulate into this folder and run every phase from disk (backed files)",
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # worker: one size
     args = parser.parse_args(argv)
     if args.one is not None:
-        print(json.dumps(run_one(args.one, args.peers, args.threads)))
+        print(json.dumps(run_one(args.one, args.peers, args.threads, args.disk)))
         return
     rows = []
     if args.combine:
@@ -175,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     for size in args.sizes:
         cmd = [sys.executable, __file__, "--one", str(size), "--threads", str(args.threads)]
         cmd += ["--peers"] if args.peers and size <= args.peers_max_cells else []
+        cmd += ["--disk", str(args.disk)] if args.disk else []
         print(f"{size:,} cells ...", file=sys.stderr, flush=True)
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:

@@ -364,7 +364,7 @@ CASES: dict[str, Callable[[str], list[Callable[[], object]]]] = {
         lambda: _mnn(_backed(_log(), d)[3:]),
         lambda: _setup(_backed(_counts(), d)[3:]),
     ],
-    "A backed AnnData": lambda d: [lambda: _pp(_backed(_counts(), d))],
+    "A backed AnnData without `filename=`": lambda d: [lambda: _pp(_backed(_counts(), d))],
     "A backed AnnData whose `X` is CSC": lambda d: [
         lambda: _mnn(_backed(_log(), d, "csc")),
         lambda: _setup(_backed(_counts(), d, "csc")),

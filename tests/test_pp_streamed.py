@@ -196,3 +196,18 @@ def test_a_run_on_disk_resumes_from_its_data_file(raw, runs, tmp_path, monkeypat
     np.testing.assert_allclose(
         resumed.adata.obsm["X_scetm_mnn"], backed.adata.obsm["X_scetm_mnn"], atol=1e-5
     )
+
+
+def test_the_command_line_on_a_read_only_file_writes_only_into_out(raw, tmp_path):
+    from scetm_mnn.cli import main
+
+    _, path = raw
+    before = _digest(path)
+    argv = ["run", str(path), "--batch-key", "batch", "--label-key", "cell_type"]
+    assert main([*argv, "--out", str(tmp_path / "o"), "--max-epochs", "2"]) == 0
+    assert _digest(path) == before
+    result = tmp_path / "o" / f"{path.stem}_scetm_mnn.h5ad"
+    assert not (tmp_path / "o" / DATA_FILE).exists()  # renamed into the result, not copied
+    saved = ad.read_h5ad(result, backed="r")
+    assert {"X_scetm_mnn", "X_topics"} <= set(saved.obsm) and "counts" in saved.layers
+    assert (tmp_path / "o" / "report.html").stat().st_size > 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -32,7 +33,8 @@ from ._cli_errors import (
 )
 from ._disk import anndata_bytes, check_free_space
 from ._distributed import is_global_zero
-from ._pipeline import LATENT_KEY, TOPICS_KEY, run_pipeline
+from ._h5ad import close_backed
+from ._pipeline import DATA_FILE, LATENT_KEY, TOPICS_KEY, run_pipeline
 from ._runtime import add_options, option_values
 from .pl import FIGURE_MAX_CELLS
 from .tl._leiden import sweep_subsample
@@ -46,9 +48,11 @@ OUTPUTS = (
     "model",
     "report.html",
     "costs.csv",
+    DATA_FILE,
 )
-"""What a run writes into ``--out`` (``run`` also ``<input>_scetm_mnn.h5ad``); an ``--out``
-that holds any of them is refused without ``--overwrite``."""
+"""What a run writes into ``--out`` (``run`` also ``<input>_scetm_mnn.h5ad``; ``DATA_FILE``
+while a run on counts read from disk goes); an ``--out`` that holds any of them is refused
+without ``--overwrite``."""
 
 
 def _load_demo(name: str) -> ad.AnnData:
@@ -99,8 +103,9 @@ def _run(args: argparse.Namespace) -> int:
     h5ad = out / f"{path.stem}_scetm_mnn.h5ad"
     check_input(path)
     check_out(out, args.overwrite or args.resume, (*OUTPUTS, h5ad.name))  # a resumed run owns them
-    # Backed: obs, var and the layers are read now; X stays on disk, read once by the
-    # preprocessing when it holds the counts, and never when the counts are a layer.
+    # Backed: obs, var and the layers are read now; X stays on disk. Counts in X are
+    # streamed by the preprocessing into the run's data file (renamed to `h5ad` at the
+    # end); counts in a layer are read into memory once.
     try:
         adata = ad.read_h5ad(path, backed="r")
     except Exception as err:  # not an h5ad, truncated: the user's file, not a crash
@@ -129,9 +134,13 @@ def _run(args: argparse.Namespace) -> int:
     if not is_global_zero():  # the other processes of --devices N: rank 0 writes
         return 0
     result.files["h5ad"] = h5ad
-    check_free_space(h5ad, anndata_bytes(result.adata), "the output h5ad")
-    with atomic_path(h5ad) as temporary:
-        result.adata.write_h5ad(temporary)
+    if result.adata.isbacked:  # the run's data file holds it all: renamed, not copied
+        close_backed(result.adata)
+        os.replace(result.files.pop("data"), h5ad)
+    else:
+        check_free_space(h5ad, anndata_bytes(result.adata), "the output h5ad")
+        with atomic_path(h5ad) as temporary:
+            result.adata.write_h5ad(temporary)
     _print_summary(result, out)
     print(f"Embeddings: obsm[{LATENT_KEY!r}] (cluster on it), obsm[{TOPICS_KEY!r}] (topics).")
     return 0
