@@ -105,11 +105,11 @@ def test_rejects_bad_input(sim_adata, processed):
 
 def test_hvg_statistics_from_a_sample_above_the_limit(monkeypatch):
     """Above HVG_MAX_CELLS the genes are ranked on a seeded sample: nearly the same genes."""
-    from scetm_mnn.pp import _preprocess
+    from scetm_mnn.pp import _hvg
 
     adata = simulate(n_cells=3000, n_genes=400, n_batches=3, random_state=4)
     full = pp.preprocess(adata, n_top_genes=100, batch_key="batch", copy=True)
-    monkeypatch.setattr(_preprocess, "HVG_MAX_CELLS", 1500)
+    monkeypatch.setattr(_hvg, "HVG_MAX_CELLS", 1500)
     sampled = pp.preprocess(adata, n_top_genes=100, batch_key="batch", copy=True)
     again = pp.preprocess(adata, n_top_genes=100, batch_key="batch", copy=True)
     assert sampled.shape == (3000, 100) and list(sampled.var_names) == list(again.var_names)
@@ -157,9 +157,9 @@ def test_in_place_preprocessing_holds_one_new_matrix(monkeypatch, dtype):
     """In place, the counts matrix becomes the layer: the caller's reference to it still
     holds the counts, and only X's new float matrix is allocated (a copy for the layer
     beside a float X would be two)."""
-    from scetm_mnn.pp import _preprocess
+    from scetm_mnn.pp import _hvg
 
-    monkeypatch.setattr(_preprocess, "HVG_MAX_CELLS", 500)  # the HVG sample stays small
+    monkeypatch.setattr(_hvg, "HVG_MAX_CELLS", 500)  # the HVG sample stays small
     # once on a few cells first: scanpy's lazy imports and numba's compilation are not data
     pp.preprocess(simulate(n_cells=600, n_genes=300, random_state=3), n_top_genes=10_000)
     adata = simulate(n_cells=12_000, n_genes=300, random_state=3)

@@ -18,7 +18,7 @@ from scetm_mnn import _disk
 from scetm_mnn._pipeline import DATA_FILE, run_pipeline
 from scetm_mnn._rows import is_on_disk, rows_of
 from scetm_mnn.model import BatchCorrectedSCETM
-from scetm_mnn.pp import _preprocess
+from scetm_mnn.pp import _hvg
 
 QUICK = {"max_epochs": 3, "pairs_per_epoch": 256, "search_rounds": 2}
 
@@ -63,7 +63,7 @@ def _assert_same(streamed: ad.AnnData, memory: ad.AnnData) -> None:
 def test_streamed_preprocessing_is_the_in_memory_result(raw, tmp_path, monkeypatch, hvg_sample):
     adata, path = raw
     if hvg_sample:  # the statistics from a seeded sample of the cells, both ways
-        monkeypatch.setattr(_preprocess, "HVG_MAX_CELLS", 600)
+        monkeypatch.setattr(_hvg, "HVG_MAX_CELLS", 600)
     monkeypatch.setattr("scetm_mnn._rows.CHUNK_SIZE", 256)  # several chunks
     before = _digest(path)
     memory = sm.pp.preprocess(adata, n_top_genes=120, batch_key="batch", copy=True)

@@ -27,8 +27,8 @@ import pandas as pd
 import pytest
 import scanpy as sc
 
-from scetm_mnn import _pipeline, pl
-from scetm_mnn._costs import COST_COLUMNS
+from scetm_mnn import _outputs, _pipeline, pl
+from scetm_mnn._costs import COST_COLUMNS, PhaseCosts
 from scetm_mnn._pipeline import run_pipeline
 from scetm_mnn.pl import _report_sections
 
@@ -276,10 +276,10 @@ def test_a_failing_report_never_loses_the_other_outputs(run, tmp_path, monkeypat
     def broken(*args, **kwargs):
         raise RuntimeError("the report broke")
 
-    monkeypatch.setattr(_pipeline.pl, "report", broken)
-    costs = _pipeline.PhaseCosts()
-    with caplog.at_level(logging.WARNING, logger="scetm_mnn._pipeline"):
-        files = _pipeline._write_outputs(
+    monkeypatch.setattr(_outputs.pl, "report", broken)
+    costs = PhaseCosts()
+    with caplog.at_level(logging.WARNING, logger="scetm_mnn._outputs"):
+        files = _outputs.write_outputs(
             result, tmp_path, "batch", "cell_type", costs, report=True, source=None
         )
     assert "report" not in files and not (tmp_path / "report.html").exists()
@@ -291,8 +291,8 @@ def test_a_failing_report_never_loses_the_other_outputs(run, tmp_path, monkeypat
 
 def test_no_report(run, tmp_path):
     result, _ = run
-    files = _pipeline._write_outputs(
-        result, tmp_path, "batch", "cell_type", _pipeline.PhaseCosts(), report=False, source=None
+    files = _outputs.write_outputs(
+        result, tmp_path, "batch", "cell_type", PhaseCosts(), report=False, source=None
     )
     assert "report" not in files and not (tmp_path / "report.html").exists()
     assert list(pd.read_csv(files["costs"])["phase"]) == ["figures", "save"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 # The rules of the run it estimates, read from where they are decided (so they cannot drift):
 from .pp._corrected import DENSE_LAYER_MAX_BYTES
 from .pp._fitting import resolve_network
-from .pp._preprocess import HVG_MAX_CELLS
+from .pp._hvg import HVG_MAX_CELLS
 
 logger = logging.getLogger(__name__)
 

@@ -5,58 +5,38 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import anndata as ad
-import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import scvi
 
-from . import _memory, pl, pp, tl
-from ._atomic import write_text
+from . import _memory, pp, tl
 from ._costs import PhaseCosts
 from ._distributed import is_global_zero, started_as_global_zero
 from ._gene_sets import as_gene_sets
-from ._h5ad import close_backed, write_in_memory_parts
+from ._h5ad import close_backed
+from ._outputs import write_outputs
+from ._result import CORRECTED_KEY, DATA_FILE, LATENT_KEY, TOPICS_KEY, PipelineResult
 from ._resume import RunState, input_fingerprint
 from ._rows import is_on_disk
 from ._runtime import stage_arguments
 from ._validation import get_matrix, obs_keys_checked
 from .model import BatchCorrectedSCETM
 from .pl import FIGURE_MAX_CELLS
-from .pl._report import REPORT_MAX_CELLS
-from .pl._umap import umap_coordinates, umap_key
-from .tl._leiden import sweep_subsample
 from .tl._subsample import check_max_cells
 
 logger = logging.getLogger(__name__)
 
-CORRECTED_KEY = "mnn_corrected"
-DATA_FILE = "scetm_mnn.h5ad"
-"""The run's data file in ``out`` for counts read from disk: the preprocessed data (streamed
-there, :func:`scetm_mnn.pp.preprocess` with ``filename``), then the run's results."""
-LATENT_KEY = "X_scetm_mnn"
-TOPICS_KEY = "X_topics"
-
-
-@dataclass
-class PipelineResult:
-    """What :func:`run_pipeline` produced."""
-
-    adata: ad.AnnData
-    model: BatchCorrectedSCETM
-    sweep: pd.DataFrame | None = None
-    summary: pd.Series | None = None
-    files: dict[str, Path] = field(default_factory=dict)
-    costs: pd.DataFrame | None = None
-    """One row per phase (``phase``, ``seconds``, ``peak_rss_mib``: the process's peak
-    resident memory at the phase's end)."""
-    params: dict[str, object] = field(default_factory=dict)
-    """The arguments of the run, for the report."""
+__all__ = [
+    "CORRECTED_KEY",
+    "DATA_FILE",
+    "LATENT_KEY",
+    "TOPICS_KEY",
+    "PipelineResult",
+    "run_pipeline",
+]
 
 
 def run_pipeline(
@@ -259,7 +239,7 @@ def run_pipeline(
                 result.summary = tl.sweep_summary(result.sweep)
         result.costs = costs.frame()
         if out is not None:
-            result.files = _write_outputs(
+            result.files = write_outputs(
                 result,
                 Path(out),
                 batch_key,
@@ -357,87 +337,3 @@ def _check_memory(
 
 _MEMORY_PARAMETERS = ("n_comps", "network", "n_hidden", "n_blocks")
 """The corrector's parameters that :func:`estimate_run` reads."""
-
-
-def _write_outputs(
-    result: PipelineResult,
-    out: Path,
-    batch_key: str,
-    label_key: str | None,
-    costs: PhaseCosts,
-    report: bool,
-    source: str | None,
-    max_cells: int | None = FIGURE_MAX_CELLS,
-) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
-    if result.sweep is not None:
-        files["metrics"] = out / "leiden_sweep.csv"
-        write_text(files["metrics"], result.sweep.to_csv(index=False))
-        files["table"] = out / "leiden_sweep.md"
-        note = sweep_subsample(result.sweep)
-        table = result.sweep.round(3).to_markdown(index=False) + "\n"
-        write_text(files["table"], table if note is None else f"Leiden on a {note}.\n\n{table}")
-    with costs.phase("figures"):
-        files["umap"] = out / "umap.png"
-        # One UMAP of the latent, for this figure and for the report (which reuses it).
-        result.adata.obsm[umap_key(LATENT_KEY)] = umap_coordinates(
-            result.adata, LATENT_KEY, batch_key, label_key, max_cells=max_cells
-        )
-        fig = pl.integration_umap(
-            result.adata,
-            LATENT_KEY,
-            batch_key,
-            label_key,
-            save=files["umap"],
-            umap_key=umap_key(LATENT_KEY),
-            max_cells=max_cells,
-            show=False,
-        )
-        plt.close(fig)
-        files["topics"] = out / "topics.png"
-        fig = pl.topic_heatmap(
-            result.model,
-            label_key=label_key or batch_key,
-            theta_key=TOPICS_KEY,
-            save=files["topics"],
-            show=False,
-        )
-        plt.close(fig)
-    with costs.phase("save"):
-        files["model"] = out / "model"
-        result.model.save(files["model"], overwrite=True)
-        if result.adata.isbacked:  # the run's data file: the results beside its matrices
-            write_in_memory_parts(result.adata)
-            files["data"] = Path(result.adata.filename)
-    result.costs = costs.frame()
-    if report:
-        costs.start("report")
-        tic = time.perf_counter()
-        try:
-            files["report"] = pl.report(
-                result.adata,
-                result.model,
-                out / "report.html",
-                batch_key=batch_key,
-                label_key=label_key,
-                sweep=result.sweep,
-                use_rep=LATENT_KEY,
-                theta_key=TOPICS_KEY,
-                corrector_key=CORRECTED_KEY,
-                costs=result.costs,
-                params=result.params,
-                source=source,
-                max_cells=min(max_cells or REPORT_MAX_CELLS, REPORT_MAX_CELLS),
-                random_state=result.params["random_state"],
-            )
-        except Exception as err:  # the report must never lose the run's other outputs
-            logger.warning("The report could not be written: %s", err, exc_info=True)
-        finally:
-            plt.close("all")
-        costs.add("report", time.perf_counter() - tic)
-        result.costs = costs.frame()
-    files["costs"] = out / "costs.csv"
-    write_text(files["costs"], result.costs.to_csv(index=False))
-    logger.info("Wrote %s", ", ".join(str(p) for p in files.values()))
-    return files

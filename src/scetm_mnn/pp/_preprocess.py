@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
 import scanpy as sc
 from anndata import AnnData
 from scipy import sparse
 
-from .._rows import CHUNK_SIZE, Rows
+from .._rows import CHUNK_SIZE
 from .._validation import check_counts, check_obs_key
 from ._actual import make_actual
+from ._filters import Kept, find_kept
+from ._hvg import HVG_MAX_CELLS, hvg_sample, hvg_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def preprocess(
     check_counts(adata, argument=None)
     if batch_key is not None:
         check_obs_key(adata, batch_key, "batch_key")
-    kept = _filters(adata, min_genes, min_cells)  # before anything is changed
+    kept = find_kept(adata, min_genes, min_cells)  # before anything is changed
     if filename is not None:
         from ._streamed import preprocess_to_file
 
@@ -162,54 +162,7 @@ def _normalize_total_in_place(adata: AnnData, target_sum: float) -> None:
                        out=values)  # fmt: skip
 
 
-HVG_MAX_CELLS = 200_000
-"""Above this many cells the HVG statistics come from a seeded random sample of this many
-(scanpy's seurat flavour copies each batch's rows twice; the sample bounds that memory)."""
-
-_BATCH_COLUMN = "__scetm_mnn_hvg_batch__"
-"""Temporary ``obs`` column: the batches as a categorical of the kept cells, for scanpy."""
-
-
-class _Kept(NamedTuple):
-    """Which cells and genes pass the filters, and the counts the filters read."""
-
-    cells: np.ndarray
-    n_genes: np.ndarray
-    genes: np.ndarray
-    n_cells: np.ndarray
-
-
-def _filters(adata: AnnData, min_genes: int, min_cells: int) -> _Kept:
-    """The cells and genes that pass the filters, read a chunk of cells at a time.
-
-    They are those :func:`scanpy.pp.filter_cells` and then :func:`scanpy.pp.filter_genes`
-    would keep.
-
-    Checked in advance, so that a failing in-place call leaves ``adata`` as it was.
-
-    Raises
-    ------
-    ValueError
-        When the filters would leave no cell or no gene.
-    """
-    n_genes = np.zeros(adata.n_obs, dtype=np.int64)  # genes each cell expresses
-    n_cells = np.zeros(adata.n_vars, dtype=np.int64)  # kept cells expressing each gene
-    for start, block in Rows(adata.X).chunks(dense=False):  # one chunk of cells at a time
-        positive = block > 0
-        expressed = np.asarray(positive.sum(axis=1)).ravel()
-        n_genes[start : start + block.shape[0]] = expressed
-        n_cells += np.asarray(positive[expressed >= min_genes].sum(axis=0)).ravel()
-    cells, genes = n_genes >= min_genes, n_cells >= min_cells
-    if not cells.any() or not genes.any():
-        raise ValueError(
-            f"No cells or genes pass the filters (min_genes={min_genes}: {int(cells.sum())} "
-            f"of {adata.n_obs} cells; min_cells={min_cells}: {int(genes.sum())} of "
-            f"{adata.n_vars} genes); lower them."
-        )
-    return _Kept(cells, n_genes, genes, n_cells)
-
-
-def _apply_filters(adata: AnnData, kept: _Kept, min_genes: int, min_cells: int) -> None:
+def _apply_filters(adata: AnnData, kept: Kept, min_genes: int, min_cells: int) -> None:
     """Write scanpy's ``obs["n_genes"]`` and ``var["n_cells"]`` and drop what fails.
 
     The same columns and subsets as :func:`scanpy.pp.filter_cells` and
@@ -232,50 +185,6 @@ def _apply_filter(
     if not keep.all():
         logger.info("Filtered out %d %s.", int((~keep).sum()), what)
         getattr(adata, f"_inplace_subset_{axis}")(keep)
-
-
-def hvg_sample(n_obs: int) -> np.ndarray | None:
-    """The sorted positions of the cells whose statistics select the HVGs (``None``: all).
-
-    Above :data:`HVG_MAX_CELLS` cells, a seeded random sample of that many: the same
-    cells whether the data are in memory or streamed from disk.
-    """
-    if n_obs <= HVG_MAX_CELLS:
-        return None
-    rng = np.random.default_rng(0)
-    return np.sort(rng.choice(n_obs, HVG_MAX_CELLS, replace=False))
-
-
-def hvg_statistics(
-    sample: AnnData, n_top_genes: int, batch_key: str | None
-) -> tuple[pd.DataFrame, dict]:
-    """The seurat HVG columns (scanpy) of the genes of ``sample`` (log data) and ``uns["hvg"]``.
-
-    Only the columns scanpy adds are returned; ``sample``'s own are left out.
-
-    The batches go to scanpy as a categorical of the sample's batches (any dtype of
-    ``obs[batch_key]`` works, and batches without cells are left out), in a temporary
-    column, so ``obs`` keeps its columns as they were. With ``n_top_genes`` at least the
-    number of genes every gene is kept; the statistics then come from scanpy's cutoff mode,
-    which also works where too few genes or cells leave no normalized dispersion to rank.
-    """
-    key, before = None, set(sample.var.columns)
-    if batch_key is not None:
-        key = _BATCH_COLUMN
-        sample.obs[key] = pd.Categorical(sample.obs[batch_key].astype(str))
-    try:
-        if n_top_genes >= sample.n_vars:
-            sc.pp.highly_variable_genes(sample, flavor="seurat", batch_key=key)
-            sample.var["highly_variable"] = True
-        else:
-            sc.pp.highly_variable_genes(
-                sample, n_top_genes=n_top_genes, flavor="seurat", batch_key=key
-            )
-    finally:
-        if key is not None:
-            del sample.obs[key]
-    added = [column for column in sample.var.columns if column not in before]
-    return sample.var[added].copy(), dict(sample.uns.get("hvg", {}))
 
 
 def _select_genes(adata: AnnData, n_top_genes: int, batch_key: str | None) -> None:

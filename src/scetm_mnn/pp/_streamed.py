@@ -3,8 +3,8 @@
 The input (in memory, or an AnnData opened with ``backed="r"`` whose counts are far larger
 than memory) is read a chunk of cells at a time, three times:
 
-1. the filters' counts (:func:`~scetm_mnn.pp._preprocess._filters`, as in memory);
-2. the HVG statistics, on the cells :func:`~scetm_mnn.pp._preprocess.hvg_sample` names
+1. the filters' counts (:func:`~scetm_mnn.pp._filters.find_kept`, as in memory);
+2. the HVG statistics, on the cells :func:`~scetm_mnn.pp._hvg.hvg_sample` names
    (all of them up to ``HVG_MAX_CELLS``, else the same seeded sample as in memory),
    log-normalized exactly as in memory;
 3. the output: each chunk normalized, log-transformed and cut to the HVGs, and appended to
@@ -31,7 +31,8 @@ from scipy import sparse
 from .._disk import check_free_space
 from .._h5ad import write_blocks
 from .._rows import index_chunks
-from ._preprocess import _Kept, hvg_sample, hvg_statistics
+from ._filters import Kept
+from ._hvg import hvg_sample, hvg_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def _log_normalized(counts: sparse.csr_matrix, target_sum: float) -> sparse.csr_
     return x
 
 
-def _kept_rows(x, kept: _Kept, positions: np.ndarray, genes: np.ndarray | None):
+def _kept_rows(x, kept: Kept, positions: np.ndarray, genes: np.ndarray | None):
     """Counts of the kept cells at ``positions`` (increasing), over the kept ``genes``."""
     cells = np.flatnonzero(kept.cells)
     for _, chunk in index_chunks(positions):
@@ -72,7 +73,7 @@ def _kept_rows(x, kept: _Kept, positions: np.ndarray, genes: np.ndarray | None):
 def preprocess_to_file(
     adata: AnnData,
     filename: str | os.PathLike,
-    kept: _Kept,
+    kept: Kept,
     n_top_genes: int,
     batch_key: str | None,
     counts_layer: str,
