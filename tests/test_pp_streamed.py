@@ -211,3 +211,16 @@ def test_the_command_line_on_a_read_only_file_writes_only_into_out(raw, tmp_path
     saved = ad.read_h5ad(result, backed="r")
     assert {"X_scetm_mnn", "X_topics"} <= set(saved.obsm) and "counts" in saved.layers
     assert (tmp_path / "o" / "report.html").stat().st_size > 0
+
+
+def test_long_passes_show_progress_bars_and_short_ones_none(raw, tmp_path, monkeypatch, capsys):
+    from scetm_mnn import _progress
+
+    adata, _ = raw
+    sm.pp.preprocess(adata, n_top_genes=100, filename=tmp_path / "quiet.h5ad")
+    assert "preprocess:" not in capsys.readouterr().err  # 1,500 cells: seconds, no bar
+    monkeypatch.setattr(_progress, "PROGRESS_MIN_CELLS", 1000)
+    sm.pp.preprocess(adata, n_top_genes=100, filename=tmp_path / "shown.h5ad")
+    err = capsys.readouterr().err
+    for name in ("preprocess: filters", "preprocess: HVG sample", "preprocess: writing"):
+        assert name in err and "1.50k/1.50k" in err, name

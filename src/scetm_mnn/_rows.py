@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import sparse
 
+from ._progress import cell_progress
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -71,14 +73,21 @@ class _RowAccess:
         return self.shape[1]
 
     def chunks(
-        self, chunk_size: int | None = None, dense: bool = True
+        self, chunk_size: int | None = None, dense: bool = True, desc: str | None = None
     ) -> Iterator[tuple[int, np.ndarray | sparse.csr_matrix]]:
-        """Consecutive chunks ``(start, rows start:start + chunk_size)`` over all cells."""
+        """Consecutive chunks ``(start, rows start:start + chunk_size)`` over all cells.
+
+        ``desc`` names the pass in a progress bar, shown for many cells
+        (:func:`scetm_mnn._progress.cell_progress`).
+        """
         size = CHUNK_SIZE if chunk_size is None else int(chunk_size)
         if size < 1:
             raise ValueError(f"chunk_size must be at least 1, not {size}.")
-        for start in range(0, self.n_obs, size):
-            yield start, self.chunk(start, min(start + size, self.n_obs), dense)
+        with cell_progress(self.n_obs, desc) as bar:
+            for start in range(0, self.n_obs, size):
+                stop = min(start + size, self.n_obs)
+                yield start, self.chunk(start, stop, dense)
+                bar.update(stop - start)
 
 
 class Rows(_RowAccess):
@@ -233,16 +242,19 @@ def _as_float32(block, dense: bool):
 
 
 def index_chunks(
-    idx: np.ndarray, chunk_size: int | None = None
+    idx: np.ndarray, chunk_size: int | None = None, desc: str | None = None
 ) -> Iterator[tuple[slice, np.ndarray]]:
     """Consecutive pieces ``(positions, cells)`` of the cell indices ``idx``.
 
     Each piece holds ``chunk_size`` (default ``CHUNK_SIZE``) cells, for ``Rows.take`` a
-    piece at a time.
+    piece at a time. ``desc`` names the pass in a progress bar, shown for many cells.
     """
     size = CHUNK_SIZE if chunk_size is None else int(chunk_size)
-    for start in range(0, idx.size, size):
-        yield slice(start, start + size), idx[start : start + size]
+    with cell_progress(idx.size, desc) as bar:
+        for start in range(0, idx.size, size):
+            piece = idx[start : start + size]
+            yield slice(start, start + size), piece
+            bar.update(piece.size)
 
 
 def map_chunks(
@@ -250,13 +262,15 @@ def map_chunks(
     rows: Rows,
     chunk_size: int | None = None,
     out: np.ndarray | None = None,
+    desc: str | None = None,
 ) -> np.ndarray:
     """``fn`` applied to consecutive dense chunks of ``rows``, stacked (cells × d).
 
     ``out``, when given, receives the result (e.g. a preallocated or memory-mapped array);
-    otherwise a float32 array is allocated after the first chunk.
+    otherwise a float32 array is allocated after the first chunk. ``desc``: the pass's
+    progress bar, for many cells.
     """
-    for start, block in rows.chunks(chunk_size):
+    for start, block in rows.chunks(chunk_size, desc=desc):
         result = np.asarray(fn(block))
         if out is None:
             out = np.empty((rows.n_obs, *result.shape[1:]), dtype=np.float32)

@@ -87,7 +87,7 @@ def _value_blocks(x) -> Iterator[np.ndarray]:
     if not is_on_disk(x):
         yield matrix_values(x)
         return
-    for _, block in Rows(x).chunks(dense=False):
+    for _, block in Rows(x).chunks(dense=False, desc="checking the values"):
         yield block.data
 
 

@@ -34,7 +34,8 @@ def find_kept(adata: AnnData, min_genes: int, min_cells: int) -> Kept:
     """
     n_genes = np.zeros(adata.n_obs, dtype=np.int64)  # genes each cell expresses
     n_cells = np.zeros(adata.n_vars, dtype=np.int64)  # kept cells expressing each gene
-    for start, block in Rows(adata.X).chunks(dense=False):  # one chunk of cells at a time
+    passes = Rows(adata.X).chunks(dense=False, desc="preprocess: filters")
+    for start, block in passes:  # one chunk of cells at a time
         positive = block > 0
         expressed = np.asarray(positive.sum(axis=1)).ravel()
         n_genes[start : start + block.shape[0]] = expressed

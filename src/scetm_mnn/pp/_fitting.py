@@ -234,7 +234,8 @@ def fit_reference(
     corrected, corrected_latent, shift = correct_all(net, space, x, dense, chunk)
     basis = net.basis.numpy()
     mean = centre_of(space)
-    coords = map_chunks(lambda block: (block - mean) @ basis, x, chunk) + shift
+    project = lambda block: (block - mean) @ basis  # noqa: E731
+    coords = map_chunks(project, x, chunk, desc="mnn_correct: coordinates") + shift
     timing["apply"] = time.perf_counter() - tic
     logger.info(
         "mnn_correct: %d epochs, loss %s; %s",

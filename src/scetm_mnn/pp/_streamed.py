@@ -62,10 +62,10 @@ def _log_normalized(counts: sparse.csr_matrix, target_sum: float) -> sparse.csr_
     return x
 
 
-def _kept_rows(x, kept: Kept, positions: np.ndarray, genes: np.ndarray | None):
+def _kept_rows(x, kept: Kept, positions: np.ndarray, genes: np.ndarray | None, desc: str):
     """Counts of the kept cells at ``positions`` (increasing), over the kept ``genes``."""
     cells = np.flatnonzero(kept.cells)
-    for _, chunk in index_chunks(positions):
+    for _, chunk in index_chunks(positions, desc=desc):
         block = _read(x, cells[chunk])
         yield block if genes is None else block[:, genes]
 
@@ -102,7 +102,10 @@ def preprocess_to_file(
         positions = np.arange(cells.size)
     else:
         logger.info("HVG statistics from %d of %d cells.", positions.size, cells.size)
-    blocks = [_log_normalized(b, target_sum) for b in _kept_rows(x, kept, positions, genes)]
+    blocks = [
+        _log_normalized(b, target_sum)
+        for b in _kept_rows(x, kept, positions, genes, "preprocess: HVG sample")
+    ]
     sample = AnnData(
         X=sparse.vstack(blocks, format="csr"),
         obs=obs.iloc[positions][[] if batch_key is None else [batch_key]],
@@ -134,7 +137,7 @@ def preprocess_to_file(
 
     def written() -> Iterator[dict[str, sparse.csr_matrix]]:
         empty = 0
-        for counts in _kept_rows(x, kept, np.arange(cells.size), genes):
+        for counts in _kept_rows(x, kept, np.arange(cells.size), genes, "preprocess: writing"):
             logged = _log_normalized(counts, target_sum)
             empty += int(np.count_nonzero(np.diff(logged.indptr) == 0))
             if selected is not None:
