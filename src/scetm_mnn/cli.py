@@ -34,7 +34,7 @@ from ._cli_errors import (
 from ._disk import anndata_bytes, check_free_space
 from ._distributed import is_global_zero
 from ._h5ad import close_backed
-from ._pipeline import DATA_FILE, LATENT_KEY, TOPICS_KEY, run_pipeline
+from ._pipeline import LATENT_KEY, TOPICS_KEY, run_pipeline
 from ._runtime import add_options, option_values
 from .pl import FIGURE_MAX_CELLS
 from .tl._leiden import sweep_subsample
@@ -48,11 +48,12 @@ OUTPUTS = (
     "model",
     "report.html",
     "costs.csv",
-    DATA_FILE,
 )
-"""What a run writes into ``--out`` (``run`` also ``<input>_scetm_mnn.h5ad``; ``DATA_FILE``
-while a run on counts read from disk goes); an ``--out`` that holds any of them is refused
-without ``--overwrite``."""
+"""What a run writes into ``--out`` (``run`` also ``<input>_scetm_mnn.h5ad``); an ``--out``
+that holds any of them is refused without ``--overwrite``. The run's data file
+(``DATA_FILE``, while a run on counts read from disk goes) is not among them: it is the
+run's own, which the other processes of ``--devices N`` find there when they start, and a
+new run replaces it."""
 
 
 def _load_demo(name: str) -> ad.AnnData:
