@@ -15,7 +15,16 @@ searches (one round, ``k = 20``, so that only the search differs).
    sample of 10 000 cells per batch): pairs, cells with a partner, the fraction of pairs
    joining different cell types, and seconds.
 
-Run: ``.venv/bin/python benchmarks/recall.py [--out benchmarks/results/recall.md]``
+3. **With ``--full-batches N``: recall against whole batches** (issue #34's measure): for
+   every batch pair ``(A, B)``, ``N`` sampled cells of ``A``; a sampled cell ``i`` and a
+   cell ``j`` of ``B`` are a pair when ``j`` is among ``i``'s ``k`` nearest cells of the
+   whole of ``B`` and ``i`` among ``j``'s ``k`` nearest of the whole of ``A``. Exact search
+   against the index ``find_mnn_pairs`` builds for batches above ``EXACT_SEARCH_MAX``
+   (``scetm_mnn.pp._ann.build_index``: faiss HNSW when installed, else pynndescent), each
+   index built once per batch over all its cells. ``--skip-subsample`` leaves out 1 and 2.
+
+Run: ``.venv/bin/python benchmarks/recall.py [--cells 100000] [--full-batches 2000]
+[--skip-subsample] [--out benchmarks/results/recall.md]``
 """
 
 from __future__ import annotations
@@ -90,6 +99,96 @@ def _hnsw(m: int, ef_construction: int, ef_search: int):
     return query
 
 
+def _header(args) -> str:
+    return (
+        "# MNN pair recall and the sampled search\n\n"
+        f"Made by `benchmarks/recall.py`; {os.cpu_count()} CPU cores, load average at the end "
+        f"{os.getloadavg()[0]:.1f}. Simulated {args.cells:,} cells × 2000 genes, 4 batches; "
+        f"30-component PCA; one search round, k = {K}.\n\n"
+    )
+
+
+def _mutual_of(sample, a_to_b, neighbours_of_b) -> set[tuple[int, int]]:
+    """Pairs (i, j): j among i's neighbours, i among j's (``neighbours_of_b[j]``)."""
+    return {
+        (int(i), int(j)) for i, row in zip(sample, a_to_b) for j in row if i in neighbours_of_b[j]
+    }
+
+
+def _knn(index, data, queries, k):
+    """``k`` nearest rows of ``data`` for ``queries``: exact (``index=None``) or the index's."""
+    if index is not None:
+        return index.query(queries, k)
+    from sklearn.neighbors import NearestNeighbors
+
+    return (
+        NearestNeighbors(n_neighbors=k, algorithm="brute")
+        .fit(data)
+        .kneighbors(queries, return_distance=False)
+    )
+
+
+def _whole_batches(latent, batches, n_sample: int) -> pd.DataFrame:
+    """Recall of the approximate index against whole batches (see the docstring, 3)."""
+    from scetm_mnn.pp._ann import build_index
+
+    labels = list(dict.fromkeys(batches))
+    members = {b: np.flatnonzero(batches == b) for b in labels}
+    rng = np.random.default_rng(0)
+    indexes, build_s = {}, 0.0
+    for b in labels:
+        tic = time.perf_counter()
+        indexes[b] = build_index(latent[members[b]], K, 0)
+        build_s += time.perf_counter() - tic
+    rows = []
+    for ia, a in enumerate(labels):
+        for b in labels[ia + 1 :]:
+            sample = np.sort(rng.choice(members[a].size, n_sample, replace=False))
+            found = {}
+            for name, index_a, index_b in [
+                ("exact", None, None),
+                ("index", indexes[a], indexes[b]),
+            ]:
+                tic = time.perf_counter()
+                a_to_b = _knn(index_b, latent[members[b]], latent[members[a][sample]], K)
+                candidates = np.unique(a_to_b)
+                back = _knn(index_a, latent[members[a]], latent[members[b][candidates]], K)
+                neighbours_of_b = {int(j): set(row.tolist()) for j, row in zip(candidates, back)}
+                found[name] = (
+                    _mutual_of(sample, a_to_b, neighbours_of_b),
+                    time.perf_counter() - tic,
+                )
+            exact, index = found["exact"][0], found["index"][0]
+            rows.append(
+                {
+                    "batches": f"{a} – {b}",
+                    "cells": f"{members[a].size:,} × {members[b].size:,}",
+                    "exact pairs": len(exact),
+                    "recall": len(exact & index) / max(len(exact), 1),
+                    "extra": len(index - exact) / max(len(index), 1),
+                    "exact s": found["exact"][1],
+                    "index s": found["index"][1],
+                }
+            )
+            print(rows[-1], flush=True)
+    frame = pd.DataFrame(rows)
+    frame.attrs["index"] = type(next(iter(indexes.values()))).__name__
+    frame.attrs["build_s"] = build_s
+    return frame
+
+
+def _full_text(args, full: pd.DataFrame) -> str:
+    total = full["exact pairs"].sum()
+    pooled = float((full["recall"] * full["exact pairs"]).sum() / max(total, 1))
+    return (
+        f"\n## Against whole batches: {args.full_batches:,} sampled cells per batch pair\n\n"
+        f"Index: `{full.attrs['index']}` (`scetm_mnn.pp._ann.build_index`), built once per "
+        f"batch over all its cells in {full.attrs['build_s']:.0f} s in all.\n\n"
+        + full.round(3).to_markdown(index=False)
+        + f"\n\nPooled recall over the batch pairs: {pooled:.3f}.\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=100_000)
@@ -97,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "recall.md"
     )
+    parser.add_argument("--full-batches", type=int, help="cells per batch, against whole batches")
+    parser.add_argument("--skip-subsample", action="store_true")
     args = parser.parse_args(argv)
     adata = sm.datasets.simulate(
         n_cells=args.cells, n_genes=2000, n_batches=4, n_cell_types=8, random_state=0
@@ -106,6 +207,13 @@ def main(argv: list[str] | None = None) -> None:
     batches = adata.obs["batch"].astype(str).to_numpy()
     types = adata.obs["cell_type"].astype(str).to_numpy()
 
+    if args.full_batches:
+        full = _whole_batches(latent, batches, args.full_batches)
+    if args.skip_subsample:
+        text = _header(args) + _full_text(args, full)
+        print(text)
+        args.out.write_text(text)
+        return
     keep = sm.tl.stratified_subsample(adata, ["batch", "cell_type"], args.subsample)
     sub, sub_batches = latent[keep], batches[keep]
     exact, exact_s, _ = _search(sub, sub_batches)
@@ -158,15 +266,13 @@ def main(argv: list[str] | None = None) -> None:
         print(rows[-1], flush=True)
     scale = pd.DataFrame(rows)
     text = (
-        "# MNN pair recall and the sampled search\n\n"
-        f"Made by `benchmarks/recall.py`; {os.cpu_count()} CPU cores, load average at the end "
-        f"{os.getloadavg()[0]:.1f}. Simulated {args.cells:,} cells × 2000 genes, 4 batches; "
-        f"30-component PCA; one search round, k = {K}.\n\n"
-        f"## Recall against exact search ({args.subsample:,}-cell stratified subsample)\n\n"
+        _header(args)
+        + f"## Recall against exact search ({args.subsample:,}-cell stratified subsample)\n\n"
         + recall.round(3).to_markdown(index=False)
         + f"\n\n## All {args.cells:,} cells: every cell against the default sample\n\n"
         + scale.round(3).to_markdown(index=False)
         + "\n"
+        + (_full_text(args, full) if args.full_batches else "")
     )
     print(text)
     args.out.write_text(text)
