@@ -235,7 +235,7 @@ def fit_reference(
     basis = net.basis.numpy()
     mean = centre_of(space)
     project = lambda block: (block - mean) @ basis  # noqa: E731
-    coords = map_chunks(project, x, chunk, desc="mnn_correct: coordinates") + shift
+    coords = map_chunks(project, x, chunk, desc="corrected coordinates") + shift
     timing["apply"] = time.perf_counter() - tic
     logger.info(
         "mnn_correct: %d epochs, loss %s; %s",

@@ -74,7 +74,7 @@ def fit_pca(x, n_comps: int, random_state: int = 0) -> FrozenPCA:
     mean = rows.mean(SCATTER_BLOCK)
     mean32 = mean.astype(np.float32)
     scatter = np.zeros((n_genes, n_genes), dtype=np.float64)
-    for _, block in rows.chunks(SCATTER_BLOCK, desc="mnn_correct: PCA"):
+    for _, block in rows.chunks(SCATTER_BLOCK, desc="PCA"):
         if rows.is_sparse or rows.on_disk:  # a fresh dense block: centre it in place
             block -= mean32
         else:  # a view of the caller's dense data
@@ -207,4 +207,4 @@ def apply_frozen(module: nn.Module, x, chunk_size: int | None = None) -> np.ndar
     """
     module.eval()
     encode = lambda block: module(torch.from_numpy(block)).numpy()  # noqa: E731
-    return map_chunks(encode, Rows(x), chunk_size, desc="mnn_correct: latent")
+    return map_chunks(encode, Rows(x), chunk_size, desc="latent")

@@ -178,7 +178,7 @@ def correct_all(
     corrected = np.empty(rows.shape, dtype=np.float32) if dense else None
     shift = np.empty((rows.n_obs, net.basis.shape[1]), dtype=np.float32)
     latent = None
-    for start, block in rows.chunks(chunk_size, desc="mnn_correct: correcting cells"):
+    for start, block in rows.chunks(chunk_size, desc="correcting cells"):
         x = torch.from_numpy(block)
         out, c = net.correct(x)
         z = space(out).numpy()
