@@ -111,14 +111,15 @@ def preprocess_to_file(
         obs=obs.iloc[positions][[] if batch_key is None else [batch_key]],
         var=pd.DataFrame(index=var.index),
     )
-    sample_nnz = sample.X.nnz
     table, hvg = hvg_statistics(sample, n_top_genes, batch_key)
-    del sample, blocks
     for column in table.columns:
         var[column] = table[column].to_numpy()
     selected = var["highly_variable"].to_numpy() if n_top_genes < var.shape[0] else None
     if selected is not None:
         var = var.iloc[np.flatnonzero(selected)]
+    # The non-zeros X and the counts will share: the sample's over the HVGs.
+    sample_nnz = sample.X.nnz if selected is None else sample.X[:, selected].nnz
+    del sample, blocks
 
     uns = {**dict(adata.uns), "log1p": {"base": None}, "hvg": hvg}
     obsm = {key: np.asarray(value)[cells] for key, value in adata.obsm.items()}
@@ -127,11 +128,9 @@ def preprocess_to_file(
     }
     if selected is not None:
         varm = {key: value[selected] for key, value in varm.items()}
-    # X and the counts share their non-zeros: the sample's, scaled to every cell and cut
-    # to the HVGs (their share of the genes, a lower bound of their share of the counts).
-    share = 1.0 if selected is None else float(selected.mean())
-    per_nonzero = 4 + 4 + np.dtype(x.dtype).itemsize + 4  # X and counts: values, indices
-    nonzeros = sample_nnz * share * cells.size / max(positions.size, 1)
+    # The sample's non-zeros scaled to every cell; X and the counts: values and indices.
+    per_nonzero = 4 + 4 + np.dtype(x.dtype).itemsize + 4
+    nonzeros = sample_nnz * cells.size / max(positions.size, 1)
     needed = int(nonzeros * per_nonzero) + 16 * (cells.size + 1) + (1 << 20)
     check_free_space(filename, needed, "the preprocessed data")
 
