@@ -2,10 +2,10 @@
 
 Used only when a batch pair exceeds ``EXACT_SEARCH_MAX`` cell pairs, i.e. with
 ``max_search_cells=None`` on batches of more than 50,000 cells (the default searches a
-sample of 10,000 per batch exactly). faiss's HNSW index (``IndexHNSWFlat``) finds
-0.96–0.99 of the exact MNN pairs (``benchmarks/results/recall.md``) and is used when
-``faiss`` is installed (``pip install "scetm-mnn[faiss]"``); otherwise pynndescent, which
-finds 0.72–0.78 of them, with a warning that says so.
+sample of 10,000 per batch exactly). faiss's HNSW index (``IndexHNSWFlat``) finds 0.98
+of the exact MNN pairs at a million cells (``benchmarks/results/recall.md``) and is used
+when ``faiss`` is installed (``pip install "scetm-mnn[faiss]"``); otherwise pynndescent,
+which finds 0.72–0.78 of them, with a warning that says so.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ HNSW_M = 32
 """Links per node of the HNSW graph."""
 HNSW_EF_CONSTRUCTION = 100
 """Candidates kept while the graph is built."""
-HNSW_EF_SEARCH = 128
-"""Candidates kept per query (at least twice ``k``): 0.994 of the exact pairs at 100,000
-simulated cells (``benchmarks/results/recall.md``)."""
+HNSW_EF_SEARCH = 512
+"""Candidates kept per query (at least twice ``k``). Against whole batches of 250,000
+simulated cells (a million in all, ``benchmarks/results/recall.md``) 128 found 0.794 of the
+exact MNN pairs, 512 found 0.979 (about 1 ms per query on one core), 2048 0.997 (4 ms)."""
 
 
 class _HNSW:
@@ -71,7 +72,7 @@ def build_index(data: np.ndarray, k: int, random_state: int) -> _HNSW | _NNDesce
         warnings.warn(
             f"Searching {data.shape[0]} cells approximately with pynndescent, which finds "
             "about 75 % of the exact MNN pairs; install faiss-cpu "
-            '(pip install "scetm-mnn[faiss]") for an HNSW index that finds 96-99 %, or '
+            '(pip install "scetm-mnn[faiss]") for an HNSW index that finds 98 %, or '
             "keep max_search_cells (the default searches a sample exactly).",
             UserWarning,
             stacklevel=4,

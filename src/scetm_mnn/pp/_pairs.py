@@ -140,7 +140,7 @@ def find_mnn_pairs(
     ``(i, j)`` is a pair when ``j`` is among ``i``'s neighbours and ``i`` among ``j``'s.
     Batch pairs with up to ``EXACT_SEARCH_MAX`` (50 000²) cell pairs are searched exactly;
     larger ones with an index per batch: faiss HNSW when ``faiss`` is installed
-    (``scetm-mnn[faiss]``; 0.96–0.99 of the exact pairs), else a seeded
+    (``scetm-mnn[faiss]``; 0.98 of the exact pairs at a million cells), else a seeded
     :class:`pynndescent.NNDescent` (0.72–0.78; with a warning).
 
     With ``n_rounds > 1``, each round but the last estimates every batch's offset from the
