@@ -96,11 +96,11 @@ def open_backed(filename: str | os.PathLike) -> ad.AnnData:
     return ad.AnnData(filename=filename, filemode="r", layers=layers, **parts)
 
 
-def close_backed(adata: ad.AnnData) -> list[str]:
+def close_backed(adata: ad.AnnData) -> None:
     """Close a backed ``adata``'s file and the handle its on-disk layers read through.
 
     Those layers are taken out of ``adata`` (a closed dataset fails anndata's checks,
-    which every access of ``adata.layers`` runs); the names of the layers are returned.
+    which every access of ``adata.layers`` runs).
     """
     stored = stored_layers(adata)
     for key in stored:
@@ -109,7 +109,6 @@ def close_backed(adata: ad.AnnData) -> list[str]:
     for handle in {id(v.group.file): v.group.file for v in stored.values()}.values():
         if handle:  # still open
             handle.close()
-    return list(stored)
 
 
 def stored_layers(adata: ad.AnnData) -> dict[str, object]:
@@ -117,6 +116,24 @@ def stored_layers(adata: ad.AnnData) -> dict[str, object]:
     from anndata.abc import CSRDataset
 
     return {k: v for k, v in adata.layers.items() if isinstance(v, CSRDataset)}
+
+
+def in_memory_parts(adata: ad.AnnData) -> tuple[dict[str, object], dict[str, object]]:
+    """What a backed ``adata`` holds in memory: its elements, and the layers not on disk.
+
+    The elements are ``obs``, ``var``, ``uns``, ``obsm``, ``varm`` and ``obsp``; the layers
+    are those added since the file was opened (the others are read from it).
+    """
+    stored = stored_layers(adata)
+    parts = {
+        "obs": adata.obs,
+        "var": adata.var,
+        "uns": dict(adata.uns),
+        "obsm": dict(adata.obsm),
+        "varm": dict(adata.varm),
+        "obsp": dict(adata.obsp),
+    }
+    return parts, {k: v for k, v in adata.layers.items() if k not in stored}
 
 
 def write_in_memory_parts(adata: ad.AnnData) -> None:
@@ -132,15 +149,7 @@ def write_in_memory_parts(adata: ad.AnnData) -> None:
 
     filename = adata.filename
     stored = stored_layers(adata)
-    parts = {
-        "obs": adata.obs,
-        "var": adata.var,
-        "uns": dict(adata.uns),
-        "obsm": dict(adata.obsm),
-        "varm": dict(adata.varm),
-        "obsp": dict(adata.obsp),
-    }
-    added = {k: v for k, v in adata.layers.items() if k not in stored}
+    parts, added = in_memory_parts(adata)
     close_backed(adata)  # the stored layers are read through the reopened file below
     try:
         with h5py.File(filename, "r+") as f:

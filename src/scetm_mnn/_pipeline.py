@@ -287,16 +287,17 @@ def _preprocess(
 ) -> ad.AnnData:
     """The preprocessed copy of ``adata``'s counts (``pp.preprocess``).
 
-    Counts on disk (a backed ``X``) are streamed into ``filename`` when it is given (the
-    result is that file, opened backed), else read into memory once.
+    With ``filename`` (given for counts in a backed ``X``, see :func:`_on_disk`) they are
+    streamed into that file and the result is the file, opened backed; counts on disk
+    without it are read into memory once.
     """
-    # The counts and annotations by reference: preprocess(copy=True) makes the one copy.
-    counts = get_matrix(adata, counts_layer, argument="counts_layer")
-    on_disk = is_on_disk(counts)
-    if on_disk and filename is not None:  # only X is on disk: anndata loads the layers
+    if filename is not None:
         return pp.preprocess(
             adata, n_top_genes=n_top_genes, batch_key=batch_key, filename=filename
         )
+    # The counts and annotations by reference: preprocess(copy=True) makes the one copy.
+    counts = get_matrix(adata, counts_layer, argument="counts_layer")
+    on_disk = is_on_disk(counts)
     if on_disk:  # the X of a backed AnnData: read once, preprocess needs it
         counts = counts.to_memory() if hasattr(counts, "to_memory") else counts[...]
     source = ad.AnnData(X=counts, obs=adata.obs.copy(), var=adata.var.copy())

@@ -28,7 +28,7 @@ import numpy as np
 from scvi.train import SaveCheckpoint
 
 from ._atomic import atomic_file, atomic_path, write_text
-from ._h5ad import open_backed, stored_layers
+from ._h5ad import in_memory_parts, open_backed
 
 logger = logging.getLogger(__name__)
 
@@ -159,16 +159,8 @@ class RunState:
         if not self.enabled or not self.write:
             return
         if adata.isbacked:
-            stored = stored_layers(adata)
-            adata = ad.AnnData(
-                obs=adata.obs,
-                var=adata.var,
-                uns=dict(adata.uns),
-                obsm=dict(adata.obsm),
-                varm=dict(adata.varm),
-                obsp=dict(adata.obsp),
-                layers={k: v for k, v in adata.layers.items() if k not in stored},
-            )
+            parts, added = in_memory_parts(adata)
+            adata = ad.AnnData(**parts, layers=added)
         with atomic_path(self.dir / name) as tmp:
             adata.write_h5ad(tmp)
 

@@ -11,11 +11,11 @@ import scanpy as sc
 from anndata import AnnData
 from scipy import sparse
 
-from .._rows import CHUNK_SIZE
 from .._validation import check_counts, check_obs_key
 from ._actual import make_actual
 from ._filters import Kept, find_kept
 from ._hvg import HVG_MAX_CELLS, hvg_sample, hvg_statistics
+from ._normalize import float_copy, normalize_rows_in_place
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +128,7 @@ def preprocess(
     # The counts matrix itself becomes the layer and X a float copy of it: one new matrix,
     # where a copy for the layer and then a float X would hold three at once.
     counts = adata.X
-    floating = np.issubdtype(counts.dtype, np.floating)
-    adata.X = counts.copy() if floating else counts.astype(np.float32)
+    adata.X = float_copy(counts)
     adata.layers[counts_layer] = counts
     _normalize_total_in_place(adata, target_sum)
     sc.pp.log1p(adata)  # in place on X's values
@@ -143,23 +142,16 @@ def _normalize_total_in_place(adata: AnnData, target_sum: float) -> None:
 
     scanpy divides all of ``X``'s values at once by a repeated per-cell factor, which for a
     million cells × 2000 genes holds two more nnz-long arrays (5 GB) beside ``X`` and its
-    counts layer: the peak of the whole pipeline. The same division, chunk by chunk, gives
-    identical values. Dense or other input goes to scanpy.
+    counts layer: the peak of the whole pipeline. The same division, chunk by chunk
+    (:func:`~scetm_mnn.pp._normalize.normalize_rows_in_place`), gives identical values.
+    Dense or other input goes to scanpy.
     """
     x = adata.X
     if not (sparse.issparse(x) and x.format == "csr"):
         sc.pp.normalize_total(adata, target_sum=target_sum)
         return
-    factor = np.asarray(x.sum(axis=1)).ravel() / target_sum
-    if not factor.all():
+    if normalize_rows_in_place(x, target_sum):
         warnings.warn("Some cells have zero counts", UserWarning, stacklevel=3)
-    factor = factor + (factor == 0)  # as scanpy: such cells stay zero
-    indptr = x.indptr
-    for start in range(0, x.shape[0], CHUNK_SIZE):
-        stop = min(start + CHUNK_SIZE, x.shape[0])
-        values = x.data[indptr[start] : indptr[stop]]
-        np.true_divide(values, np.repeat(factor[start:stop], np.diff(indptr[start : stop + 1])),
-                       out=values)  # fmt: skip
 
 
 def _apply_filters(adata: AnnData, kept: Kept, min_genes: int, min_cells: int) -> None:

@@ -33,33 +33,26 @@ from .._h5ad import write_blocks
 from .._rows import index_chunks
 from ._filters import Kept
 from ._hvg import hvg_sample, hvg_statistics
+from ._normalize import float_copy, normalize_rows_in_place
 
 logger = logging.getLogger(__name__)
 
 
 def _read(x, rows: np.ndarray) -> sparse.csr_matrix:
     """The stored rows ``rows`` (increasing) of ``x``, as CSR in their own dtype."""
-    block = x[rows]
-    return (
-        sparse.csr_matrix(block)
-        if sparse.issparse(block)
-        else sparse.csr_matrix(np.asarray(block))
-    )
+    return sparse.csr_matrix(x[rows])
 
 
-def _log_normalized(counts: sparse.csr_matrix, target_sum: float) -> sparse.csr_matrix:
+def _log_normalized(counts: sparse.csr_matrix, target_sum: float) -> tuple[sparse.csr_matrix, int]:
     """``log1p`` of the counts scaled to ``target_sum`` per cell, as the in-memory path does.
 
-    The float dtype is the in-memory ``X``'s: float32 for integer counts, the counts' own
-    otherwise; a cell without counts stays zero (:func:`_empty_cells` counts them).
+    The rules are the in-memory path's (:mod:`scetm_mnn.pp._normalize`); also returned is the
+    number of cells without counts, which stay zero.
     """
-    floating = np.issubdtype(counts.dtype, np.floating)
-    x = counts.copy() if floating else counts.astype(np.float32)
-    factor = np.asarray(x.sum(axis=1)).ravel() / target_sum
-    factor = factor + (factor == 0)
-    x.data /= np.repeat(factor, np.diff(x.indptr))
+    x = float_copy(counts)
+    empty = normalize_rows_in_place(x, target_sum)
     np.log1p(x.data, out=x.data)
-    return x
+    return x, empty
 
 
 def _kept_rows(x, kept: Kept, positions: np.ndarray, genes: np.ndarray | None, desc: str):
@@ -103,7 +96,7 @@ def preprocess_to_file(
     else:
         logger.info("HVG statistics from %d of %d cells.", positions.size, cells.size)
     blocks = [
-        _log_normalized(b, target_sum)
+        _log_normalized(b, target_sum)[0]
         for b in _kept_rows(x, kept, positions, genes, "preprocess: HVG sample")
     ]
     sample = AnnData(
@@ -137,8 +130,8 @@ def preprocess_to_file(
     def written() -> Iterator[dict[str, sparse.csr_matrix]]:
         empty = 0
         for counts in _kept_rows(x, kept, np.arange(cells.size), genes, "preprocess: writing"):
-            logged = _log_normalized(counts, target_sum)
-            empty += int(np.count_nonzero(np.diff(logged.indptr) == 0))
+            logged, no_counts = _log_normalized(counts, target_sum)
+            empty += no_counts
             if selected is not None:
                 counts, logged = counts[:, selected], logged[:, selected]
             yield {"X": logged, counts_layer: counts}
