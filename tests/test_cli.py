@@ -201,14 +201,16 @@ def test_options_reach_the_pipeline(monkeypatch, h5ad, tmp_path):
         "max_cells": 200_000,
         "resume": False,
         "gene_sets": None,
+        "compression": None,
         "devices": 1,
         "strategy": "auto",
         "accelerator": None,
         "num_nodes": 1,
     }
     seen.clear()
-    assert main([*argv, "--resume", "--gene-sets", "markers.gmt"]) == 2
+    assert main([*argv, "--resume", "--gene-sets", "markers.gmt", "--compression", "lzf"]) == 2
     assert seen["resume"] is True and seen["gene_sets"] == "markers.gmt"
+    assert seen["compression"] == "lzf"
     seen.clear()
     assert main([*argv, "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu"]) == 2
     runtime = {k: seen[k] for k in ("devices", "strategy", "accelerator", "num_nodes")}

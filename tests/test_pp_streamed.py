@@ -129,6 +129,63 @@ def test_the_simulator_writes_what_it_returns_in_memory(tmp_path):
     assert sparse.issparse(on_disk.X[:5]) and on_disk.isbacked
 
 
+@pytest.fixture
+def needed(monkeypatch):
+    """The bytes each disk check asked for, by what it checked (``simulate``, ``preprocess``)."""
+    asked: dict[str, list[int]] = {}
+    for module, name in (
+        ("scetm_mnn.datasets._simulate", "simulate"),
+        ("scetm_mnn.pp._streamed", "preprocess"),
+    ):
+
+        def record(path, need, what="", fix="", name=name):
+            asked.setdefault(name, []).append(need)
+            assert "compression='lzf'" in fix or "compression" not in fix
+
+        monkeypatch.setattr(f"{module}.check_free_space", record)
+    return asked
+
+
+def test_compressed_files_hold_the_same_values_in_a_third_of_the_space(raw, tmp_path, needed):
+    adata, path = raw
+    kwargs = {"n_cells": 3000, "n_genes": 200, "n_batches": 2, "random_state": 4}
+    files = {}
+    for compression in (None, "lzf"):
+        folder = tmp_path / str(compression)
+        simulated = sm.datasets.simulate(
+            **kwargs, filename=folder / "sim.h5ad", compression=compression
+        )
+        streamed = sm.pp.preprocess(
+            ad.read_h5ad(path, backed="r"),
+            n_top_genes=120,
+            batch_key="batch",
+            filename=folder / "pre.h5ad",
+            compression=compression,
+        )
+        files[compression] = (simulated, streamed)
+        for written in files[compression]:
+            assert written.file._file["X/data"].compression == compression
+    memory = sm.pp.preprocess(adata, n_top_genes=120, batch_key="batch", copy=True)
+    _assert_same(files["lzf"][1], memory)
+    assert (files["lzf"][0].X[:] != files[None][0].X[:]).nnz == 0
+    for i, name in enumerate(("simulate", "preprocess")):
+        plain, small = (Path(files[c][i].filename).stat().st_size for c in (None, "lzf"))
+        assert small < 0.6 * plain
+        # The disk checks: the compressed estimate covers the file and is as much smaller.
+        asked_plain, asked_small = needed[name]
+        assert small <= asked_small < 0.7 * asked_plain and plain <= asked_plain
+
+
+def test_an_unknown_compression_is_refused_before_any_work(raw, tmp_path):
+    _, path = raw
+    with pytest.raises(ValueError, match=r"compression='zstd' is not an HDF5 filter.*'lzf'"):
+        sm.datasets.simulate(n_cells=100, filename=tmp_path / "s.h5ad", compression="zstd")
+    with pytest.raises(ValueError, match=r"compression='zstd'"):
+        backed = ad.read_h5ad(path, backed="r")
+        sm.pp.preprocess(backed, filename=tmp_path / "p.h5ad", compression="zstd")
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------ the pipeline on disk
 def _run(data, out, **kwargs):
     return run_pipeline(
@@ -204,12 +261,14 @@ def test_the_command_line_on_a_read_only_file_writes_only_into_out(raw, tmp_path
     _, path = raw
     before = _digest(path)
     argv = ["run", str(path), "--batch-key", "batch", "--label-key", "cell_type"]
+    argv += ["--compression", "lzf"]  # the streamed file compressed, the results the same
     assert main([*argv, "--out", str(tmp_path / "o"), "--max-epochs", "2"]) == 0
     assert _digest(path) == before
     result = tmp_path / "o" / f"{path.stem}_scetm_mnn.h5ad"
     assert not (tmp_path / "o" / DATA_FILE).exists()  # renamed into the result, not copied
     saved = ad.read_h5ad(result, backed="r")
     assert {"X_scetm_mnn", "X_topics"} <= set(saved.obsm) and "counts" in saved.layers
+    assert saved.file._file["layers/counts/data"].compression == "lzf"
     assert (tmp_path / "o" / "report.html").stat().st_size > 0
 
 

@@ -103,6 +103,22 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def check_batches(obs, batch_key: str) -> None:
+    """A ``--batch-key`` column of ``obs`` holds at least two batches.
+
+    A missing column is left to the pipeline's own error.
+    """
+    if batch_key not in obs.columns:
+        return
+    batches = obs[batch_key].dropna().unique()
+    if len(batches) < 2:
+        raise ValueError(
+            f"--batch-key {batch_key!r} holds a single batch ({', '.join(map(str, batches))}"
+            "): there is nothing to correct. Pass the obs column whose values are the "
+            "batches (donor, sample, plate)."
+        )
+
+
 def check_input(path: Path) -> None:
     """The input exists and is a readable file; raises a user error otherwise."""
     if not path.exists():

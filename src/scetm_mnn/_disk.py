@@ -41,8 +41,15 @@ def anndata_bytes(adata: AnnData) -> int:
     return total + 8 * frames + _OVERHEAD
 
 
-def check_free_space(path: str | os.PathLike, needed: int, what: str = "the output") -> None:
+def check_free_space(
+    path: str | os.PathLike,
+    needed: int,
+    what: str = "the output",
+    fix: str = "free some space or write elsewhere",
+) -> None:
     """Refuse, before writing, when the disk of ``path`` has fewer than ``needed`` bytes free.
+
+    ``fix`` ends the message: what the user can do.
 
     Raises
     ------

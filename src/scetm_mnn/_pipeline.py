@@ -60,6 +60,7 @@ def run_pipeline(
     strategy: str = "auto",
     accelerator: str | None = None,
     num_nodes: int = 1,
+    compression: str | None = None,
 ) -> PipelineResult:
     """Preprocess, correct with MNN, train the topic model, and evaluate.
 
@@ -136,6 +137,11 @@ def run_pipeline(
         without ``sweep``). ``accelerator``: both stages' (``None``: the corrector on the
         CPU, the topic model on Lightning's ``"auto"``; with several processes, both on
         ``"auto"``). The defaults, one process, are the run of earlier versions.
+    compression
+        For counts streamed from a backed ``X`` into ``out/scetm_mnn.h5ad``: ``"lzf"`` or
+        ``"gzip"`` compresses its matrices (:func:`scetm_mnn.pp.preprocess`'s
+        ``compression``; lzf takes about a third of the disk), ``None`` (the default)
+        writes them uncompressed. The results are the same either way.
     """
     keys = {batch_key: "batch_key"}
     if label_key is not None:
@@ -177,7 +183,9 @@ def run_pipeline(
                 data = opened(state.read_data("preprocessed.h5ad", data_file))
             else:
                 with costs.phase("preprocess"):
-                    data = _preprocess(adata, counts_layer, n_top_genes, batch_key, data_file)
+                    data = _preprocess(
+                        adata, counts_layer, n_top_genes, batch_key, data_file, compression
+                    )
                     opened(data)
                 state.write_data("preprocessed.h5ad", data)
                 state.finish("preprocess", costs.rows)
@@ -283,17 +291,27 @@ def _on_disk(adata: ad.AnnData, counts_layer: str | None) -> bool:
 
 
 def _preprocess(
-    adata, counts_layer, n_top_genes: int, batch_key: str, filename: Path | None = None
+    adata,
+    counts_layer,
+    n_top_genes: int,
+    batch_key: str,
+    filename: Path | None = None,
+    compression: str | None = None,
 ) -> ad.AnnData:
     """The preprocessed copy of ``adata``'s counts (``pp.preprocess``).
 
     With ``filename`` (given for counts in a backed ``X``, see :func:`_on_disk`) they are
-    streamed into that file and the result is the file, opened backed; counts on disk
+    streamed into that file (its matrices written with ``compression``) and the result is
+    the file, opened backed; counts on disk
     without it are read into memory once.
     """
     if filename is not None:
         return pp.preprocess(
-            adata, n_top_genes=n_top_genes, batch_key=batch_key, filename=filename
+            adata,
+            n_top_genes=n_top_genes,
+            batch_key=batch_key,
+            filename=filename,
+            compression=compression,
         )
     # The counts and annotations by reference: preprocess(copy=True) makes the one copy.
     counts = get_matrix(adata, counts_layer, argument="counts_layer")

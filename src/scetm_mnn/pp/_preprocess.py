@@ -30,6 +30,7 @@ def preprocess(
     target_sum: float = 1e4,
     copy: bool = False,
     filename: str | os.PathLike | None = None,
+    compression: str | None = None,
 ) -> AnnData | None:
     """Filter, normalize, log-transform and keep the highly variable genes.
 
@@ -77,6 +78,11 @@ def preprocess(
         Write the result to this ``.h5ad`` (replaced if it exists, once written whole)
         and return it opened backed; ``copy`` is then not used. Needed for a backed
         ``adata``. The disk's free space is checked before the file is written.
+    compression
+        With ``filename``: ``"lzf"`` or ``"gzip"`` compresses ``X`` and the counts in the
+        file (HDF5 filters; lzf takes about a third of the space on counts and reads at a
+        few hundred MB/s), ``None`` (the default) writes them uncompressed, as
+        :meth:`anndata.AnnData.write_h5ad` does. The values are the same either way.
 
     Returns
     -------
@@ -119,7 +125,7 @@ def preprocess(
         from ._streamed import preprocess_to_file
 
         arguments = (n_top_genes, batch_key, counts_layer, min_genes, min_cells, target_sum)
-        return preprocess_to_file(adata, filename, kept, *arguments)
+        return preprocess_to_file(adata, filename, kept, *arguments, compression=compression)
     if copy:
         adata = adata.copy()
     else:

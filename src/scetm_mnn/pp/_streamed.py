@@ -29,13 +29,16 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._disk import check_free_space
-from .._h5ad import write_blocks
+from .._h5ad import dataset_kwargs, space_fix, stored_bytes, write_blocks
 from .._rows import index_chunks
 from ._filters import Kept
 from ._hvg import hvg_sample, hvg_statistics
 from ._normalize import float_copy, normalize_rows_in_place
 
 logger = logging.getLogger(__name__)
+
+SIZE_SAMPLE_CELLS = 20_000
+"""Cells of the HVG sample written (in memory) to measure the file's size per cell."""
 
 
 def _read(x, rows: np.ndarray) -> sparse.csr_matrix:
@@ -73,11 +76,14 @@ def preprocess_to_file(
     min_genes: int,
     min_cells: int,
     target_sum: float,
+    compression: str | None = None,
 ) -> AnnData:
     """Write the preprocessed data to ``filename`` and return it opened with ``backed="r"``.
 
-    ``kept`` are the filters' cells and genes (checked by the caller).
+    ``kept`` are the filters' cells and genes (checked by the caller); ``compression`` is
+    the matrices' HDF5 filter (:func:`scetm_mnn._h5ad.write_blocks`).
     """
+    dataset_kwargs(compression)  # refused before the passes over the input
     x = adata.X
     cells = np.flatnonzero(kept.cells)
     genes = None if kept.genes.all() else np.flatnonzero(kept.genes)
@@ -110,9 +116,14 @@ def preprocess_to_file(
     selected = var["highly_variable"].to_numpy() if n_top_genes < var.shape[0] else None
     if selected is not None:
         var = var.iloc[np.flatnonzero(selected)]
-    # The non-zeros X and the counts will share: the sample's over the HVGs.
-    sample_nnz = sample.X.nnz if selected is None else sample.X[:, selected].nnz
-    del sample, blocks
+    # The bytes of X and of the counts: the sample's log-expression over the HVGs as
+    # stored (the counts are not larger), per sampled cell.
+    logged = sample.X if selected is None else sample.X[:, selected]
+    per_cell = 2 * stored_bytes(logged[:SIZE_SAMPLE_CELLS], compression)
+    per_cell /= max(min(logged.shape[0], SIZE_SAMPLE_CELLS), 1)
+    if compression is None:  # the counts' values in their own dtype
+        per_cell += (np.dtype(x.dtype).itemsize - 4) * logged.nnz / max(logged.shape[0], 1)
+    del sample, blocks, logged
 
     uns = {**dict(adata.uns), "log1p": {"base": None}, "hvg": hvg}
     obsm = {key: np.asarray(value)[cells] for key, value in adata.obsm.items()}
@@ -121,11 +132,8 @@ def preprocess_to_file(
     }
     if selected is not None:
         varm = {key: value[selected] for key, value in varm.items()}
-    # The sample's non-zeros scaled to every cell; X and the counts: values and indices.
-    per_nonzero = 4 + 4 + np.dtype(x.dtype).itemsize + 4
-    nonzeros = sample_nnz * cells.size / max(positions.size, 1)
-    needed = int(nonzeros * per_nonzero) + 16 * (cells.size + 1) + (1 << 20)
-    check_free_space(filename, needed, "the preprocessed data")
+    needed = int(1.05 * per_cell * cells.size) + 16 * (cells.size + 1) + (1 << 20)
+    check_free_space(filename, needed, "the preprocessed data", space_fix(compression))
 
     def written() -> Iterator[dict[str, sparse.csr_matrix]]:
         empty = 0
@@ -138,7 +146,9 @@ def preprocess_to_file(
         if empty:
             warnings.warn("Some cells have zero counts", UserWarning, stacklevel=2)
 
-    result = write_blocks(filename, obs, var, written(), uns=uns, obsm=obsm, varm=varm)
+    result = write_blocks(
+        filename, obs, var, written(), uns=uns, obsm=obsm, varm=varm, compression=compression
+    )
     logger.info(
         "Preprocessed to %d cells × %d genes in %s.", result.n_obs, result.n_vars, filename
     )
