@@ -4,7 +4,12 @@ Both train the same model (K=50, L=400, encoder 128, batch bias on, batch size 2
 the same number of optimizer steps on the same data, on the CPU. scETM runs in its own
 venv (``make bench-env``) through ``benchmarks/_scetm_runner.py``.
 
-Run: ``.venv/bin/python benchmarks/throughput.py [--steps 300] [--threads 2]``
+``--precisions 32-true bf16-mixed`` also trains ours under bf16 autocast
+(``model.train(precision="bf16-mixed")``), which is fast on CPUs with native bf16
+arithmetic (AVX512-BF16, AMX).
+
+Run: ``.venv/bin/python benchmarks/throughput.py [--steps 300] [--threads 2]
+[--precisions 32-true bf16-mixed]``
 """
 
 from __future__ import annotations
@@ -72,10 +77,12 @@ def train_ours(
     return model, seconds, len(model.train_indices) * epochs
 
 
-def time_ours(adata, steps: int, batch_size: int) -> tuple[float, int, int]:
+def time_ours(
+    adata, steps: int, batch_size: int, precision: str = "32-true"
+) -> tuple[float, int, int]:
     """Seconds of ``model.train`` for about ``steps`` steps, the steps, and the cells seen
-    (:func:`train_ours`)."""
-    model, seconds, cells = train_ours(adata, steps, batch_size)
+    (:func:`train_ours`), at Lightning's ``precision``."""
+    model, seconds, cells = train_ours(adata, steps, batch_size, precision=precision)
     return seconds, model.trainer.global_step, cells
 
 
@@ -114,12 +121,25 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2000)
     parser.add_argument("--n-sim", type=int, default=20_000)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["32-true"],
+        help="Lightning precisions to train ours at (e.g. 32-true bf16-mixed)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    timers = {
+        "scetm-mnn" if p == "32-true" else f"scetm-mnn ({p})": (
+            lambda adata, steps, size, p=p: time_ours(adata, steps, size, p)
+        )
+        for p in args.precisions
+    }
+    timers["scETM 0.5.0"] = time_scetm
     rows = []
     for name, adata in _datasets(args.n_sim).items():
-        for method, timer in (("scetm-mnn", time_ours), ("scETM 0.5.0", time_scetm)):
+        for method, timer in timers.items():
             seconds, steps, cells = timer(adata, args.steps, args.batch_size)
             gc.collect()  # the last model's copy of the data, before the next method loads its own
             ms = 1000 * seconds / steps
@@ -135,7 +155,9 @@ def main() -> None:
             print(rows[-1], file=sys.stderr, flush=True)
     table = pd.DataFrame(rows)
     ratio = table.pivot(index="data", columns="method", values="cells/s")
-    ratio["ours/scETM (cells/s)"] = (ratio["scetm-mnn"] / ratio["scETM 0.5.0"]).round(2)
+    for method in timers:
+        if method != "scETM 0.5.0":
+            ratio[f"{method} / scETM"] = (ratio[method] / ratio["scETM 0.5.0"]).round(2)
     print(f"\nCPU threads: {args.threads}, batch size {args.batch_size}\n")
     print(table.to_markdown(index=False))
     print()

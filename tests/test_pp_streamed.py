@@ -127,6 +127,8 @@ def test_the_simulator_writes_what_it_returns_in_memory(tmp_path):
     memory = sm.datasets.simulate(**kwargs)
     assert (on_disk.X[:] != memory.X).nnz == 0 and on_disk.obs.equals(memory.obs)
     assert sparse.issparse(on_disk.X[:5]) and on_disk.isbacked
+    # int64 offsets, so that appending can go past 2³¹ non-zeros (5M cells hold 3.4 billion)
+    assert on_disk.file._file["X/indptr"].dtype == np.int64
 
 
 @pytest.fixture

@@ -128,11 +128,31 @@ def write_blocks(
                 group, key = (f, "X") if name == "X" else (f["layers"], name)
                 if name not in datasets:
                     write_elem(group, key, sparse.csr_matrix(matrix), dataset_kwargs=options)
+                    _wide_indptr(group[key], options)
                     datasets[name] = sparse_dataset(group[key])
                 else:
                     datasets[name].append(sparse.csr_matrix(matrix))
     logger.info("Wrote %d cells × %d genes to %s.", obs.shape[0], var.shape[0], filename)
     return open_backed(filename)
+
+
+def _wide_indptr(group, options: dict) -> None:
+    """Store a written sparse matrix's ``indptr`` as int64, so it can grow past 2³¹ values.
+
+    scipy and anndata write int32 offsets when the first block's fit, and anndata's
+    ``append`` then refuses the block that overflows them (5 million simulated cells hold
+    about 3.4 billion non-zeros).
+    """
+    import numpy as np
+
+    indptr = group["indptr"][...]
+    if indptr.dtype == np.int64:
+        return
+    attrs = dict(group["indptr"].attrs)
+    del group["indptr"]
+    kwargs = {"maxshape": (None,), "chunks": group["data"].chunks, **options}
+    group.create_dataset("indptr", data=indptr.astype(np.int64), **kwargs)
+    group["indptr"].attrs.update(attrs)
 
 
 def open_backed(filename: str | os.PathLike) -> ad.AnnData:
