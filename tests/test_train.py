@@ -205,3 +205,37 @@ def test_bf16_mixed_training_clips_gradients_with_the_fused_adam(sim_adata, monk
     assert clipped and set(clipped) == {50.0}
     assert model.trainer.optimizers[0].defaults["fused"]
     assert np.isfinite(model.history["elbo_validation"].to_numpy()).all()
+
+
+@pytest.mark.parametrize(
+    ("native", "kwargs", "hinted"),
+    [
+        (True, {"accelerator": "cpu"}, True),
+        (True, {"accelerator": "auto"}, True),  # no GPU here
+        (True, {"accelerator": "cpu", "precision": "32-true"}, False),  # chosen: no hint
+        (True, {"accelerator": "gpu"}, False),
+        (False, {"accelerator": "cpu"}, False),  # emulated bf16 gains nothing
+    ],
+)
+def test_float32_training_on_a_native_bf16_cpu_hints_at_bf16(
+    monkeypatch, caplog, native, kwargs, hinted
+):
+    from scetm_mnn.train import _precision
+
+    monkeypatch.setattr(_precision, "native_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level("INFO", logger="scetm_mnn.train._precision"):
+        _precision.hint_bf16(kwargs)
+    assert ("precision='bf16-mixed'" in caplog.text) is hinted
+
+
+def test_native_bf16_is_false_on_a_build_without_onednn(monkeypatch):
+    from scetm_mnn.train import native_bf16
+
+    assert isinstance(native_bf16(), bool)
+
+    def missing():
+        raise RuntimeError("no oneDNN in this build")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", missing)
+    assert native_bf16() is False

@@ -17,7 +17,7 @@ from anndata import AnnData
 from lightning.pytorch.callbacks import ModelCheckpoint
 from scipy import sparse
 
-from ..train import HistoryLogger, parallel_trainer_kwargs
+from ..train import HistoryLogger, hint_bf16, parallel_trainer_kwargs
 from ._setup import check_pairs
 
 logger = logging.getLogger(__name__)
@@ -216,6 +216,7 @@ def train_arguments(
         every = 1 if early_stopping else max(1, max_epochs // 20)
         trainer_kwargs.setdefault("check_val_every_n_epoch", every)
     trainer_kwargs.setdefault("logger", HistoryLogger())
+    hint_bf16(trainer_kwargs)
     if any(isinstance(c, ModelCheckpoint) for c in trainer_kwargs.get("callbacks") or []):
         trainer_kwargs.setdefault("enable_checkpointing", True)
     return {
