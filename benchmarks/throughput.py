@@ -127,6 +127,13 @@ def main() -> None:
         default=["32-true"],
         help="Lightning precisions to train ours at (e.g. 32-true bf16-mixed)",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run every method this many times, in turn, and report the medians (a shared "
+        "machine's other jobs slow single runs by up to 2x)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -139,26 +146,38 @@ def main() -> None:
     timers["scETM 0.5.0"] = time_scetm
     rows = []
     for name, adata in _datasets(args.n_sim).items():
-        for method, timer in timers.items():
-            seconds, steps, cells = timer(adata, args.steps, args.batch_size)
-            gc.collect()  # the last model's copy of the data, before the next method loads its own
-            ms = 1000 * seconds / steps
-            rows.append(
-                {
-                    "data": name,
-                    "method": method,
-                    "steps": steps,
-                    "ms/step": round(ms, 1),
-                    "cells/s": round(cells / seconds),
-                }
-            )
-            print(rows[-1], file=sys.stderr, flush=True)
-    table = pd.DataFrame(rows)
+        for repeat in range(args.repeats):  # the methods in turn, so they share the noise
+            for method, timer in timers.items():
+                seconds, steps, cells = timer(adata, args.steps, args.batch_size)
+                gc.collect()  # the last model's copy of the data, before the next loads its own
+                rows.append(
+                    {
+                        "data": name,
+                        "method": method,
+                        "repeat": repeat,
+                        "steps": steps,
+                        "ms/step": 1000 * seconds / steps,
+                        "cells/s": cells / seconds,
+                    }
+                )
+                print(rows[-1], file=sys.stderr, flush=True)
+    runs = pd.DataFrame(rows)
+    table = runs.groupby(["data", "method"], sort=False).agg(
+        steps=("steps", "first"),
+        runs=("repeat", "size"),
+        **{"ms/step": ("ms/step", "median"), "cells/s": ("cells/s", "median")},
+        **{"cells/s min": ("cells/s", "min"), "cells/s max": ("cells/s", "max")},
+    )
+    table = table.round({"ms/step": 1}).round({"cells/s": 0, "cells/s min": 0, "cells/s max": 0})
+    table = table.reset_index()
     ratio = table.pivot(index="data", columns="method", values="cells/s")
     for method in timers:
         if method != "scETM 0.5.0":
             ratio[f"{method} / scETM"] = (ratio[method] / ratio["scETM 0.5.0"]).round(2)
-    print(f"\nCPU threads: {args.threads}, batch size {args.batch_size}\n")
+    print(
+        f"\nCPU threads: {args.threads}, batch size {args.batch_size}, medians of "
+        f"{args.repeats} run(s) per method\n"
+    )
     print(table.to_markdown(index=False))
     print()
     print(ratio.to_markdown())

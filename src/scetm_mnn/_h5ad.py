@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterable, Mapping
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 from scipy import sparse
 
@@ -143,8 +144,6 @@ def _wide_indptr(group, options: dict) -> None:
     ``append`` then refuses the block that overflows them (5 million simulated cells hold
     about 3.4 billion non-zeros).
     """
-    import numpy as np
-
     indptr = group["indptr"][...]
     if indptr.dtype == np.int64:
         return

@@ -3,7 +3,7 @@
 Lightning's ``precision="bf16-mixed"`` runs the model's matrix products in bfloat16 under
 ``torch.autocast``. On a CPU with native bf16 arithmetic (AVX512-BF16 or AMX: AMD Zen 4
 and later, Intel Sapphire Rapids and later) oneDNN runs them several times faster than in
-float32, and a training step of 2,000 cells about 1.7× faster (``docs/performance.md``);
+float32, and a training step of 2,000 cells 1.5–2× faster (``docs/performance.md``);
 elsewhere they are emulated and gain nothing. Training stays in float32 unless asked: the
 held-out ELBO moves by less than its spread over seeds, but the results are not
 bit-identical to float32's.
@@ -39,6 +39,6 @@ def hint_bf16(trainer_kwargs: dict) -> None:
     if on_cpu and native_bf16():
         logger.info(
             "This CPU computes bf16 natively: train(..., precision='bf16-mixed') runs the "
-            "matrix products in bf16, about 1.7x faster per step of 2,000 cells (see "
+            "matrix products in bf16, 1.5-2x faster per step of 2,000 cells (see "
             "docs/performance.md); training stays in float32 unless you ask."
         )
