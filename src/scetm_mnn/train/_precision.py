@@ -19,7 +19,14 @@ logger = logging.getLogger(__name__)
 
 
 def native_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products natively (oneDNN's own check)."""
+    """Whether this CPU computes bf16 matrix products natively (oneDNN's own check).
+
+    Examples
+    --------
+    >>> from scetm_mnn.train import native_bf16
+    >>> native_bf16() in (True, False)
+    True
+    """
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN
@@ -31,6 +38,13 @@ def hint_bf16(trainer_kwargs: dict) -> None:
 
     Only for float32 training on the CPU (``accelerator`` ``"cpu"``, or ``"auto"`` without
     a GPU) of a CPU with native bf16, and when no ``precision`` was chosen.
+
+    Examples
+    --------
+    A chosen precision gets no hint:
+
+    >>> from scetm_mnn.train import hint_bf16
+    >>> hint_bf16({"accelerator": "cpu", "precision": "bf16-mixed"})
     """
     if "precision" in trainer_kwargs:
         return
