@@ -365,7 +365,7 @@ CASES: dict[str, Callable[[str], list[Callable[[], object]]]] = {
         lambda: _setup(_backed(_counts(), d)[3:]),
     ],
     "A backed AnnData without `filename=`": lambda d: [lambda: _pp(_backed(_counts(), d))],
-    "An unknown `compression` (not `\"lzf\"`, `\"gzip\"` or `None`)": lambda d: [
+    'An unknown `compression` (not `"lzf"`, `"gzip"` or `None`)': lambda d: [
         lambda: _pp(_backed(_counts(), d), filename=Path(d) / "p.h5ad", compression="zstd"),
         lambda: sm.datasets.simulate(filename=Path(d) / "s.h5ad", compression="zstd"),
     ],
