@@ -302,8 +302,7 @@ def _preprocess(
 
     With ``filename`` (given for counts in a backed ``X``, see :func:`_on_disk`) they are
     streamed into that file (its matrices written with ``compression``) and the result is
-    the file, opened backed; counts on disk
-    without it are read into memory once.
+    the file, opened backed; counts on disk without it are read into memory once.
     """
     if filename is not None:
         return pp.preprocess(

@@ -28,7 +28,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from .._disk import check_free_space
+from .._disk import array_bytes, check_free_space
 from .._h5ad import dataset_kwargs, space_fix, stored_bytes, write_blocks
 from .._rows import index_chunks
 from ._filters import Kept
@@ -38,7 +38,7 @@ from ._normalize import float_copy, normalize_rows_in_place
 logger = logging.getLogger(__name__)
 
 SIZE_SAMPLE_CELLS = 20_000
-"""Cells of the HVG sample written (in memory) to measure the file's size per cell."""
+"""Cells of the HVG sample, spread over it, written (in memory) to measure compression."""
 
 
 def _read(x, rows: np.ndarray) -> sparse.csr_matrix:
@@ -116,14 +116,16 @@ def preprocess_to_file(
     selected = var["highly_variable"].to_numpy() if n_top_genes < var.shape[0] else None
     if selected is not None:
         var = var.iloc[np.flatnonzero(selected)]
-    # The bytes of X and of the counts: the sample's log-expression over the HVGs as
-    # stored (the counts are not larger), per sampled cell.
+    # The bytes of X and of the counts: the whole sample's log-expression over the HVGs
+    # (the counts are not larger) per sampled cell, times the ratio that compression
+    # achieves on cells spread over the sample (1 uncompressed).
     logged = sample.X if selected is None else sample.X[:, selected]
-    per_cell = 2 * stored_bytes(logged[:SIZE_SAMPLE_CELLS], compression)
-    per_cell /= max(min(logged.shape[0], SIZE_SAMPLE_CELLS), 1)
+    spread = logged[:: -(-logged.shape[0] // SIZE_SAMPLE_CELLS) or 1]
+    ratio = stored_bytes(spread, compression) / max(array_bytes(spread), 1)
+    per_cell = 2 * ratio * array_bytes(logged) / max(logged.shape[0], 1)
     if compression is None:  # the counts' values in their own dtype
         per_cell += (np.dtype(x.dtype).itemsize - 4) * logged.nnz / max(logged.shape[0], 1)
-    del sample, blocks, logged
+    del sample, blocks, logged, spread
 
     uns = {**dict(adata.uns), "log1p": {"base": None}, "hvg": hvg}
     obsm = {key: np.asarray(value)[cells] for key, value in adata.obsm.items()}
